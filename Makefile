@@ -1,0 +1,32 @@
+# One-command set-up: every target creates .venv on first use.
+# torch is installed first and pinned: an unpinned torch on a fresh machine pulls a
+# multi-GB CUDA build, while torch==2.13.0 takes the CPU wheel already on disk.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+TORCH ?= torch==2.13.0
+
+.PHONY: venv test lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -m ssm_bridge.scan --build || echo "fused C++ scan not built: the PyTorch scan is used"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,212 @@
+"""`VLMConfig`: every knob of the model, validated on construction.
+
+The first block of fields is the original package's config, names and defaults
+verbatim, so code written for it runs unchanged. Everything after it is new and
+has a default. Named presets live in `PRESETS`; build one with
+`VLMConfig.from_preset("tiny", vocab_size=64)`.
+
+Heads that do not divide the width: `head_dim = dim // num_heads`, and the
+attention projects `dim -> num_heads * head_dim` and back. The original's
+"Advanced Configuration" (1024-wide embeddings with the default 12 heads) thus
+runs with 12 heads of 85 dims (1020 inner width) instead of failing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+SCAN_ORDERS = ("raster", "bidirectional", "cross")
+SCAN_BACKENDS = ("auto", "torch", "cpp", "ref")
+ATTN_IMPLS = ("sdpa", "eager")
+
+
+@dataclass
+class VLMConfig:
+    # ---- the original package's fields (names and defaults are a contract) ----
+    img_size: int = 224  # square input images, pixels per side
+    patch_size: int = 16  # ViT patch side; img_size must be a multiple
+    vision_embed_dim: int = 768
+    vision_num_layers: int = 12
+    vision_num_heads: int = 12
+    vocab_size: int = 32000
+    text_embed_dim: int = 768
+    text_num_layers: int = 12
+    text_num_heads: int = 12
+    text_kv_heads: int = 1  # 1 = multi-query attention; must divide text_num_heads
+    max_seq_length: int = 2048  # longest text sequence (the image prefix is extra)
+    ssm_state_dim: int = 64  # N: state size per channel of the selective scan
+    ssm_hidden_dim: int = 256  # D: channels of the bridge (the scan runs over D)
+    ssm_num_layers: int = 4  # residual selective-SSM blocks in the bridge
+    ssm_dropout: float = 0.1
+    cross_attn_layers: int = 2  # gated cross-attention layers (text -> bridge)
+    cross_attn_heads: int = 8
+    dropout: float = 0.1
+    layer_norm_eps: float = 1e-5
+
+    # ---- new fields (all optional) ----
+    in_channels: int = 3  # image channels the patch embedding expects
+    vision_mlp_ratio: float = 4.0  # ViT MLP width = ratio * vision_embed_dim
+    text_ffn_dim: int | None = None  # SwiGLU hidden width; None = 8/3 * width rounded up to 64
+    cross_attn_kv_heads: int = 1  # shared K/V heads in cross-attention (multi-query)
+    # Selective SSM (Mamba S6) details; defaults follow Mamba.
+    ssm_conv_kernel: int = 4  # depthwise causal conv before the scan (local mixing)
+    ssm_dt_rank: int | None = None  # rank of the Δ projection; None = ceil(D / 16)
+    ssm_dt_min: float = 1e-3  # Δ is initialised log-uniformly in [dt_min, dt_max]
+    ssm_dt_max: float = 1e-1
+    ssm_scan_order: str = "raster"  # raster | bidirectional | cross (VMamba's 4 directions)
+    ssm_scan_backend: str = "auto"  # auto | torch | cpp | ref: same maths, different speed
+    # Attention: "sdpa" is fused; "eager" materialises the pattern (for study).
+    attn_impl: str = "sdpa"
+    tie_word_embeddings: bool = True  # lm_head shares the token embedding (nanoGPT)
+    gradient_checkpointing: bool = False  # recompute blocks in backward to save memory
+    pad_token_id: int = 0
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # ---- derived sizes ----
+    @property
+    def grid_size(self) -> int:
+        """Patches per image side."""
+        return self.img_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Length of the image prefix the decoder sees: patches + cls."""
+        return self.num_patches + 1
+
+    @property
+    def dt_rank(self) -> int:
+        return self.ssm_dt_rank or math.ceil(self.ssm_hidden_dim / 16)
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.text_ffn_dim is not None:
+            return self.text_ffn_dim
+        return 64 * math.ceil(8 * self.text_embed_dim / 3 / 64)
+
+    # ---- (de)serialisation and presets ----
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VLMConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown VLMConfig field(s) {unknown}; known fields are {sorted(known)}"
+            )
+        return cls(**d)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> VLMConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+    def replace(self, **changes: Any) -> VLMConfig:
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The original package's defaults: ~200 M parameters.
+    "seed": {},
+    # The original README's "Advanced Configuration".
+    "advanced": dict(
+        img_size=384, vision_embed_dim=1024, vision_num_layers=24, ssm_state_dim=128,
+        ssm_hidden_dim=512, ssm_num_layers=6, text_embed_dim=1024, text_num_layers=24,
+        max_seq_length=4096,
+    ),
+    # Unit tests: every code path, milliseconds per step.
+    "tiny": dict(
+        img_size=32, patch_size=8, vision_embed_dim=32, vision_num_layers=1, vision_num_heads=2,
+        vocab_size=64, text_embed_dim=32, text_num_layers=2, text_num_heads=4, text_kv_heads=1,
+        max_seq_length=32, ssm_state_dim=4, ssm_hidden_dim=16, ssm_num_layers=2,
+        cross_attn_layers=1, cross_attn_heads=2, dropout=0.0, ssm_dropout=0.0,
+    ),
+}
+
+
+def _validate(c: VLMConfig) -> None:
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ValueError(f"VLMConfig: {msg}")
+
+    positive = [
+        "img_size", "patch_size", "vision_embed_dim", "vision_num_layers", "vision_num_heads",
+        "vocab_size", "text_embed_dim", "text_num_layers", "text_num_heads", "text_kv_heads",
+        "max_seq_length", "ssm_state_dim", "ssm_hidden_dim", "cross_attn_heads", "in_channels",
+        "ssm_conv_kernel", "cross_attn_kv_heads",
+    ]
+    for name in positive:
+        v = getattr(c, name)
+        need(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}")
+    for name in ["ssm_num_layers", "cross_attn_layers"]:
+        v = getattr(c, name)
+        need(isinstance(v, int) and v >= 0, f"{name} must be an integer >= 0, got {v!r}")
+    need(
+        c.img_size % c.patch_size == 0,
+        f"img_size ({c.img_size}) must be a multiple of patch_size ({c.patch_size}); "
+        f"try img_size={c.grid_size * c.patch_size or c.patch_size}",
+    )
+    for dim, heads in [
+        ("vision_embed_dim", "vision_num_heads"),
+        ("text_embed_dim", "text_num_heads"),
+        ("text_embed_dim", "cross_attn_heads"),
+    ]:
+        need(
+            getattr(c, heads) <= getattr(c, dim),
+            f"{heads} ({getattr(c, heads)}) must be <= {dim} ({getattr(c, dim)}) so that "
+            "each head has at least one dimension",
+        )
+    need(
+        c.text_num_heads % c.text_kv_heads == 0,
+        f"text_kv_heads ({c.text_kv_heads}) must divide text_num_heads ({c.text_num_heads}); "
+        "use 1 for multi-query attention",
+    )
+    need(
+        c.cross_attn_heads % c.cross_attn_kv_heads == 0,
+        f"cross_attn_kv_heads ({c.cross_attn_kv_heads}) must divide cross_attn_heads "
+        f"({c.cross_attn_heads})",
+    )
+    for name in ["dropout", "ssm_dropout"]:
+        v = getattr(c, name)
+        need(0.0 <= v < 1.0, f"{name} must be in [0, 1), got {v}")
+    need(c.layer_norm_eps > 0, f"layer_norm_eps must be > 0, got {c.layer_norm_eps}")
+    need(c.vision_mlp_ratio > 0, f"vision_mlp_ratio must be > 0, got {c.vision_mlp_ratio}")
+    need(
+        0 < c.ssm_dt_min < c.ssm_dt_max,
+        f"need 0 < ssm_dt_min < ssm_dt_max, got {c.ssm_dt_min} and {c.ssm_dt_max}",
+    )
+    need(
+        c.ssm_dt_rank is None or c.ssm_dt_rank >= 1,
+        f"ssm_dt_rank must be None (auto) or >= 1, got {c.ssm_dt_rank}",
+    )
+    need(c.text_ffn_dim is None or c.text_ffn_dim >= 1, "text_ffn_dim must be None or >= 1")
+    need(
+        c.ssm_scan_order in SCAN_ORDERS,
+        f"ssm_scan_order must be one of {SCAN_ORDERS}, got {c.ssm_scan_order!r}",
+    )
+    need(
+        c.ssm_scan_backend in SCAN_BACKENDS,
+        f"ssm_scan_backend must be one of {SCAN_BACKENDS}, got {c.ssm_scan_backend!r}",
+    )
+    need(c.attn_impl in ATTN_IMPLS, f"attn_impl must be one of {ATTN_IMPLS}, got {c.attn_impl!r}")
+    ids = {"pad_token_id": c.pad_token_id, "bos_token_id": c.bos_token_id,
+           "eos_token_id": c.eos_token_id}
+    for name, v in ids.items():
+        need(
+            0 <= v < c.vocab_size,
+            f"{name} ({v}) must be a token id in [0, vocab_size={c.vocab_size})",
+        )
+    need(len(set(ids.values())) == 3, f"pad, bos and eos token ids must differ, got {ids}")

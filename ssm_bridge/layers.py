@@ -1,0 +1,44 @@
+"""Small building blocks: activations and feed-forward networks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Swish(nn.Module):
+    """Swish / SiLU, x * sigmoid(x), numerically stable for any finite input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x)
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward: W2 (silu(W1 x) * W3 x), with W1 and W3 fused in one matmul.
+
+    Args (as in the original package): dim, hidden_dim, dropout.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.w13 = nn.Linear(dim, 2 * hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).chunk(2, dim=-1)  # 2 x (..., hidden)
+        return self.dropout(self.w2(F.silu(gate) * up))
+
+
+class GeluMLP(nn.Module):
+    """The ViT feed-forward: Linear, GELU, Linear."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(F.gelu(self.fc1(x))))

@@ -1,0 +1,110 @@
+"""EnhancedVLM: ViT encoder -> selective-SSM bridge -> gated cross-attention + causal decoder.
+
+    images (B, 3, H, W) --ViT--> (B, 1 + P, vision_dim) --SSM bridge--> media (B, 1 + P, text_dim)
+    tokens (B, T) --embed--> cross-attend to media --> decoder over [media ; text] --> logits
+
+The original package's API is kept verbatim:
+    from ssm_bridge.model import EnhancedVLM, VLMConfig
+    logits, loss = model(images, tokens, targets)     # targets may hold -100 (ignored)
+    logits = model(images, tokens)                    # (B, T, vocab)
+    model.generate(images, max_length=50, temperature=0.8, top_k=50, top_p=0.9)
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint
+from .attention import CrossModalAttention, MultiQueryAttention
+from .bridge import EnhancedSSMBridge
+from .checks import check_images, check_tokens
+from .config import VLMConfig
+from .decoder import LanguageDecoder
+from .generation import generate
+from .layers import SwiGLU, Swish
+from .ssm import SSMLayer
+from .transformer import TransformerBlock
+from .vision import EnhancedVisionTransformer
+
+__all__ = [
+    "CrossModalAttention", "EnhancedSSMBridge", "EnhancedVLM", "EnhancedVisionTransformer",
+    "MultiQueryAttention", "SSMLayer", "SwiGLU", "Swish", "TransformerBlock", "VLMConfig",
+]
+
+
+class EnhancedVLM(nn.Module):
+    def __init__(self, config: VLMConfig | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else VLMConfig()
+        self.vision = EnhancedVisionTransformer(self.config)
+        self.bridge = EnhancedSSMBridge.from_config(self.config)
+        self.decoder = LanguageDecoder(self.config)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2 style N(0, 0.02) for projections and embeddings. Left alone: Δ's
+        projection (its own init), A_log, D, the zero gates, convs and norms."""
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear) and not name.endswith("dt_proj"):
+                nn.init.normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+
+    # ---- timm-style split: features, then head ----
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, C, H, W) -> media (B, 1 + P, text_embed_dim), the bridge outputs."""
+        return self.bridge(self.vision(images))
+
+    forward_features = encode_image
+
+    def forward_head(self, media: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """media (B, P, text_dim), tokens (B, T) -> logits (B, T, vocab)."""
+        return self.decoder(media, tokens)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor,
+                targets: torch.Tensor | None = None):
+        """-> logits (B, T, vocab), or (logits, loss) when targets (B, T) are given.
+
+        targets[b, t] is the id expected after tokens[b, :t+1]; -100 marks ignored
+        positions (padding, the prompt)."""
+        check_images(images, self.config)
+        check_tokens(tokens, self.config)
+        logits = self.forward_head(self.encode_image(images), tokens)
+        if targets is None:
+            return logits
+        check_tokens(targets, self.config, "targets", allow_ignore=True)
+        if targets.shape != tokens.shape:
+            raise ValueError(f"targets must have the shape of tokens {tuple(tokens.shape)}, "
+                             f"got {tuple(targets.shape)}")
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                               ignore_index=-100)
+        return logits, loss
+
+    generate = generate
+
+    # ---- checkpoints (safetensors + JSON) ----
+    def save_pretrained(self, directory: str | os.PathLike):
+        """Write config.json and model.safetensors to `directory` (atomically per file)."""
+        return checkpoint.save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike,
+                        map_location: str | torch.device = "cpu") -> EnhancedVLM:
+        model = cls(checkpoint.read_config(directory))
+        checkpoint.load_weights(model, directory)
+        return model.to(map_location).eval()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> EnhancedVLM:
+        self.config.gradient_checkpointing = enabled
+        for m in (self.vision, self.bridge, self.decoder):
+            m.gradient_checkpointing = enabled
+        return self

@@ -1,0 +1,212 @@
+"""The selective state-space layer (Mamba S6) that the bridge stacks.
+
+Glossary: code name -> paper symbol (Gu & Dao, "Mamba", 2023)
+    x        u      input of the scan, after in_proj, causal conv and SiLU   (B, L, D)
+    z               gate branch; the layer outputs y * SiLU(z)               (B, L, D)
+    D (dim)  D      channels of the scan = config.ssm_hidden_dim
+    N        N      state size per channel = config.ssm_state_dim
+    delta    Δ      step size per token and channel, softplus(dt_proj(.))    (B, L, D)
+    A        A      diagonal state matrix, A = -exp(A_log) < 0               (D, N)
+    B, C     B, C   input-dependent input / output projections               (B, L, N)
+    A_bar    Ā      exp(Δ A), zero-order-hold discretisation                 (B, L, D, N)
+    h        h      state: h_t = Ā_t h_{t-1} + Δ_t B_t x_t                   (B, L, D, N)
+    y        y      C_t · h_t + D ⊙ x_t                                      (B, L, D)
+    self.D   D      skip weight per channel                                  (D,)
+
+Call chain (as in mamba-minimal): SSMLayer.forward -> ScanDirection.forward ->
+ScanDirection.ssm -> selective_scan (ssm_bridge/scan.py, with its readable
+`selective_scan_ref` twin).
+
+Scan orders over the patch grid (a cls token, when present, is read first in
+every direction):
+    raster         row-major                                         1 direction
+    bidirectional  row-major, and row-major reversed (Vim)           2 directions
+    cross          row-major, column-major and both reversed (VMamba) 4 directions
+Each direction has its own conv, projections, A and D; outputs are put back in
+patch order and summed. Each direction's own output stays reachable at
+`dirs.<k>.hook_out`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .hooks import HookPoint
+from .scan import selective_scan, selective_scan_step
+
+DIRECTIONS = {
+    "raster": ("row",),
+    "bidirectional": ("row", "row_rev"),
+    "cross": ("row", "col", "row_rev", "col_rev"),
+}
+
+
+def grid_layout(length: int) -> tuple[int, int]:
+    """(prefix, side) of a sequence: `prefix` cls tokens then a side x side patch grid.
+
+    A length of g*g + 1 is read as cls + grid, g*g as a bare grid. Other lengths
+    have no grid (side 0): only orders that need none (raster, bidirectional) apply.
+    """
+    for prefix in (1, 0):
+        side = math.isqrt(max(length - prefix, 0))
+        if side > 0 and side * side == length - prefix:
+            return prefix, side
+    return 0, 0
+
+
+def direction_perm(name: str, length: int, device: torch.device | None = None) -> torch.Tensor:
+    """Token indices (L,) in the order direction `name` reads them."""
+    prefix, side = grid_layout(length)
+    if name in ("col", "col_rev") and side == 0:
+        raise ValueError(
+            f"scan order 'cross' needs a square patch grid (length g*g or g*g + 1 with cls), "
+            f"got a sequence of length {length}; use ssm_scan_order='raster' or 'bidirectional'"
+        )
+    n = length - prefix
+    patches = torch.arange(n, device=device)  # (n,)
+    if name.startswith("col"):
+        patches = rearrange(patches, "(r c) -> (c r)", r=side)  # column-major
+    if name.endswith("_rev"):
+        patches = patches.flip(0)
+    return torch.cat([torch.arange(prefix, device=device), patches + prefix])  # (L,)
+
+
+class ScanDirection(nn.Module):
+    """One scan direction: causal conv, Δ/B/C projections and the selective scan.
+
+    Hooks see tensors in this direction's scan order, except `hook_out`, which is
+    put back in patch order.
+    """
+
+    def __init__(self, dim: int, state_dim: int, *, conv_kernel: int = 4,
+                 dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1,
+                 backend: str = "auto") -> None:
+        super().__init__()
+        self.dim, self.state_dim = dim, state_dim
+        self.dt_rank = dt_rank or math.ceil(dim / 16)
+        self.backend = backend
+        self.conv1d = nn.Conv1d(dim, dim, conv_kernel, groups=dim, padding=conv_kernel - 1)
+        self.x_proj = nn.Linear(dim, self.dt_rank + 2 * state_dim, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, dim, bias=True)
+        # S4D-real init: A_n = -(n + 1) gives each channel timescales from 1 to 1/N.
+        A = torch.arange(1, state_dim + 1, dtype=torch.float32).repeat(dim, 1)  # (D, N)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(dim))
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+        self._init_dt(dt_min, dt_max)
+        for name in ["conv", "delta", "B", "C", "A_bar", "state", "ssm_out", "out"]:
+            setattr(self, f"hook_{name}", HookPoint())
+
+    def _init_dt(self, dt_min: float, dt_max: float) -> None:
+        """Δ starts log-uniform in [dt_min, dt_max]: the bias is softplus⁻¹ of such a Δ,
+        and the small weights (std dt_rank^-0.5, as in Mamba) let the input move it."""
+        nn.init.uniform_(self.dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
+        u = torch.rand(self.dim)
+        dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))  # (D,)
+        inv_softplus = dt + torch.log(-torch.expm1(-dt))  # softplus(inv_softplus) == dt
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(inv_softplus)
+
+    def forward(self, x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, D) in patch order; perm: (L,) this direction's reading order."""
+        xs = x[:, perm]  # (B, L, D) in scan order
+        L = xs.shape[1]
+        xs = self.conv1d(rearrange(xs, "b l d -> b d l"))[..., :L]  # (B, D, L) causal
+        xs = self.hook_conv(F.silu(rearrange(xs, "b d l -> b l d")))  # (B, L, D)
+        y = self.hook_ssm_out(self.ssm(xs))  # (B, L, D)
+        return self.hook_out(y[:, torch.argsort(perm)])  # (B, L, D) back in patch order
+
+    def ssm(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, D) -> y: (B, L, D); Δ, B, C computed from x (the selection)."""
+        delta, B, C = self.dt_bc(x)
+        A = -torch.exp(self.A_log.float())  # (D, N)
+        if self.hook_A_bar.active:
+            self.hook_A_bar(torch.exp(delta.float()[..., None] * A))  # (B, L, D, N)
+        if self.hook_state.active:
+            y, h = selective_scan(x, delta, A, B, C, self.D, return_state=True,
+                                  backend=self.backend)
+            self.hook_state(h)  # (B, L, D, N)
+            return y
+        return selective_scan(x, delta, A, B, C, self.D, backend=self.backend)
+
+    def dt_bc(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The selection mechanism: (Δ (B, L, D), B (B, L, N), C (B, L, N)) from x."""
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.state_dim, self.state_dim], dim=-1)
+        delta = self.hook_delta(F.softplus(self.dt_proj(dt)))  # (B, L, D)
+        return delta, self.hook_B(B), self.hook_C(C)
+
+    def step(self, x_t: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One token of the raster direction. x_t: (B, D); state updated in place."""
+        conv = torch.cat([state["conv"], x_t[..., None]], dim=-1)  # (B, D, K)
+        state["conv"] = conv[..., 1:]  # (B, D, K-1)
+        xc = torch.einsum("bdk,dk->bd", conv, self.conv1d.weight[:, 0]) + self.conv1d.bias
+        xc = F.silu(xc)  # (B, D)
+        delta, B, C = self.dt_bc(xc[:, None])  # (B, 1, D), (B, 1, N), (B, 1, N)
+        A = -torch.exp(self.A_log.float())  # (D, N)
+        y, state["ssm"] = selective_scan_step(state["ssm"], xc, delta[:, 0], A, B[:, 0], C[:, 0],
+                                              self.D)
+        return y  # (B, D)
+
+
+class SSMLayer(nn.Module):
+    """Mamba block: in_proj -> (x, z); per direction conv + selective scan on x;
+    y * SiLU(z); out_proj. Keeps the original package's `SSMLayer(hidden_dim, state_dim)`.
+    x: (B, L, hidden_dim) -> (B, L, hidden_dim).
+    """
+
+    def __init__(self, hidden_dim: int, state_dim: int, *, conv_kernel: int = 4,
+                 dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1,
+                 scan_order: str = "raster", backend: str = "auto") -> None:
+        super().__init__()
+        if scan_order not in DIRECTIONS:
+            raise ValueError(f"scan_order must be one of {list(DIRECTIONS)}, got {scan_order!r}")
+        self.scan_order = scan_order
+        self.direction_names = DIRECTIONS[scan_order]
+        self.in_proj = nn.Linear(hidden_dim, 2 * hidden_dim, bias=False)
+        self.dirs = nn.ModuleList(
+            ScanDirection(hidden_dim, state_dim, conv_kernel=conv_kernel, dt_rank=dt_rank,
+                          dt_min=dt_min, dt_max=dt_max, backend=backend)
+            for _ in self.direction_names
+        )
+        self.out_proj = nn.Linear(hidden_dim, hidden_dim, bias=False)
+        self.hook_y = HookPoint()  # (B, L, D) sum over directions
+        self.hook_gate = HookPoint()  # (B, L, D) SiLU(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        L = x.shape[1]
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, D) each
+        y = sum(
+            d(xs, direction_perm(name, L, x.device))
+            for name, d in zip(self.direction_names, self.dirs)
+        )  # (B, L, D)
+        y = self.hook_y(y)
+        return self.out_proj(y * self.hook_gate(F.silu(z)))
+
+    def allocate_state(self, batch: int, device=None, dtype=torch.float32) -> dict:
+        """Zero recurrent state for `step`: conv window and SSM state of the raster scan."""
+        d = self.dirs[0]
+        K = d.conv1d.kernel_size[0]
+        return {
+            "conv": torch.zeros(batch, d.dim, K - 1, device=device, dtype=dtype),  # (B, D, K-1)
+            "ssm": torch.zeros(batch, d.dim, d.state_dim, device=device, dtype=torch.float32),
+        }
+
+    def step(self, x_t: torch.Tensor, state: dict) -> torch.Tensor:
+        """Recurrent mode, one token: x_t (B, hidden_dim) -> (B, hidden_dim).
+
+        Equal to `forward` run on the whole sequence (raster order only: a reversed
+        or column-major scan needs the whole image before its first output)."""
+        if self.scan_order != "raster":
+            raise ValueError(
+                f"step() runs the raster scan token by token; this layer scans "
+                f"{self.scan_order!r}, whose reversed directions need the whole sequence"
+            )
+        xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, D) each
+        y = self.dirs[0].step(xs, state)  # (B, D)
+        return self.out_proj(y * F.silu(z))

@@ -1,0 +1,52 @@
+"""The vision encoder: a pre-norm ViT with a conv patch embedding and a cls token."""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import VLMConfig
+from .hooks import HookPoint
+from .transformer import TransformerBlock
+
+
+def maybe_checkpoint(module: nn.Module, x: torch.Tensor, enabled: bool, **kw) -> torch.Tensor:
+    """Run `module(x, **kw)`, recomputing it in backward when `enabled` (saves activations)."""
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(module, x, use_reentrant=False, **kw)
+    return module(x, **kw)
+
+
+class EnhancedVisionTransformer(nn.Module):
+    """images (B, C, H, W) -> tokens (B, 1 + num_patches, vision_embed_dim), cls first."""
+
+    def __init__(self, config: VLMConfig) -> None:
+        super().__init__()
+        c = config
+        dim = c.vision_embed_dim
+        self.patch_embed = nn.Conv2d(c.in_channels, dim, c.patch_size, stride=c.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, c.num_patches + 1, dim))
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, c.vision_num_heads, c.vision_num_heads,
+                             int(dim * c.vision_mlp_ratio), c.dropout, mlp="gelu",
+                             eps=c.layer_norm_eps, eager=c.attn_impl == "eager")
+            for _ in range(c.vision_num_layers)
+        )
+        self.norm = nn.LayerNorm(dim, eps=c.layer_norm_eps)
+        self.gradient_checkpointing = c.gradient_checkpointing
+        self.hook_embed = HookPoint()  # (B, 1 + P, dim) after positions
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = rearrange(self.patch_embed(images), "b d gh gw -> b (gh gw) d")  # (B, P, dim)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, dim)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed  # (B, 1 + P, dim)
+        x = self.hook_embed(self.drop(x))
+        for block in self.blocks:
+            x = maybe_checkpoint(block, x, self.gradient_checkpointing and self.training)
+        return self.norm(x)
