@@ -42,7 +42,7 @@ def test_corrupt_weights_name_the_file(tmp_path, tiny_config):
 def test_corrupt_config_names_the_file(tmp_path, tiny_config):
     make_model(tiny_config).save_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(ValueError, match="config.json"):
+    with pytest.raises(ValueError, match=r"config\.json"):
         EnhancedVLM.from_pretrained(tmp_path)
 
 
@@ -60,7 +60,7 @@ def test_config_weights_mismatch_names_the_keys(tmp_path, tiny_config):
 
 
 def test_missing_folder_and_unknown_config_field(tmp_path, tiny_config):
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         EnhancedVLM.from_pretrained(tmp_path / "nope")
     make_model(tiny_config).save_pretrained(tmp_path)
     meta = json.loads((tmp_path / "config.json").read_text())

@@ -1,0 +1,206 @@
+"""Speed and memory benchmarks, each a ratio measured side by side in one run.
+
+    python benchmarks/run.py [--quick] [--only NAME,...] [--json PATH]
+
+Prints a table and writes {name: {"value": float, "unit": str, "target": float | None}}.
+Targets are for the 2-core AVX-512/AMX CPU this project is developed on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ssm_bridge import EnhancedVLM, VLMConfig
+
+Result = dict[str, dict]
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall seconds of fn() over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def entry(value: float, unit: str, target: float | None = None) -> dict:
+    return {"value": float(value), "unit": unit, "target": target}
+
+
+def seed_model(seed: int = 0, **overrides) -> EnhancedVLM:
+    torch.manual_seed(seed)
+    return EnhancedVLM(VLMConfig(**overrides)).eval()
+
+
+# ---------------------------------------------------------------- generation
+def generate_speedup(quick: bool) -> Result:
+    """generate() with the KV cache vs the original's full recompute per token.
+
+    20 new tokens, batch 2, seed defaults, greedy with EOS never chosen, so both
+    decode exactly 20 tokens. End to end, the cached run still encodes the image
+    once, so its ratio is bounded by ~20x (the baseline runs 20 full forwards);
+    `generate_step_speedup` compares the marginal cost of one more token.
+    """
+    model = seed_model()
+    eos = model.config.eos_token_id
+    model.decoder.hook_logits.register_forward_hook(
+        lambda m, i, logits: logits.index_fill(-1, torch.tensor([eos]), float("-inf")))
+    images = torch.randn(2, 3, 224, 224)
+    new = 20
+    kw = dict(max_length=new + 1, temperature=0)
+    reps = 1 if quick else 3
+    with torch.inference_mode():
+        model.generate(images, max_length=3, temperature=0)  # warm up
+        t_cached = timed(lambda: model.generate(images, **kw), reps, warmup=0)
+        t_one = timed(lambda: model.generate(images, max_length=2, temperature=0), reps, 0)
+        t_full = timed(lambda: model.generate(images, use_cache=False, **kw), 1, warmup=0)
+        out = model.generate(images, **kw)
+    assert out.shape == (2, new + 1)
+    step_ms = (t_cached - t_one) / (new - 1) * 1e3  # marginal cost of one more token
+    full_ms = t_full / new * 1e3
+    return {
+        "generate_speedup": entry(t_full / t_cached, "x", 40.0),
+        "generate_step_speedup": entry(full_ms / step_ms, "x", None),
+        "generate_ms_per_token": entry(step_ms, "ms", None),
+        "generate_full_recompute_ms_per_token": entry(full_ms, "ms", None),
+        "generate_first_token_ms": entry(t_one * 1e3, "ms", None),
+    }
+
+
+# ---------------------------------------------------------------- scan
+def scan_speedup(quick: bool) -> Result:
+    from bench_scan import scan_speedup as run
+
+    return run(quick=quick)
+
+
+# ---------------------------------------------------------------- MFU
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    t = timed(lambda: a @ b, repeats, warmup=2)
+    return 2 * n**3 / t / 1e9
+
+
+def model_flops(model: EnhancedVLM, images, tokens) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(images, tokens)
+    return counter.get_total_flops()
+
+
+def forward_mfu(quick: bool) -> Result:
+    """Seed-default forward at batch 8: achieved model FLOP/s over the matmul FLOP/s
+    measured in this run (fp32, and bf16 under autocast against bf16 matmuls)."""
+    model = seed_model()
+    images, tokens = torch.randn(8, 3, 224, 224), torch.randint(0, 32000, (8, 16))
+    flops = model_flops(model, images, tokens)
+    out = {}
+    for name, dtype in [("fp32", torch.float32), ("bf16", torch.bfloat16)]:
+        peak = matmul_gflops(dtype)
+
+        def fwd(dtype=dtype):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=dtype,
+                                                        enabled=dtype != torch.float32):
+                model(images, tokens)
+
+        t = timed(fwd, repeats=1 if quick else 3)
+        out[f"forward_mfu_{name}"] = entry(flops / t / 1e9 / peak, "ratio",
+                                           0.5 if name == "fp32" else None)
+        out[f"forward_gflops_{name}"] = entry(flops / t / 1e9, "GFLOP/s", None)
+        out[f"matmul_peak_gflops_{name}"] = entry(peak, "GFLOP/s", None)
+    return out
+
+
+# ---------------------------------------------------------------- memory
+_STEP = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+from ssm_bridge import EnhancedVLM, VLMConfig
+torch.manual_seed(0)
+model = EnhancedVLM(VLMConfig(gradient_checkpointing={ckpt})).train()
+images, tokens = torch.randn(4, 3, 224, 224), torch.randint(0, 32000, (4, 32))
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20
+before = rss_mb()
+_, loss = model(images, tokens, tokens)
+loss.backward()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(before, peak)
+"""
+
+
+def grad_ckpt_memory_saving(quick: bool) -> Result:
+    """Peak memory a training step (forward + backward, seed defaults, batch 4) adds
+    on top of the resident model, with vs without gradient checkpointing. Each
+    variant runs in a fresh process so the peaks do not mix."""
+    root = str(Path(__file__).resolve().parents[1])
+    step_mb = {}
+    for ckpt in (False, True):
+        res = subprocess.run([sys.executable, "-c", _STEP.format(root=root, ckpt=ckpt)],
+                             capture_output=True, text=True, check=True)
+        before, peak = map(float, res.stdout.split())
+        step_mb[ckpt] = peak - before
+    return {
+        "grad_ckpt_memory_saving": entry(1 - step_mb[True] / step_mb[False], "fraction", 0.4),
+        "train_step_peak_mb_plain": entry(step_mb[False], "MB", None),
+        "train_step_peak_mb_ckpt": entry(step_mb[True], "MB", None),
+    }
+
+
+BENCHMARKS: dict[str, Callable[[bool], Result]] = {
+    "generate_speedup": generate_speedup,
+    "scan_speedup": scan_speedup,
+    "forward_mfu": forward_mfu,
+    "grad_ckpt_memory_saving": grad_ckpt_memory_saving,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer repeats")
+    p.add_argument("--only", default="", help=f"comma-separated subset of {list(BENCHMARKS)}")
+    p.add_argument("--json", type=Path, help="write results here")
+    args = p.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        p.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    results: Result = {}
+    for name in names:
+        t0 = time.perf_counter()
+        res = BENCHMARKS[name](args.quick)
+        results.update(res)
+        print(f"[{name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
+    print(f"{'benchmark':42s} {'value':>12s} {'unit':>9s} {'target':>8s}  ok")
+    for name, r in results.items():
+        target = r["target"]
+        ok = "" if target is None else ("yes" if r["value"] >= target else "NO")
+        tstr = "" if target is None else f"{target:g}"
+        print(f"{name:42s} {r['value']:12.3f} {r['unit']:>9s} {tstr:>8s}  {ok}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(main())

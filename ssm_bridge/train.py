@@ -1,0 +1,102 @@
+"""Train a model: `python -m ssm_bridge.train` or `ssm-bridge train`.
+
+    python -m ssm_bridge.train --preset=shapes-tiny --out_dir=runs/mine
+    python -m ssm_bridge.train --preset=shapes-tiny --out_dir=runs/mine --resume
+    python -m ssm_bridge.train --preset=test-tiny --data=coco \\
+        --coco_annotations=ann.json --coco_images=images/
+    torchrun --nproc_per_node=2 -m ssm_bridge.train --preset=test-tiny   # DDP (gloo on CPU)
+
+Options are TrainConfig fields as --key=value; model.<field> and scenes.<field> reach
+VLMConfig and SceneConfig (see ssm_bridge/train_config.py for every field and preset).
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+import torch
+
+from .config import VLMConfig
+from .data import ImageTransform, SceneCaptions, SceneConfig, Tokenizer, make_scene
+from .evaluate import caption_metrics, generate_captions
+from .model import EnhancedVLM
+from .pretrained import write_extras
+from .train_config import TrainConfig, build_train_config, parse_overrides
+from .trainer import NonFiniteLossError, Trainer
+
+
+def scene_eval(model, tokenizer, transform, scenes) -> dict:
+    """Greedy exact-match and per-attribute accuracy of captions on fixed val scenes."""
+    preds = generate_captions(model, tokenizer, transform, scenes, batch_size=100)
+    return caption_metrics(preds, scenes)
+
+
+def build(cfg: TrainConfig) -> Trainer:
+    """Data, tokenizer, model and trainer for `cfg`."""
+    img_size = cfg.model.get("img_size", VLMConfig().img_size)
+    transform = ImageTransform(img_size)
+    scene_config = None
+    evaluate = None
+    if cfg.data == "scenes":
+        scene_config = SceneConfig(**{"img_size": img_size, **cfg.scenes})
+        tokenizer = Tokenizer.for_scenes(scene_config)
+        train_set = SceneCaptions("train", cfg.num_train, scene_config, tokenizer, transform,
+                                  task=cfg.task, progress=cfg.progress)
+        collate = train_set.collate
+        if cfg.eval_num:
+            val = [make_scene("val", i, scene_config) for i in range(cfg.eval_num)]
+            evaluate = partial(scene_eval, tokenizer=tokenizer, transform=transform, scenes=val)
+    elif cfg.data == "coco":
+        from .data import CocoCaptions, build_tokenizer_from_coco, collate
+
+        if not cfg.coco_annotations or not cfg.coco_images:
+            raise ValueError("--data=coco needs --coco_annotations=FILE and --coco_images=DIR")
+        karpathy = cfg.coco_karpathy or None
+        tokenizer = build_tokenizer_from_coco(cfg.coco_annotations, karpathy_json=karpathy)
+        train_set = CocoCaptions(cfg.coco_annotations, cfg.coco_images, tokenizer, transform,
+                                 split="train" if karpathy else None, karpathy_json=karpathy,
+                                 skip_bad=cfg.skip_bad)
+        collate = partial(collate, pad_id=tokenizer.pad_id)
+    else:
+        raise ValueError(f"--data must be 'scenes' or 'coco', got {cfg.data!r}")
+    model_cfg = VLMConfig(**{**cfg.model, "vocab_size": len(tokenizer),
+                             "gradient_checkpointing": cfg.gradient_checkpointing})
+    torch.manual_seed(cfg.seed)
+    model = EnhancedVLM(model_cfg)
+    return Trainer(cfg, model, train_set, collate, tokenizer, evaluate,
+                   extras=partial(write_extras, transform=transform, scene_config=scene_config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    resume = "--resume" in argv
+    argv = [a for a in argv if a != "--resume"]
+    preset = "shapes-tiny"
+    for a in list(argv):
+        if a.startswith("--preset="):
+            preset = a.split("=", 1)[1]
+            argv.remove(a)
+    try:
+        cfg = build_train_config(preset, parse_overrides(argv))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    trainer = build(cfg)
+    if resume and trainer.resume():
+        print(f"resumed from step {trainer.step}", file=sys.stderr)
+    try:
+        metrics = trainer.fit()
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    if metrics and trainer.rank == 0:
+        print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

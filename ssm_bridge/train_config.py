@@ -1,0 +1,157 @@
+"""`TrainConfig`: a training run, as named presets plus `--key=value` overrides (no exec).
+
+    python -m ssm_bridge.train --preset=shapes-tiny --lr=2e-3 --model.ssm_scan_order=cross
+
+Keys are TrainConfig fields; `model.<field>` sets a VLMConfig field and
+`scenes.<field>` a SceneConfig field. Values are parsed by the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "shapes-tiny"
+    out_dir: str = "runs/shapes-tiny"
+    seed: int = 0  # model init, data order, dropout: one seed makes a run repeatable
+    # ---- data ----
+    data: str = "scenes"  # scenes | coco
+    task: str = "caption"  # caption | vqa | mixed (scenes only)
+    num_train: int = 50_000  # training scenes, pre-rendered once (scenes only)
+    num_val: int = 500  # scenes for periodic evaluation
+    coco_annotations: str = ""  # COCO-format annotation JSON (data=coco)
+    coco_images: str = ""  # image folder (data=coco)
+    coco_karpathy: str = ""  # optional Karpathy split file (data=coco)
+    skip_bad: bool = False  # skip unreadable COCO entries instead of failing
+    # ---- optimisation ----
+    batch_size: int = 64  # per process, per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    max_steps: int = 2000
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.05  # not applied to norms, biases, A_log, D, gates
+    beta1: float = 0.9
+    beta2: float = 0.98
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CPU and CUDA)
+    gradient_checkpointing: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch threads per process; 0 = torch's default
+    # ---- bookkeeping ----
+    log_every: int = 10
+    eval_every: int = 250  # 0 disables periodic evaluation
+    eval_num: int = 200  # scenes per periodic evaluation (greedy exact-match)
+    save_every: int = 250
+    keep_checkpoints: int = 2
+    stop_at_exact_match: float = 0.0  # >0: stop once val exact-match reaches it
+    progress: bool = True  # tqdm bar
+    model: dict[str, Any] = field(default_factory=dict)  # VLMConfig overrides
+    scenes: dict[str, Any] = field(default_factory=dict)  # SceneConfig overrides
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path) -> None:
+        from .checkpoint import atomic_write
+
+        atomic_write(path, lambda p: open(p, "w").write(json.dumps(self.to_dict(), indent=2)))
+
+
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # The shipped checkpoint: 64 px scenes of 1-3 objects, ~1.5 M parameters.
+    "shapes-tiny": dict(
+        model=dict(
+            img_size=64, patch_size=8, vision_embed_dim=128, vision_num_layers=3,
+            vision_num_heads=4, text_embed_dim=128, text_num_layers=2, text_num_heads=4,
+            text_kv_heads=1, max_seq_length=32, ssm_state_dim=16, ssm_hidden_dim=128,
+            ssm_num_layers=2, cross_attn_layers=1, cross_attn_heads=4, dropout=0.0,
+            ssm_dropout=0.0,
+        ),
+    ),
+    # Tests: seconds on 2 cores.
+    "test-tiny": dict(
+        out_dir="runs/test-tiny", num_train=64, num_val=16, batch_size=8, max_steps=20,
+        warmup_steps=2, lr=3e-3, log_every=5, eval_every=0, save_every=10, eval_num=8,
+        progress=False,
+        model=dict(
+            img_size=32, patch_size=8, vision_embed_dim=32, vision_num_layers=1,
+            vision_num_heads=2, text_embed_dim=32, text_num_layers=1, text_num_heads=2,
+            max_seq_length=32, ssm_state_dim=4, ssm_hidden_dim=16, ssm_num_layers=1,
+            cross_attn_layers=1, cross_attn_heads=2, dropout=0.0, ssm_dropout=0.0,
+        ),
+        scenes=dict(img_size=32),
+    ),
+}
+
+
+def _parse_value(raw: str, typ: Any) -> Any:
+    """Parse a command-line string as `typ` (bool, int, float, str, Optional[...])."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if raw.lower() in ("none", "null"):
+            return None
+        return _parse_value(raw, args[0])
+    if typ is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true/false, got {raw!r}")
+    if typ in (int, float, str):
+        return typ(raw)
+    return json.loads(raw)
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """['--lr=1e-3', '--model.img_size=32'] -> {'lr': 1e-3, 'model': {'img_size': 32}}."""
+    from .config import VLMConfig
+    from .data import SceneConfig
+
+    nested = {"model": _field_types(VLMConfig), "scenes": _field_types(SceneConfig)}
+    top = _field_types(TrainConfig)
+    out: dict[str, Any] = {"model": {}, "scenes": {}}
+    for arg in args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ValueError(f"expected --key=value, got {arg!r}")
+        key, raw = arg[2:].split("=", 1)
+        key = key.replace("-", "_")
+        group, _, sub = key.partition(".")
+        types_ = nested.get(group) if sub else top
+        name = sub or key
+        if types_ is None or name not in types_ or (not sub and name in nested):
+            known = sorted(top) + [f"{g}.<field>" for g in nested]
+            raise ValueError(f"unknown option --{key}; known: {', '.join(known)}")
+        try:
+            value = _parse_value(raw, types_[name])
+        except ValueError as e:
+            raise ValueError(f"--{key}={raw}: {e}") from e
+        if sub:
+            out[group][name] = value
+        else:
+            out[name] = value
+    return out
+
+
+def build_train_config(preset: str, overrides: dict[str, Any]) -> TrainConfig:
+    if preset not in TRAIN_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    base = {k: v for k, v in TRAIN_PRESETS[preset].items()}
+    merged = {**base, **{k: v for k, v in overrides.items() if k not in ("model", "scenes")}}
+    for group in ("model", "scenes"):
+        merged[group] = {**base.get(group, {}), **overrides.get(group, {})}
+    merged.setdefault("out_dir", f"runs/{preset}")
+    return TrainConfig(preset=preset, **{k: v for k, v in merged.items() if k != "preset"})

@@ -1,0 +1,153 @@
+"""The trainer: loss falls, exact resume, atomic checkpoints under kill -9, DDP, overrides."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssm_bridge.checkpoint import load_weights
+from ssm_bridge.train import build
+from ssm_bridge.train_config import build_train_config, parse_overrides
+from ssm_bridge.trainer import NonFiniteLossError, latest_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(tmp_path, **kw):
+    return build_train_config("test-tiny", {"out_dir": str(tmp_path / "run"), **kw})
+
+
+def records(run: Path, kind: str) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_trains_logs_plots_and_checkpoints(tmp_path):
+    cfg = tiny(tmp_path, max_steps=30, eval_every=15, eval_num=4, grad_accum=2)
+    trainer = build(cfg)
+    trainer.fit()
+    run = Path(cfg.out_dir)
+    losses = [r["loss"] for r in records(run, "train")]
+    assert losses[-1] < losses[0] * 0.8, losses
+    assert len(records(run, "eval")) == 2 and "exact_match" in records(run, "eval")[0]
+    assert (run / "loss_curve.png").stat().st_size > 1000
+    ckpt = latest_checkpoint(run)
+    assert ckpt.name == "step-0000030"
+    assert {p.name for p in ckpt.iterdir()} >= {"config.json", "model.safetensors",
+                                                 "tokenizer.json", "optimizer.safetensors",
+                                                 "trainer_state.json", "preprocess.json"}
+    assert len(list((run / "checkpoints").glob("step-*"))) == cfg.keep_checkpoints
+    from ssm_bridge.pretrained import load_pretrained
+
+    bundle = load_pretrained(ckpt)  # any run checkpoint loads like a shipped one
+    assert bundle.scene_config.img_size == 32
+    (text,) = bundle.caption([torch.zeros(32, 32, 3, dtype=torch.uint8).numpy()])
+    assert isinstance(text, str)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    straight = build(tiny(tmp_path / "a", max_steps=12, save_every=0))
+    straight.fit()
+    first = build(tiny(tmp_path / "b", max_steps=12, save_every=0))
+    for _ in range(5):  # interrupted after 5 steps, having saved
+        first.train_step()
+    first.save()
+    del first
+    second = build(tiny(tmp_path / "b", max_steps=12, save_every=0, seed=123))  # seed ignored
+    assert second.resume() and second.step == 5
+    second.fit()
+    for (name, a), b in zip(straight.model.state_dict().items(),
+                            second.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
+    trainer = build(tiny(tmp_path))
+    trainer.model.decoder.hook_logits.register_forward_hook(
+        lambda m, i, out: out * float("nan"))
+    with pytest.raises(NonFiniteLossError, match="Lower --lr"):
+        trainer.train_step()
+
+
+_SAVER = """
+import sys
+sys.path.insert(0, {root!r})
+from ssm_bridge.train import build
+from ssm_bridge.train_config import build_train_config
+cfg = build_train_config("test-tiny", dict(out_dir={out!r}, model=dict(
+    img_size=32, patch_size=8, vision_embed_dim=256, vision_num_layers=4, vision_num_heads=4,
+    text_embed_dim=256, text_num_layers=4, text_num_heads=4, max_seq_length=32)))
+trainer = build(cfg)
+print("ready", flush=True)
+while True:
+    trainer.step += 1
+    trainer.save()
+"""
+
+
+def test_kill_9_during_save_leaves_a_loadable_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", _SAVER.format(root=str(ROOT), out=str(out))],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        for delay in (0.7, 0.45, 0.9):  # kill at different moments of the save loop
+            time.sleep(delay)
+            os.kill(proc.pid, signal.SIGSTOP)
+            ckpt = latest_checkpoint(out)
+            if ckpt is not None:
+                assert json.loads((ckpt / "trainer_state.json").read_text())["step"] >= 1
+            os.kill(proc.pid, signal.SIGCONT)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    ckpt = latest_checkpoint(out)
+    assert ckpt is not None
+    trainer = build(build_train_config("test-tiny", dict(out_dir=str(out), model=dict(
+        img_size=32, patch_size=8, vision_embed_dim=256, vision_num_layers=4,
+        vision_num_heads=4, text_embed_dim=256, text_num_layers=4, text_num_heads=4,
+        max_seq_length=32))))
+    load_weights(trainer.model, ckpt)  # complete and consistent
+    assert trainer.resume()
+
+
+def test_ddp_two_cpu_processes_stay_identical_and_learn(tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "ssm_bridge.train", "--preset=test-tiny", f"--out_dir={run}", "--max_steps=30",
+         "--batch_size=4", "--threads=1"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    (replicas,) = records(run, "replicas")
+    assert replicas["replicas_identical"] is True
+    losses = [r["loss"] for r in records(run, "train")]
+    assert losses[-1] < losses[0] * 0.8, losses
+    assert records(run, "train")[-1]["samples"] == 30 * 4 * 2  # both ranks counted
+
+
+def test_overrides_are_typed_and_checked():
+    o = parse_overrides(["--lr=1e-3", "--max_steps=5", "--progress=false",
+                         "--model.ssm_scan_order=cross", "--model.ssm_dt_rank=none",
+                         "--scenes.max_objects=2"])
+    assert o["lr"] == 1e-3 and o["max_steps"] == 5 and o["progress"] is False
+    assert o["model"] == {"ssm_scan_order": "cross", "ssm_dt_rank": None}
+    assert o["scenes"] == {"max_objects": 2}
+    cfg = build_train_config("shapes-tiny", o)
+    assert cfg.model["img_size"] == 64 and cfg.model["ssm_scan_order"] == "cross"
+    for bad, words in [("--lr=fast", "--lr=fast"), ("--colour=red", "unknown option"),
+                       ("--model.wings=2", "unknown option"), ("lr=1", "--key=value"),
+                       ("--progress=maybe", "true/false")]:
+        with pytest.raises(ValueError, match=words):
+            parse_overrides([bad])
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_train_config("gigantic", {})
