@@ -21,6 +21,7 @@ from typing import Any
 SCAN_ORDERS = ("raster", "bidirectional", "cross")
 SCAN_BACKENDS = ("auto", "torch", "cpp", "ref")
 ATTN_IMPLS = ("sdpa", "eager")
+VISION_STEMS = ("patch", "conv")
 
 
 @dataclass
@@ -48,6 +49,10 @@ class VLMConfig:
 
     # ---- new fields (all optional) ----
     in_channels: int = 3  # image channels the patch embedding expects
+    # "patch": one conv with kernel = stride = patch_size (the classic ViT). "conv": a stem
+    # of stride-2 3x3 convs down to the patch grid (Xiao et al. 2021, "Early convolutions
+    # help transformers see better"): same tokens, much faster to learn small shapes.
+    vision_stem: str = "patch"
     vision_mlp_ratio: float = 4.0  # ViT MLP width = ratio * vision_embed_dim
     text_ffn_dim: int | None = None  # SwiGLU hidden width; None = 8/3 * width rounded up to 64
     cross_attn_kv_heads: int = 1  # shared K/V heads in cross-attention (multi-query)
@@ -200,6 +205,13 @@ def _validate(c: VLMConfig) -> None:
     need(
         c.ssm_scan_backend in SCAN_BACKENDS,
         f"ssm_scan_backend must be one of {SCAN_BACKENDS}, got {c.ssm_scan_backend!r}",
+    )
+    need(c.vision_stem in VISION_STEMS,
+         f"vision_stem must be one of {VISION_STEMS}, got {c.vision_stem!r}")
+    need(
+        c.vision_stem != "conv" or c.patch_size & (c.patch_size - 1) == 0,
+        f"vision_stem='conv' halves the image per conv, so patch_size must be a power of 2, "
+        f"got {c.patch_size}; use vision_stem='patch'",
     )
     need(c.attn_impl in ATTN_IMPLS, f"attn_impl must be one of {ATTN_IMPLS}, got {c.attn_impl!r}")
     ids = {"pad_token_id": c.pad_token_id, "bos_token_id": c.bos_token_id,

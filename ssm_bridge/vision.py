@@ -19,6 +19,18 @@ def maybe_checkpoint(module: nn.Module, x: torch.Tensor, enabled: bool, **kw) ->
     return module(x, **kw)
 
 
+def conv_stem(in_channels: int, dim: int, patch_size: int) -> nn.Sequential:
+    """log2(patch_size) stride-2 3x3 convs (GELU between), widths doubling up to `dim`,
+    then a 1x1 projection: (B, C, H, W) -> (B, dim, H / patch, W / patch)."""
+    n = patch_size.bit_length() - 1
+    widths = [in_channels] + [max(dim >> (n - 1 - i), 8) for i in range(n)]
+    layers: list[nn.Module] = []
+    for c_in, c_out in zip(widths, widths[1:]):
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GELU()]
+    layers.append(nn.Conv2d(widths[-1], dim, 1))
+    return nn.Sequential(*layers)
+
+
 class EnhancedVisionTransformer(nn.Module):
     """images (B, C, H, W) -> tokens (B, 1 + num_patches, vision_embed_dim), cls first."""
 
@@ -26,7 +38,10 @@ class EnhancedVisionTransformer(nn.Module):
         super().__init__()
         c = config
         dim = c.vision_embed_dim
-        self.patch_embed = nn.Conv2d(c.in_channels, dim, c.patch_size, stride=c.patch_size)
+        if c.vision_stem == "conv":
+            self.patch_embed = conv_stem(c.in_channels, dim, c.patch_size)
+        else:
+            self.patch_embed = nn.Conv2d(c.in_channels, dim, c.patch_size, stride=c.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, c.num_patches + 1, dim))
         self.drop = nn.Dropout(c.dropout)
