@@ -97,7 +97,7 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # noqa: NPY002 (the global state is what user code shares)
     tensors = {"torch": torch.get_rng_state(),
                "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))}
     py = random.getstate()
@@ -109,8 +109,8 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
 def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     torch.set_rng_state(tensors["torch"])
     name, pos, has_gauss, gauss = meta["numpy"]
-    np.random.set_state((name, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss,
-                         gauss))
+    keys = tensors["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state((name, keys, pos, has_gauss, gauss))  # noqa: NPY002
     version, state, gauss_next = meta["python"]
     random.setstate((version, tuple(state), gauss_next))
 
@@ -229,7 +229,7 @@ class Trainer:
                 last_eval = self.run_eval()
             if cfg.save_every and self.step % cfg.save_every == 0:
                 self.save()
-            if cfg.stop_at_exact_match and last_eval.get("exact_match", 0) >= cfg.stop_at_exact_match:
+            if 0 < cfg.stop_at_exact_match <= last_eval.get("exact_match", 0):
                 break
         bar.close()
         if self.world > 1:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from einops import rearrange
 from torch import nn
@@ -25,8 +27,13 @@ def conv_stem(in_channels: int, dim: int, patch_size: int) -> nn.Sequential:
     n = patch_size.bit_length() - 1
     widths = [in_channels] + [max(dim >> (n - 1 - i), 8) for i in range(n)]
     layers: list[nn.Module] = []
-    for c_in, c_out in zip(widths, widths[1:]):
-        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GELU()]
+    for c_in, c_out in itertools.pairwise(widths):
+        conv = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
+        # He init keeps the signal's scale through the GELUs (PyTorch's default shrinks
+        # it ~2x per layer, and the image then drowns in the position embedding).
+        nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        nn.init.zeros_(conv.bias)
+        layers += [conv, nn.GELU()]
     layers.append(nn.Conv2d(widths[-1], dim, 1))
     return nn.Sequential(*layers)
 
