@@ -1,0 +1,70 @@
+"""The `ssm-bridge` command: caption (bad files reported, the rest captioned) and eval."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssm_bridge.cli import main
+from ssm_bridge.data import make_scene
+from ssm_bridge.evaluate import caption_metrics, parse_caption
+from ssm_bridge.train import build
+from ssm_bridge.train_config import build_train_config
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    trainer = build(build_train_config("test-tiny", {"out_dir": str(run), "max_steps": 3,
+                                                     "eval_num": 0}))
+    trainer.fit()
+    return trainer.save()
+
+
+def test_caption_reports_bad_files_and_carries_on(checkpoint, tmp_path, capsys):
+    good = tmp_path / "scene.png"
+    Image.fromarray(make_scene("test", 0).image).save(good)
+    grey16 = tmp_path / "grey16.png"
+    Image.fromarray(np.full((20, 30), 40000, dtype=np.uint16)).save(grey16)
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    missing = tmp_path / "missing.png"
+    code = main(["caption", str(good), str(bad), str(missing), str(grey16),
+                 "--checkpoint", str(checkpoint)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert len(out.strip().splitlines()) == 2  # one caption per readable image
+    assert "notes.png" in err and "missing.png" in err and "scene.png" not in err
+
+
+def test_eval_prints_a_table_and_writes_json(checkpoint, tmp_path, capsys):
+    path = tmp_path / "m.json"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--num", "6", "--json",
+                 str(path)]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads(path.read_text())
+    for key in ["exact_match", "colour", "shape", "size", "relation", "count", "bleu4",
+                "cider", "vqa"]:
+        assert key in metrics and key in out
+    assert metrics["num"] == 6
+
+
+def test_usage_errors(capsys):
+    assert main([]) == 2
+    assert main(["fly"]) == 2
+    assert main(["--help"]) == 0
+
+
+def test_caption_metrics_and_parser():
+    p = parse_caption("a small red circle left of a large blue square above a green")
+    assert p.objects == [("small", "red", "circle"), ("large", "blue", "square"),
+                         ("green", "", "")]
+    assert p.relations == ["left of", "above"]
+    scenes = [make_scene("test", i) for i in range(4)]
+    perfect = caption_metrics([s.caption for s in scenes], scenes)
+    assert all(v == 1.0 for v in perfect.values())
+    wrong = [s.caption.replace("small", "large", 1) if "small" in s.caption
+             else s.caption.replace("large", "small", 1) for s in scenes]
+    m = caption_metrics(wrong, scenes)
+    assert m["exact_match"] == 0 and m["size"] < 1 and m["colour"] == 1 and m["count"] == 1
