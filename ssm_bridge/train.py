@@ -50,14 +50,20 @@ def build(cfg: TrainConfig) -> Trainer:
     elif cfg.data == "coco":
         from .data import CocoCaptions, build_tokenizer_from_coco, collate
 
-        if not cfg.coco_annotations or not cfg.coco_images:
-            raise ValueError("--data=coco needs --coco_annotations=FILE and --coco_images=DIR")
+        if not (cfg.coco_annotations or cfg.coco_karpathy) or not cfg.coco_images:
+            raise ValueError("--data=coco needs --coco_images=DIR and --coco_annotations=FILE "
+                             "(or --coco_karpathy=FILE)")
         karpathy = cfg.coco_karpathy or None
-        tokenizer = build_tokenizer_from_coco(cfg.coco_annotations, karpathy_json=karpathy)
-        train_set = CocoCaptions(cfg.coco_annotations, cfg.coco_images, tokenizer, transform,
+        annotations = cfg.coco_annotations or None
+        tokenizer = build_tokenizer_from_coco(annotations, karpathy_json=karpathy,
+                                              min_count=cfg.coco_min_count)
+        train_set = CocoCaptions(annotations, cfg.coco_images, tokenizer, transform,
                                  split="train" if karpathy else None, karpathy_json=karpathy,
                                  skip_bad=cfg.skip_bad)
         collate = partial(collate, pad_id=tokenizer.pad_id)
+        if train_set.num_skipped:
+            print(f"skipped {train_set.num_skipped} bad COCO entries (--skip_bad)",
+                  file=sys.stderr)
     else:
         raise ValueError(f"--data must be 'scenes' or 'coco', got {cfg.data!r}")
     model_cfg = VLMConfig(**{**cfg.model, "vocab_size": len(tokenizer),

@@ -30,6 +30,7 @@ class TrainConfig:
     coco_images: str = ""  # image folder (data=coco)
     coco_karpathy: str = ""  # optional Karpathy split file (data=coco)
     skip_bad: bool = False  # skip unreadable COCO entries instead of failing
+    coco_min_count: int = 5  # words rarer than this in the captions become <unk>
     # ---- optimisation ----
     batch_size: int = 64  # per process, per micro-step
     grad_accum: int = 1  # micro-steps per optimizer step

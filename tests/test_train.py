@@ -151,3 +151,22 @@ def test_overrides_are_typed_and_checked():
             parse_overrides([bad])
     with pytest.raises(ValueError, match="unknown preset"):
         build_train_config("gigantic", {})
+
+
+from test_data_coco import coco  # noqa: E402,F401  (the tiny COCO-format folder fixture)
+
+
+def test_trains_on_a_coco_format_folder(coco, tmp_path, capsys):  # noqa: F811
+    root, ann, _ = coco
+    (root / "images" / "b.png").unlink()  # one missing image: skipped with --skip_bad
+    cfg = tiny(tmp_path, data="coco", coco_annotations=str(ann), coco_images=str(root / "images"),
+               coco_min_count=1, skip_bad=True, max_steps=30, batch_size=4, eval_num=0)
+    trainer = build(cfg)
+    assert trainer.train_set.num_skipped == 1
+    assert "skipped 1 bad COCO entries" in capsys.readouterr().err
+    trainer.fit()
+    losses = [r["loss"] for r in records(Path(cfg.out_dir), "train")]
+    assert losses[-1] < losses[0] * 0.7, losses
+    with pytest.raises(FileNotFoundError, match=r"b\.png"):
+        build(tiny(tmp_path / "strict", data="coco", coco_annotations=str(ann),
+                   coco_images=str(root / "images"), coco_min_count=1))
