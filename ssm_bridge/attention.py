@@ -89,7 +89,36 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
-class MultiQueryAttention(nn.Module):
+class _HeadedAttention(nn.Module):
+    """Shared parts: query/output projections, head sizes, the fused/eager choice."""
+
+    def __init__(self, dim: int, num_heads: int, kv_heads: int, dropout: float,
+                 eager: bool) -> None:
+        super().__init__()
+        if num_heads % kv_heads:
+            raise ValueError(f"kv_heads ({kv_heads}) must divide num_heads ({num_heads})")
+        self.num_heads, self.kv_heads = num_heads, kv_heads
+        self.head_dim = max(dim // num_heads, 1)
+        self.q_proj = nn.Linear(dim, num_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(num_heads * self.head_dim, dim, bias=False)
+        self.dropout = dropout
+        self.eager = eager
+        self.hook_pattern = HookPoint()  # (B, H, Tq, Tk)
+
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.q_proj(x), "b t (h e) -> b h t e", h=self.num_heads)  # (B, H, T, E)
+
+    def attend_and_project(self, q, k, v, mask=None, is_causal: bool = False) -> torch.Tensor:
+        """Attention (eager when asked or when `hook_pattern` is watched), then o_proj."""
+        out, pattern = attend(q, k, v, mask=as_bool_mask(mask), is_causal=is_causal,
+                              dropout_p=self.dropout if self.training else 0.0,
+                              eager=self.eager or self.hook_pattern.active)
+        if pattern is not None:
+            self.hook_pattern(pattern)
+        return self.o_proj(rearrange(out, "b h t e -> b t (h e)"))  # (B, Tq, dim)
+
+
+class MultiQueryAttention(_HeadedAttention):
     """Self-attention with `kv_heads` shared key/value heads (1 = multi-query).
 
     Args (as in the original package): dim, num_heads, kv_heads, dropout.
@@ -99,54 +128,31 @@ class MultiQueryAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, kv_heads: int = 1, dropout: float = 0.0,
                  *, eager: bool = False) -> None:
-        super().__init__()
-        if num_heads % kv_heads:
-            raise ValueError(f"kv_heads ({kv_heads}) must divide num_heads ({num_heads})")
-        self.num_heads, self.kv_heads = num_heads, kv_heads
-        self.head_dim = max(dim // num_heads, 1)
-        self.q_proj = nn.Linear(dim, num_heads * self.head_dim, bias=False)
+        super().__init__(dim, num_heads, kv_heads, dropout, eager)
         self.kv_proj = nn.Linear(dim, 2 * kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(num_heads * self.head_dim, dim, bias=False)
-        self.dropout = dropout
-        self.eager = eager
-        self.hook_pattern = HookPoint()  # (B, H, Tq, Tk)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *,
                 is_causal: bool = False, kv_cache: KVCache | None = None) -> torch.Tensor:
-        q = rearrange(self.q_proj(x), "b t (h e) -> b h t e", h=self.num_heads)  # (B, H, T, E)
         kv = rearrange(self.kv_proj(x), "b t (two g e) -> two b g t e", two=2, g=self.kv_heads)
         k, v = kv[0], kv[1]  # (B, G, T, E) each
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # (B, G, cached + T, E)
-        eager = self.eager or self.hook_pattern.active
-        out, pattern = attend(q, k, v, mask=as_bool_mask(mask), is_causal=is_causal,
-                              dropout_p=self.dropout if self.training else 0.0, eager=eager)
-        if pattern is not None:
-            self.hook_pattern(pattern)
-        return self.o_proj(rearrange(out, "b h t e -> b t (h e)"))  # (B, T, dim)
+        return self.attend_and_project(self.queries(x), k, v, mask, is_causal)
 
 
-class CrossModalAttention(nn.Module):
+class CrossModalAttention(_HeadedAttention):
     """Queries from one modality attend to keys/values from another (multi-query).
 
     Args (as in the original package): dim, num_heads, dropout; forward(query,
     key, value, mask). `project_kv` lets generation compute the image keys once.
+    `hook_pattern` sees (B, H, text, image tokens).
     """
 
     def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, kv_heads: int = 1,
                  *, eager: bool = False) -> None:
-        super().__init__()
-        if num_heads % kv_heads:
-            raise ValueError(f"kv_heads ({kv_heads}) must divide num_heads ({num_heads})")
-        self.num_heads, self.kv_heads = num_heads, kv_heads
-        self.head_dim = max(dim // num_heads, 1)
-        self.q_proj = nn.Linear(dim, num_heads * self.head_dim, bias=False)
+        super().__init__(dim, num_heads, kv_heads, dropout, eager)
         self.k_proj = nn.Linear(dim, kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(dim, kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(num_heads * self.head_dim, dim, bias=False)
-        self.dropout = dropout
-        self.eager = eager
-        self.hook_pattern = HookPoint()  # (B, H, Tq, Tk): text over image tokens
 
     def project_kv(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, ...]:
         k = rearrange(self.k_proj(key), "b t (g e) -> b g t e", g=self.kv_heads)  # (B, G, Tk, E)
@@ -160,10 +166,4 @@ class CrossModalAttention(nn.Module):
             if key is None:
                 raise ValueError("CrossModalAttention needs key/value tensors or precomputed kv")
             kv = self.project_kv(key, key if value is None else value)
-        q = rearrange(self.q_proj(query), "b t (h e) -> b h t e", h=self.num_heads)  # (B, H, Tq, E)
-        eager = self.eager or self.hook_pattern.active
-        out, pattern = attend(q, kv[0], kv[1], mask=as_bool_mask(mask),
-                              dropout_p=self.dropout if self.training else 0.0, eager=eager)
-        if pattern is not None:
-            self.hook_pattern(pattern)
-        return self.o_proj(rearrange(out, "b h t e -> b t (h e)"))  # (B, Tq, dim)
+        return self.attend_and_project(self.queries(query), kv[0], kv[1], mask)
