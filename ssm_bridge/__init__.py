@@ -13,6 +13,7 @@ from .model import (
     Swish,
     TransformerBlock,
 )
+from .pretrained import Pretrained, load_pretrained
 
 __version__ = "0.1.0"
 
@@ -23,9 +24,11 @@ __all__ = [
     "EnhancedVLM",
     "EnhancedVisionTransformer",
     "MultiQueryAttention",
+    "Pretrained",
     "SSMLayer",
     "SwiGLU",
     "Swish",
     "TransformerBlock",
     "VLMConfig",
+    "load_pretrained",
 ]

@@ -89,3 +89,40 @@ def load_pretrained(name_or_dir: str | os.PathLike = "shapes-tiny",
     scene_config = (SceneConfig(**json.loads(scenes_path.read_text()))
                     if scenes_path.is_file() else None)
     return Pretrained(model, tokenizer, transform, scene_config, path)
+
+
+INFERENCE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "preprocess.json",
+                   "scenes.json")
+
+
+def training_record(run_dir: str | os.PathLike) -> dict:
+    """What a run's metrics.jsonl says about its speed: minutes of training (optimizer steps
+    only, evaluation excluded) until val exact-match first reached 90/95/98 %, and the end."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line]
+    evals = [r for r in records if r["kind"] == "eval" and "exact_match" in r]
+    record = {"steps": records[-1]["step"], "samples": records[-1]["samples"],
+              "train_minutes": round(records[-1]["train_seconds"] / 60, 2)}
+    for level in (90, 95, 98):
+        hit = next((r for r in evals if r["exact_match"] >= level / 100), None)
+        record[f"minutes_to_{level}"] = round(hit["train_seconds"] / 60, 2) if hit else None
+        record[f"step_to_{level}"] = hit["step"] if hit else None
+    record["val_curve"] = [{"step": r["step"], "minutes": round(r["train_seconds"] / 60, 2),
+                            "exact_match": r["exact_match"]} for r in evals]
+    return record
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, dest: str | os.PathLike,
+                      run_dir: str | os.PathLike | None = None) -> Path:
+    """Copy a training checkpoint's inference files (no optimizer state) to `dest`, with
+    training_record.json from its run when `run_dir` is given."""
+    src, dest = Path(checkpoint), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in INFERENCE_FILES:
+        if (src / name).is_file():
+            data = (src / name).read_bytes()
+            atomic_write(dest / name, lambda p, data=data: Path(p).write_bytes(data))
+    if run_dir is not None:
+        rec = json.dumps(training_record(run_dir), indent=2)
+        atomic_write(dest / "training_record.json", lambda p: Path(p).write_text(rec))
+    return dest

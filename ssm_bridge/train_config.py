@@ -25,7 +25,6 @@ class TrainConfig:
     data: str = "scenes"  # scenes | coco
     task: str = "caption"  # caption | vqa | mixed (scenes only)
     num_train: int = 50_000  # training scenes, pre-rendered once (scenes only)
-    num_val: int = 500  # scenes for periodic evaluation
     coco_annotations: str = ""  # COCO-format annotation JSON (data=coco)
     coco_images: str = ""  # image folder (data=coco)
     coco_karpathy: str = ""  # optional Karpathy split file (data=coco)
@@ -49,7 +48,7 @@ class TrainConfig:
     # ---- bookkeeping ----
     log_every: int = 10
     eval_every: int = 250  # 0 disables periodic evaluation
-    eval_num: int = 200  # scenes per periodic evaluation (greedy exact-match)
+    eval_num: int = 200  # val scenes per periodic evaluation (greedy exact-match)
     save_every: int = 250
     keep_checkpoints: int = 2
     stop_at_exact_match: float = 0.0  # >0: stop once val exact-match reaches it
@@ -67,10 +66,13 @@ class TrainConfig:
 
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    # The shipped checkpoint: 64 px scenes of 1-3 objects, ~1.5 M parameters.
+    # The shipped checkpoint: 64 px scenes of 1-3 objects, 1.4 M parameters, ~30 min on
+    # 2 cores. The conv stem learns small shapes ~3x faster than a patch conv here.
     "shapes-tiny": dict(
+        num_train=40_000, max_steps=4000, eval_every=250, eval_num=200, save_every=500,
         model=dict(
-            img_size=64, patch_size=8, vision_embed_dim=128, vision_num_layers=3,
+            vision_stem="conv", img_size=64, patch_size=8, vision_embed_dim=128,
+            vision_num_layers=3,
             vision_num_heads=4, text_embed_dim=128, text_num_layers=2, text_num_heads=4,
             text_kv_heads=1, max_seq_length=32, ssm_state_dim=16, ssm_hidden_dim=128,
             ssm_num_layers=2, cross_attn_layers=1, cross_attn_heads=4, dropout=0.0,
@@ -79,7 +81,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     ),
     # Tests: seconds on 2 cores.
     "test-tiny": dict(
-        out_dir="runs/test-tiny", num_train=64, num_val=16, batch_size=8, max_steps=20,
+        out_dir="runs/test-tiny", num_train=64, batch_size=8, max_steps=20,
         warmup_steps=2, lr=3e-3, log_every=5, eval_every=0, save_every=10, eval_num=8,
         progress=False,
         model=dict(
