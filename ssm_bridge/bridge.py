@@ -7,8 +7,8 @@ from torch import nn
 
 from .config import VLMConfig
 from .hooks import HookPoint
+from .layers import maybe_checkpoint
 from .ssm import SSMLayer
-from .vision import maybe_checkpoint
 
 
 class BridgeBlock(nn.Module):

@@ -16,8 +16,8 @@ from torch import nn
 from .attention import KVCache
 from .config import VLMConfig
 from .hooks import HookPoint
+from .layers import maybe_checkpoint
 from .transformer import GatedCrossAttentionBlock, TransformerBlock
-from .vision import maybe_checkpoint
 
 
 @dataclass

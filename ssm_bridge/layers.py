@@ -1,10 +1,11 @@
-"""Small building blocks: activations and feed-forward networks."""
+"""Small building blocks: activations, feed-forward networks, gradient checkpointing."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class Swish(nn.Module):
@@ -42,3 +43,10 @@ class GeluMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.fc2(F.gelu(self.fc1(x))))
+
+
+def maybe_checkpoint(module: nn.Module, x: torch.Tensor, enabled: bool, **kw) -> torch.Tensor:
+    """Run `module(x, **kw)`, recomputing it in backward when `enabled` (saves activations)."""
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(module, x, use_reentrant=False, **kw)
+    return module(x, **kw)

@@ -7,18 +7,11 @@ import itertools
 import torch
 from einops import rearrange
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .config import VLMConfig
 from .hooks import HookPoint
+from .layers import maybe_checkpoint
 from .transformer import TransformerBlock
-
-
-def maybe_checkpoint(module: nn.Module, x: torch.Tensor, enabled: bool, **kw) -> torch.Tensor:
-    """Run `module(x, **kw)`, recomputing it in backward when `enabled` (saves activations)."""
-    if enabled and torch.is_grad_enabled():
-        return checkpoint(module, x, use_reentrant=False, **kw)
-    return module(x, **kw)
 
 
 def conv_stem(in_channels: int, dim: int, patch_size: int) -> nn.Sequential:

@@ -77,4 +77,5 @@ def test_no_temp_files_left_and_overwrite(tmp_path, tiny_config):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     loaded = EnhancedVLM.from_pretrained(tmp_path)
     assert torch.equal(loaded.vision.pos_embed, second.vision.pos_embed)
-    assert VLMConfig.from_dict(json.loads((tmp_path / "config.json").read_text())["config"])
+    saved = json.loads((tmp_path / "config.json").read_text())["config"]
+    assert VLMConfig.from_dict(saved) == second.config
