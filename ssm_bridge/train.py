@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # else gloo may abort at exit
     if metrics and trainer.rank == 0:
         print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()), file=sys.stderr)
     return 0

@@ -239,6 +239,8 @@ class Trainer:
             last_eval = self.run_eval()
         if self.rank == 0:
             self.plot()
+        if self.world > 1:
+            dist.barrier()  # no rank leaves while rank 0 still saves and evaluates
         return last_eval
 
     def run_eval(self) -> dict:
