@@ -2,6 +2,8 @@
 decoder, built to be looked inside."""
 
 from .config import PRESETS, VLMConfig
+from .generation import GenerationTraces
+from .hooks import ActivationCache, HookPoint
 from .model import (
     CrossModalAttention,
     EnhancedSSMBridge,
@@ -14,15 +16,19 @@ from .model import (
     TransformerBlock,
 )
 from .pretrained import Pretrained, load_pretrained
+from .ssm import explain_mode
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "ActivationCache",
     "CrossModalAttention",
     "EnhancedSSMBridge",
     "EnhancedVLM",
     "EnhancedVisionTransformer",
+    "GenerationTraces",
+    "HookPoint",
     "MultiQueryAttention",
     "Pretrained",
     "SSMLayer",
@@ -30,5 +36,6 @@ __all__ = [
     "Swish",
     "TransformerBlock",
     "VLMConfig",
+    "explain_mode",
     "load_pretrained",
 ]

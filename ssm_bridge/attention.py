@@ -5,8 +5,9 @@ multi-query attention), Tq / Tk query / key lengths, E = head_dim.
 
 `head_dim = dim // num_heads`; queries are projected to H * E and the output back
 to `dim`, so widths that the head count does not divide (1024 with 12 heads) work.
-The eager path is used when `eager=True` or when a hook watches `hook_pattern`;
-tests check it equals the fused path.
+The eager path is used when `eager=True`; tests check it equals the fused path.
+A hook on `hook_pattern` sees the pattern without changing the output (it is
+computed beside the fused kernel) and may replace it to patch the attention.
 """
 
 from __future__ import annotations
@@ -17,6 +18,28 @@ from einops import rearrange
 from torch import nn
 
 from .hooks import HookPoint
+
+
+def attention_pattern(q: torch.Tensor, k: torch.Tensor, *, mask: torch.Tensor | None = None,
+                      is_causal: bool = False) -> torch.Tensor:
+    """softmax(q k^T / sqrt(E)) with grouped K heads. q: (B, H, Tq, E); k: (B, G, Tk, E);
+    mask: bool, True = may attend. Returns the pattern (B, H, Tq, Tk)."""
+    H, G = q.shape[1], k.shape[1]
+    k = k.repeat_interleave(H // G, dim=1)  # (B, H, Tk, E)
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, Tq, Tk)
+    if is_causal:
+        Tq, Tk = scores.shape[-2:]
+        causal = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril()  # (Tq, Tk), as SDPA
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1)  # (B, H, Tq, Tk)
+
+
+def apply_pattern(pattern: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """pattern (B, H, Tq, Tk) @ v (B, G, Tk, E) -> (B, H, Tq, E)."""
+    v = v.repeat_interleave(pattern.shape[1] // v.shape[1], dim=1)  # (B, H, Tk, E)
+    return F.dropout(pattern, dropout_p, training=dropout_p > 0) @ v.to(pattern.dtype)
 
 
 def attend(
@@ -41,18 +64,8 @@ def attend(
             q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=H != G
         )
         return out, None
-    k = k.repeat_interleave(H // G, dim=1)  # (B, H, Tk, E)
-    v = v.repeat_interleave(H // G, dim=1)  # (B, H, Tk, E)
-    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, Tq, Tk)
-    if is_causal:
-        Tq, Tk = scores.shape[-2:]
-        causal = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril()  # (Tq, Tk)
-        scores = scores.masked_fill(~causal, float("-inf"))
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    pattern = scores.softmax(dim=-1)  # (B, H, Tq, Tk)
-    out = F.dropout(pattern, dropout_p, training=dropout_p > 0) @ v  # (B, H, Tq, E)
-    return out, pattern
+    pattern = attention_pattern(q, k, mask=mask, is_causal=is_causal)  # (B, H, Tq, Tk)
+    return apply_pattern(pattern, v, dropout_p), pattern
 
 
 def as_bool_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -109,11 +122,21 @@ class _HeadedAttention(nn.Module):
         return rearrange(self.q_proj(x), "b t (h e) -> b h t e", h=self.num_heads)  # (B, H, T, E)
 
     def attend_and_project(self, q, k, v, mask=None, is_causal: bool = False) -> torch.Tensor:
-        """Attention (eager when asked or when `hook_pattern` is watched), then o_proj."""
-        out, pattern = attend(q, k, v, mask=as_bool_mask(mask), is_causal=is_causal,
-                              dropout_p=self.dropout if self.training else 0.0,
-                              eager=self.eager or self.hook_pattern.active)
-        if pattern is not None:
+        """Attention, then o_proj. The output comes from the fused kernel unless the
+        layer is eager; when `hook_pattern` is watched the pattern is computed beside
+        it (so observing never changes the output) and, if a hook replaces the
+        pattern, the output is recomputed from the replacement."""
+        mask = as_bool_mask(mask)
+        dropout_p = self.dropout if self.training else 0.0
+        out, pattern = attend(q, k, v, mask=mask, is_causal=is_causal, dropout_p=dropout_p,
+                              eager=self.eager)
+        if self.hook_pattern.active:
+            if pattern is None:
+                pattern = attention_pattern(q, k, mask=mask, is_causal=is_causal)
+            patched = self.hook_pattern(pattern)  # (B, H, Tq, Tk)
+            if patched is not pattern:
+                out = apply_pattern(patched, v, dropout_p)  # (B, H, Tq, E)
+        elif pattern is not None:
             self.hook_pattern(pattern)
         return self.o_proj(rearrange(out, "b h t e -> b t (h e)"))  # (B, Tq, dim)
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from .config import VLMConfig
 from .hooks import HookPoint
-from .layers import maybe_checkpoint
+from .layers import layer_norm, maybe_checkpoint
 from .ssm import SSMLayer
 
 
@@ -22,8 +22,11 @@ class BridgeBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.hook_resid_post = HookPoint()  # (B, L, D): the bridge's residual stream
 
+    explain = False  # MambaLRP rules (see ssm.explain_mode)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hook_resid_post(x + self.drop(self.mixer(self.norm(x))))
+        h = layer_norm(self.norm, x, self.explain)
+        return self.hook_resid_post(x + self.drop(self.mixer(h)))
 
 
 class EnhancedSSMBridge(nn.Module):
@@ -53,6 +56,8 @@ class EnhancedSSMBridge(nn.Module):
         self.hook_in = HookPoint()  # (B, L, D) after the input projection
         self.hook_out = HookPoint()  # (B, L, output_dim)
 
+    explain = False  # MambaLRP rules (see ssm.explain_mode)
+
     @classmethod
     def from_config(cls, c: VLMConfig) -> EnhancedSSMBridge:
         return cls(c.vision_embed_dim, c.ssm_state_dim, c.ssm_hidden_dim, c.text_embed_dim,
@@ -65,4 +70,5 @@ class EnhancedSSMBridge(nn.Module):
         x = self.hook_in(self.in_proj(x))  # (B, L, D)
         for layer in self.layers:
             x = maybe_checkpoint(layer, x, self.gradient_checkpointing and self.training)
-        return self.hook_out(self.out_proj(self.norm(x)))  # (B, L, output_dim)
+        x = layer_norm(self.norm, x, self.explain)
+        return self.hook_out(self.out_proj(x))  # (B, L, output_dim)

@@ -8,6 +8,7 @@ over [image prefix ; text], with a KV cache for incremental decoding.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +29,7 @@ class DecoderCache:
     layers: list[KVCache]
     media_kv: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     text_len: int = 0  # text positions already decoded
+    prefix_len: int = 0  # image positions at the start of every block's keys
 
     @property
     def length(self) -> int:
@@ -62,6 +64,9 @@ class LanguageDecoder(nn.Module):
         self.hook_image_prefix = HookPoint()  # (B, P, dim) what the decoder sees of the image
         self.hook_text_embed = HookPoint()  # (B, T, dim)
         self.hook_logits = HookPoint()  # (B, T, vocab)
+        # per block, (B, H, T, P): the text queries' attention to the image prefix, a slice
+        # of `blocks.<i>.attn.hook_pattern` (patching it patches that slice).
+        self.hook_prefix_attn = nn.ModuleList(HookPoint() for _ in self.blocks)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.prefix_embed, std=0.02)
 
@@ -88,16 +93,43 @@ class LanguageDecoder(nn.Module):
         if first:
             prefix = self.hook_image_prefix(media + self.prefix_embed)  # (B, P, dim)
             x = torch.cat([prefix, x], dim=1)  # (B, P + T, dim)
+            if cache is not None:
+                cache.prefix_len = media.shape[1]
+        P = media.shape[1] if cache is None else cache.prefix_len
         mask = None if first or T == 1 else self._cached_mask(cache.length, T, x.device)
         checkpointing = self.gradient_checkpointing and self.training and cache is None
         for i, block in enumerate(self.blocks):
             kv = cache.layers[i] if cache is not None else None
-            x = maybe_checkpoint(block, x, checkpointing, is_causal=first, kv_cache=kv,
-                                 mask=mask)
+            with self._route_prefix_attention(i, P, T):
+                x = maybe_checkpoint(block, x, checkpointing, is_causal=first, kv_cache=kv,
+                                     mask=mask)
         if cache is not None:
             cache.text_len += T
         logits = self.lm_head(self.norm(x[:, -T:]))  # (B, T, vocab)
         return self.hook_logits(logits)
+
+    @contextlib.contextmanager
+    def _route_prefix_attention(self, i: int, P: int, T: int):
+        """While block i runs, pass its text-to-image slice through hook_prefix_attn[i]."""
+        hook = self.hook_prefix_attn[i]
+        if not hook.active:
+            yield
+            return
+
+        def route(module, args, pattern):  # pattern: (B, H, Tq, Tk)
+            part = pattern[..., -T:, :P]  # (B, H, T, P)
+            patched = hook(part)
+            if patched is part:
+                return None
+            pattern = pattern.clone()
+            pattern[..., -T:, :P] = patched
+            return pattern
+
+        handle = self.blocks[i].attn.hook_pattern.register_forward_hook(route)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def _cross_attend(self, x: torch.Tensor, media: torch.Tensor,
                       cache: DecoderCache | None) -> torch.Tensor:

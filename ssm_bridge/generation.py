@@ -5,6 +5,7 @@ and as the test oracle for the cache)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -59,11 +60,69 @@ def start_sequence(model: EnhancedVLM, batch: int, prompt, device) -> torch.Tens
     return torch.cat([bos, prompt], dim=1)  # (B, 1 + S)
 
 
+@dataclass
+class GenerationTraces:
+    """What the decoder looked at for each generated token (step s made tokens[:, start + s]).
+
+    cross_attention: (B, steps, cross_layers, H, L) each cross-attention layer's pattern
+        for the query that produced the token, over the L = 1 + P image tokens (cls first).
+    prefix_attention: (B, steps, blocks, H, L) each decoder block's attention from that
+        query to the image prefix (the rest of its row goes to earlier text).
+    logprobs: (B, steps) log-probability of the chosen token under the model (before
+        temperature and filtering). Steps after a row's EOS are padding.
+    """
+
+    tokens: torch.Tensor  # (B, start + steps)
+    start: int
+    cross_attention: torch.Tensor
+    prefix_attention: torch.Tensor
+    logprobs: torch.Tensor
+
+    @property
+    def steps(self) -> int:
+        return self.logprobs.shape[1]
+
+
+@dataclass
+class _Recorder:
+    """Collects the last query row of each watched pattern per decoder call."""
+
+    cross_names: list[str]
+    prefix_names: list[str]
+    rows: dict[str, torch.Tensor] = field(default_factory=dict)
+    cross: list[torch.Tensor] = field(default_factory=list)
+    prefix: list[torch.Tensor] = field(default_factory=list)
+    logprobs: list[torch.Tensor] = field(default_factory=list)
+
+    def fwd_hooks(self):
+        def keep(t: torch.Tensor, name: str) -> None:
+            self.rows[name] = t[..., -1, :].detach().float()  # (B, H, L)
+
+        return [(n, keep) for n in self.cross_names + self.prefix_names]
+
+    def on_logits(self) -> None:
+        self.cross.append(self._stack(self.cross_names))  # (B, cross_layers, H, L)
+        self.prefix.append(self._stack(self.prefix_names))  # (B, blocks, H, L)
+
+    def _stack(self, names: list[str]) -> torch.Tensor:
+        if not names:  # a model without such layers
+            return torch.zeros(0)
+        return torch.stack([self.rows[n] for n in names], 1)
+
+    def on_token(self, logits: torch.Tensor, nxt: torch.Tensor) -> None:
+        lp = logits.float().log_softmax(-1).gather(-1, nxt[:, None])[:, 0]  # (B,)
+        self.logprobs.append(lp)
+
+    def traces(self, seq: torch.Tensor, start: int) -> GenerationTraces:
+        return GenerationTraces(seq, start, torch.stack(self.cross, 1),
+                                torch.stack(self.prefix, 1), torch.stack(self.logprobs, 1))
+
+
 @torch.no_grad()
 def generate(model: EnhancedVLM, images: torch.Tensor, max_length: int = 50,
              temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = 0.9, *,
              prompt=None, seed: int | None = None, generator: torch.Generator | None = None,
-             use_cache: bool = True) -> torch.Tensor:
+             use_cache: bool = True, return_traces: bool = False):
     """Caption `images` (B, C, H, W): LongTensor (B, <= max_length) of ids.
 
     Each row starts with BOS (then the prompt, if given) and stops at its EOS;
@@ -73,6 +132,8 @@ def generate(model: EnhancedVLM, images: torch.Tensor, max_length: int = 50,
     sampled with `generator` (or a fresh one seeded with `seed`).
     prompt: ids to continue from (a question, say): a list, (S,) or (B, S) tensor.
     use_cache=False re-runs the full model per token (the original's method).
+    return_traces=True returns (ids, GenerationTraces): per generated token, the
+    cross-attention and decoder-to-image attention of the query that produced it.
     """
     c = model.config
     check_images(images, c)
@@ -88,14 +149,22 @@ def generate(model: EnhancedVLM, images: torch.Tensor, max_length: int = 50,
         )
     was_training = model.training
     model.eval()
+    args = (model, images, seq, max_length, temperature, top_k, top_p, generator, use_cache)
     try:
-        return _decode(model, images, seq, max_length, temperature, top_k, top_p, generator,
-                       use_cache)
+        if not return_traces:
+            return _decode(*args)
+        rec = _Recorder([f"decoder.cross_layers.{i}.attn.hook_pattern"
+                         for i in range(len(model.decoder.cross_layers))],
+                        [f"decoder.hook_prefix_attn.{i}" for i in range(len(model.decoder.blocks))])
+        with model.hooks(rec.fwd_hooks()):
+            out = _decode(*args, recorder=rec)
+        return out, rec.traces(out, seq.shape[1])
     finally:
         model.train(was_training)
 
 
-def _decode(model, images, seq, max_length, temperature, top_k, top_p, generator, use_cache):
+def _decode(model, images, seq, max_length, temperature, top_k, top_p, generator, use_cache,
+            recorder: _Recorder | None = None):
     c = model.config
     B = seq.shape[0]
     if use_cache:
@@ -108,6 +177,9 @@ def _decode(model, images, seq, max_length, temperature, top_k, top_p, generator
     finished = torch.zeros(B, dtype=torch.bool, device=seq.device)
     while seq.shape[1] < max_length:
         nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+        if recorder is not None:
+            recorder.on_logits()
+            recorder.on_token(logits, nxt)
         nxt = nxt.masked_fill(finished, c.pad_token_id)
         seq = torch.cat([seq, nxt[:, None]], dim=1)  # (B, S + 1)
         finished |= nxt == c.eos_token_id

@@ -50,3 +50,35 @@ def maybe_checkpoint(module: nn.Module, x: torch.Tensor, enabled: bool, **kw) ->
     if enabled and torch.is_grad_enabled():
         return checkpoint(module, x, use_reentrant=False, **kw)
     return module(x, **kw)
+
+
+# ---- explain mode (MambaLRP-style rules): same forward values, modified gradients ----
+# Each rule returns `exact + (lin - lin.detach())`: the forward value is bit-identical to
+# the plain op, and the gradient is that of `lin`, so gradient x input becomes an
+# LRP-style relevance that is (approximately) conserved through the layer.
+
+
+def silu(x: torch.Tensor, explain: bool = False) -> torch.Tensor:
+    """SiLU; in explain mode the identity rule: gradient sigmoid(x), so x * grad = silu(x)."""
+    if not explain:
+        return F.silu(x)
+    return F.silu(x).detach() + (x - x.detach()) * torch.sigmoid(x).detach()
+
+
+def gate_product(y: torch.Tensor, g: torch.Tensor, explain: bool = False) -> torch.Tensor:
+    """y * g; in explain mode the half rule: each factor receives half the relevance."""
+    if not explain:
+        return y * g
+    lin = 0.5 * (y * g.detach() + y.detach() * g)
+    return (y * g).detach() + (lin - lin.detach())
+
+
+def layer_norm(norm: nn.LayerNorm, x: torch.Tensor, explain: bool = False) -> torch.Tensor:
+    """`norm(x)`; in explain mode the standard deviation is a constant (the LN rule)."""
+    out = norm(x)
+    if not explain:
+        return out
+    xc = x - x.mean(-1, keepdim=True)  # (..., dim)
+    std = (xc.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt().detach()  # (..., 1)
+    lin = xc / std * norm.weight + norm.bias
+    return out.detach() + (lin - lin.detach())

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint
+from . import hooks as _hooks
 from .attention import CrossModalAttention, MultiQueryAttention
 from .bridge import EnhancedSSMBridge
 from .checks import check_images, check_tokens
@@ -87,6 +88,21 @@ class EnhancedVLM(nn.Module):
         return logits, loss
 
     generate = generate
+
+    # ---- interpretability (TransformerLens-style; see ssm_bridge/hooks.py) ----
+    def hook_names(self, heavy: bool = True) -> list[str]:
+        """Every hook point by module path (heavy (B, L, D, N) ones unless heavy=False)."""
+        return _hooks.hook_names(self, heavy)
+
+    def run_with_cache(self, images, tokens=None, names_filter=None, *, heavy: bool = False,
+                       grad: bool = False):
+        """-> (logits, ActivationCache). See `ssm_bridge.hooks.run_with_cache`."""
+        return _hooks.run_with_cache(self, images, tokens, names_filter, heavy=heavy, grad=grad)
+
+    def hooks(self, fwd_hooks=(), *, check_fired: bool = True):
+        """Context manager: `with model.hooks([(name_or_glob, fn)]): ...`; fn(tensor, name)
+        returns a replacement or None. Hooks are removed on exit, even on error."""
+        return _hooks.hooks(self, fwd_hooks, check_fired=check_fired)
 
     # ---- checkpoints (safetensors + JSON) ----
     def save_pretrained(self, directory: str | os.PathLike):

@@ -104,6 +104,23 @@ def selective_scan_step(h, x_t, delta_t, A, B_t, C_t, D=None):
     return y.to(dtype), h_new.to(h.dtype)
 
 
+def linear_recurrence(A_bar: torch.Tensor, Bx: torch.Tensor) -> torch.Tensor:
+    """h_t = Ā_t ⊙ h_{t-1} + B̄x_t from explicit (B, L, D, N) tensors, h_{-1} = 0.
+
+    The interpretability path: Ā and B̄x arrive materialised (and maybe patched: Ā_t = 0
+    resets the state at t), so any edit propagates down the scan. Returns h (B, L, D, N).
+    """
+    if A_bar.shape != Bx.shape or A_bar.dim() != 4:
+        raise ValueError(f"A_bar and Bx must both be (B, L, D, N); got {tuple(A_bar.shape)} "
+                         f"and {tuple(Bx.shape)}")
+    h = torch.zeros_like(Bx[:, 0])  # (B, D, N)
+    hs = []
+    for a_t, u_t in zip(A_bar.unbind(1), Bx.unbind(1)):
+        h = a_t * h + u_t  # (B, D, N)
+        hs.append(h)
+    return torch.stack(hs, dim=1)  # (B, L, D, N)
+
+
 # ---------------------------------------------------------------- dispatch
 def selective_scan(x, delta, A, B, C, D=None, *, return_state=False, backend="auto"):
     """y_t = C_t · h_t + D ⊙ x_t with h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t x_t, h_{-1} = 0.

@@ -9,6 +9,7 @@ Glossary: code name -> paper symbol (Gu & Dao, "Mamba", 2023)
     A        A      diagonal state matrix, A = -exp(A_log) < 0               (D, N)
     B, C     B, C   input-dependent input / output projections               (B, L, N)
     A_bar    Ā      exp(Δ A), zero-order-hold discretisation                 (B, L, D, N)
+    dBx      B̄x     Δ_t B_t x_t, the discretised input                       (B, L, D, N)
     h        h      state: h_t = Ā_t h_{t-1} + Δ_t B_t x_t                   (B, L, D, N)
     y        y      C_t · h_t + D ⊙ x_t                                      (B, L, D)
     self.D   D      skip weight per channel                                  (D,)
@@ -25,10 +26,22 @@ every direction):
 Each direction has its own conv, projections, A and D; outputs are put back in
 patch order and summed. Each direction's own output stays reachable at
 `dirs.<k>.hook_out`.
+
+Heavy hooks (A_bar, dBx, state: (B, L, D, N) each) are opt-in: when any is watched the
+direction runs `ssm_explicit`, which materialises them and runs the recurrence
+(`linear_recurrence`) on whatever the hooks return, so patching Ā or B̄x propagates
+down the scan (Ā_t = 0 resets the state at t); patching h changes only the read-out
+y_t = C_t · h_t + D x_t. Otherwise the fused kernel runs and nothing is materialised.
+
+`explain_mode(model)` switches the bridge to MambaLRP-style gradients (same forward
+values): Δ, Ā, B, C act as constants, SiLU uses the identity rule, the gate product
+the half rule and LayerNorm a constant standard deviation, so gradient x input is a
+relevance that is (approximately) conserved through the bridge.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -37,7 +50,8 @@ from einops import rearrange
 from torch import nn
 
 from .hooks import HookPoint
-from .scan import selective_scan, selective_scan_step
+from .layers import gate_product, silu
+from .scan import linear_recurrence, selective_scan, selective_scan_step
 
 DIRECTIONS = {
     "raster": ("row",),
@@ -83,6 +97,9 @@ class ScanDirection(nn.Module):
     put back in patch order.
     """
 
+    explain = False  # MambaLRP rules (see `explain_mode`)
+    HEAVY_HOOKS = ("hook_A_bar", "hook_dBx", "hook_state")
+
     def __init__(self, dim: int, state_dim: int, *, conv_kernel: int = 4,
                  dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1,
                  backend: str = "auto") -> None:
@@ -100,7 +117,7 @@ class ScanDirection(nn.Module):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
         self._init_dt(dt_min, dt_max)
-        for name in ["conv", "delta", "B", "C", "A_bar", "state", "ssm_out", "out"]:
+        for name in ["conv", "delta", "B", "C", "A_bar", "dBx", "state", "ssm_out", "out"]:
             setattr(self, f"hook_{name}", HookPoint())
 
     def _init_dt(self, dt_min: float, dt_max: float) -> None:
@@ -118,7 +135,7 @@ class ScanDirection(nn.Module):
         xs = x[:, perm]  # (B, L, D) in scan order
         L = xs.shape[1]
         xs = self.conv1d(rearrange(xs, "b l d -> b d l"))[..., :L]  # (B, D, L) causal
-        xs = self.hook_conv(F.silu(rearrange(xs, "b d l -> b l d")))  # (B, L, D)
+        xs = self.hook_conv(silu(rearrange(xs, "b d l -> b l d"), self.explain))  # (B, L, D)
         y = self.hook_ssm_out(self.ssm(xs))  # (B, L, D)
         return self.hook_out(y[:, torch.argsort(perm)])  # (B, L, D) back in patch order
 
@@ -126,14 +143,21 @@ class ScanDirection(nn.Module):
         """x: (B, L, D) -> y: (B, L, D); Δ, B, C computed from x (the selection)."""
         delta, B, C = self.dt_bc(x)
         A = -torch.exp(self.A_log.float())  # (D, N)
-        if self.hook_A_bar.active:
-            self.hook_A_bar(torch.exp(delta.float()[..., None] * A))  # (B, L, D, N)
-        if self.hook_state.active:
-            y, h = selective_scan(x, delta, A, B, C, self.D, return_state=True,
-                                  backend=self.backend)
-            self.hook_state(h)  # (B, L, D, N)
-            return y
+        if self.explain:
+            delta, A, B, C = delta.detach(), A.detach(), B.detach(), C.detach()
+        if any(getattr(self, name).active for name in self.HEAVY_HOOKS):
+            return self.ssm_explicit(x, delta, A, B, C)
         return selective_scan(x, delta, A, B, C, self.D, backend=self.backend)
+
+    def ssm_explicit(self, x, delta, A, B, C) -> torch.Tensor:
+        """The scan with Ā, B̄x and h materialised and hookable (float32). Same maths as
+        `selective_scan`: outputs agree to float rounding (~1e-6), not bit for bit."""
+        d = delta.float()[..., None]  # (B, L, D, 1)
+        A_bar = self.hook_A_bar(torch.exp(d * A))  # (B, L, D, N)
+        dBx = self.hook_dBx(d * B.float()[:, :, None, :] * x.float()[..., None])  # (B, L, D, N)
+        h = self.hook_state(linear_recurrence(A_bar, dBx))  # (B, L, D, N)
+        y = torch.einsum("bldn,bln->bld", h, C.float()) + x.float() * self.D  # (B, L, D)
+        return y.to(x.dtype)
 
     def dt_bc(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The selection mechanism: (Δ (B, L, D), B (B, L, N), C (B, L, N)) from x."""
@@ -178,6 +202,8 @@ class SSMLayer(nn.Module):
         self.hook_y = HookPoint()  # (B, L, D) sum over directions
         self.hook_gate = HookPoint()  # (B, L, D) SiLU(z)
 
+    explain = False  # MambaLRP rules (see `explain_mode`)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         L = x.shape[1]
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, D) each
@@ -186,7 +212,8 @@ class SSMLayer(nn.Module):
             for name, d in zip(self.direction_names, self.dirs)
         )  # (B, L, D)
         y = self.hook_y(y)
-        return self.out_proj(y * self.hook_gate(F.silu(z)))
+        gate = self.hook_gate(silu(z, self.explain))  # (B, L, D)
+        return self.out_proj(gate_product(y, gate, self.explain))
 
     def allocate_state(self, batch: int, device=None, dtype=torch.float32) -> dict:
         """Zero recurrent state for `step`: conv window and SSM state of the raster scan."""
@@ -210,3 +237,18 @@ class SSMLayer(nn.Module):
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, D) each
         y = self.dirs[0].step(xs, state)  # (B, D)
         return self.out_proj(y * F.silu(z))
+
+
+@contextlib.contextmanager
+def explain_mode(model: nn.Module):
+    """Inside, every bridge module of `model` uses the MambaLRP gradient rules (see the
+    module docstring); forward values are unchanged. Always restored on exit."""
+    mods = [m for m in model.modules() if hasattr(type(m), "explain")]
+    saved = [m.explain for m in mods]
+    try:
+        for m in mods:
+            m.explain = True
+        yield model
+    finally:
+        for m, old in zip(mods, saved):
+            m.explain = old

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from einops import rearrange
@@ -54,6 +55,9 @@ class EnhancedVisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=c.layer_norm_eps)
         self.gradient_checkpointing = c.gradient_checkpointing
         self.hook_embed = HookPoint()  # (B, 1 + P, dim) after positions
+        # (B, dim, g, g): the final patch tokens as a feature map, a GradCAM target. Only
+        # routed through (two views and a cat) when a hook watches it.
+        self.hook_grid = HookPoint()
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
@@ -64,4 +68,9 @@ class EnhancedVisionTransformer(nn.Module):
         x = self.hook_embed(self.drop(x))
         for block in self.blocks:
             x = maybe_checkpoint(block, x, self.gradient_checkpointing and self.training)
-        return self.norm(x)
+        x = self.norm(x)
+        if self.hook_grid.active:
+            g = math.isqrt(x.shape[1] - 1)
+            grid = self.hook_grid(rearrange(x[:, 1:], "b (gh gw) d -> b d gh gw", gh=g))
+            x = torch.cat([x[:, :1], rearrange(grid, "b d gh gw -> b (gh gw) d")], dim=1)
+        return x  # (B, 1 + P, dim)

@@ -1,0 +1,217 @@
+"""The hook API: names and shapes, run_with_cache, patching, cleanup, heavy captures,
+explain mode and generation traces."""
+
+import pytest
+import torch
+from conftest import batch, make_model, open_gates
+
+from ssm_bridge import explain_mode
+from ssm_bridge.scan import selective_scan_ref
+
+
+@pytest.fixture
+def setup(tiny_config):
+    cfg = tiny_config.replace(ssm_scan_order="bidirectional")
+    model = open_gates(make_model(cfg))
+    images, tokens = batch(cfg)
+    return cfg, model, images, tokens
+
+
+def expected_shapes(cfg, B=2, T=6):
+    L, g = cfg.num_image_tokens, cfg.img_size // cfg.patch_size
+    Dv, D, N, Dt = cfg.vision_embed_dim, cfg.ssm_hidden_dim, cfg.ssm_state_dim, cfg.text_embed_dim
+    shapes = {
+        "vision.hook_embed": (B, L, Dv),
+        "vision.hook_grid": (B, Dv, g, g),
+        "bridge.hook_in": (B, L, D),
+        "bridge.hook_out": (B, L, Dt),
+        "decoder.hook_text_embed": (B, T, Dt),
+        "decoder.hook_image_prefix": (B, L, Dt),
+        "decoder.hook_logits": (B, T, cfg.vocab_size),
+    }
+    for i in range(cfg.vision_num_layers):
+        shapes[f"vision.blocks.{i}.attn.hook_pattern"] = (B, cfg.vision_num_heads, L, L)
+        shapes[f"vision.blocks.{i}.hook_resid_post"] = (B, L, Dv)
+    for layer in range(cfg.ssm_num_layers):
+        p = f"bridge.layers.{layer}"
+        shapes |= {f"{p}.hook_resid_post": (B, L, D), f"{p}.mixer.hook_y": (B, L, D),
+                   f"{p}.mixer.hook_gate": (B, L, D)}
+        for k in range(2):
+            d = f"{p}.mixer.dirs.{k}"
+            for name, shape in [("conv", (B, L, D)), ("delta", (B, L, D)), ("B", (B, L, N)),
+                                ("C", (B, L, N)), ("ssm_out", (B, L, D)), ("out", (B, L, D)),
+                                ("A_bar", (B, L, D, N)), ("dBx", (B, L, D, N)),
+                                ("state", (B, L, D, N))]:
+                shapes[f"{d}.hook_{name}"] = shape
+    for i in range(cfg.cross_attn_layers):
+        shapes[f"decoder.cross_layers.{i}.attn.hook_pattern"] = (B, cfg.cross_attn_heads, T, L)
+        shapes[f"decoder.cross_layers.{i}.hook_attn_gate"] = ()
+        shapes[f"decoder.cross_layers.{i}.hook_ff_gate"] = ()
+        shapes[f"decoder.cross_layers.{i}.hook_resid_post"] = (B, T, Dt)
+    for i in range(cfg.text_num_layers):
+        shapes[f"decoder.blocks.{i}.attn.hook_pattern"] = (B, cfg.text_num_heads, L + T, L + T)
+        shapes[f"decoder.blocks.{i}.hook_resid_post"] = (B, L + T, Dt)
+        shapes[f"decoder.hook_prefix_attn.{i}"] = (B, cfg.text_num_heads, T, L)
+    return shapes
+
+
+def test_every_documented_hook_exists_fires_and_has_its_shape(setup):
+    cfg, model, images, tokens = setup
+    expected = expected_shapes(cfg)
+    assert set(expected) == set(model.hook_names())
+    _, cache = model.run_with_cache(images, tokens, heavy=True)
+    assert set(cache) == set(expected)
+    for name, shape in expected.items():
+        assert tuple(cache[name].shape) == shape, name
+
+
+def test_cache_is_light_by_default_and_logits_equal_plain_exactly(setup):
+    _, model, images, tokens = setup
+    plain = model(images, tokens)
+    logits, cache = model.run_with_cache(images, tokens)
+    assert torch.equal(logits, plain)
+    assert not any(n.endswith(("hook_state", "hook_A_bar", "hook_dBx")) for n in cache)
+    assert "bridge.layers.0.mixer.dirs.0.hook_delta" in cache
+    # a heavy hook named in full is captured without heavy=True
+    _, cache = model.run_with_cache(images, tokens, "bridge.layers.0.mixer.dirs.0.hook_state")
+    assert cache.names == ["bridge.layers.0.mixer.dirs.0.hook_state"]
+
+
+def test_names_filter_forms_and_image_only_runs(setup):
+    _, model, images, tokens = setup
+    _, c1 = model.run_with_cache(images, tokens, "bridge.layers.*.mixer.hook_gate")
+    assert c1.names == ["bridge.layers.0.mixer.hook_gate", "bridge.layers.1.mixer.hook_gate"]
+    _, c2 = model.run_with_cache(images, tokens, lambda n: n.endswith("hook_delta"))
+    assert len(c2) == 4 and all(n.endswith("hook_delta") for n in c2)
+    media, c3 = model.run_with_cache(images, names_filter=["vision.hook_grid", "bridge.hook_out"])
+    assert torch.equal(media, model.encode_image(images)) and len(c3) == 2
+
+
+def test_unknown_name_and_unfired_hook_raise(setup):
+    _, model, images, tokens = setup
+    with pytest.raises(ValueError, match=r"no hook point matches 'bridge\.nope'"):
+        model.run_with_cache(images, tokens, "bridge.nope")
+    with pytest.raises(RuntimeError, match=r"never fired at decoder\.hook_logits"):
+        with model.hooks([("decoder.hook_logits", lambda t, n: None)]):
+            model.encode_image(images)
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_hooks_are_removed_even_after_an_exception(setup):
+    _, model, images, tokens = setup
+
+    def boom(t, name):
+        raise KeyError("inside the hook")
+
+    with pytest.raises(KeyError):
+        with model.hooks([("bridge.*hook_delta", boom)]):
+            model(images, tokens)
+    assert not any(m._forward_hooks for m in model.modules())
+    with pytest.raises(ZeroDivisionError):
+        with model.hooks([("decoder.hook_logits", lambda t, n: None)]):
+            model(images, tokens)
+            raise ZeroDivisionError("after the forward")
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_patching_changes_logits_and_shape_is_checked(setup):
+    _, model, images, tokens = setup
+    plain = model(images, tokens)
+    with model.hooks([("bridge.layers.0.mixer.hook_gate", lambda t, n: torch.zeros_like(t))]):
+        ablated = model(images, tokens)
+    assert not torch.allclose(plain, ablated, atol=1e-4)
+    def only_cls(t, n):  # every query reads the cls token only
+        return torch.zeros_like(t).index_fill_(-1, torch.tensor([0]), 1.0)
+
+    with model.hooks([("decoder.cross_layers.0.attn.hook_pattern", only_cls)]):
+        patched = model(images, tokens)
+    assert (plain - patched).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="must return None or a tensor of shape"):
+        with model.hooks([("bridge.hook_in", lambda t, n: t[:, :1])]):
+            model(images, tokens)
+    assert torch.equal(model(images, tokens), plain)
+
+
+def test_without_gates_and_prefix_logits_ignore_the_image(setup):
+    _, model, images, tokens = setup
+    other = torch.randn_like(images)
+    zero = lambda t, n: torch.zeros_like(t)  # noqa: E731
+    hooks = [("decoder.cross_layers.*.hook_*_gate", zero), ("decoder.hook_image_prefix", zero)]
+    with model.hooks(hooks):
+        a, b = model(images, tokens), model(other, tokens)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert not torch.allclose(model(images, tokens), model(other, tokens), atol=1e-4)
+
+
+def test_prefix_attention_is_the_text_to_image_slice(setup):
+    cfg, model, images, tokens = setup
+    L, T = cfg.num_image_tokens, tokens.shape[1]
+    _, cache = model.run_with_cache(images, tokens, ["decoder.blocks.0.attn.hook_pattern",
+                                                     "decoder.hook_prefix_attn.0"])
+    full = cache["decoder.blocks.0.attn.hook_pattern"]
+    assert torch.equal(cache["decoder.hook_prefix_attn.0"], full[..., L:, :L])
+    # patching the slice patches the block's pattern
+    plain = model(images, tokens)
+    with model.hooks([("decoder.hook_prefix_attn.0", lambda t, n: torch.zeros_like(t))]):
+        patched = model(images, tokens)
+    assert not torch.allclose(plain, patched, atol=1e-5) and T > 0
+
+
+def test_heavy_state_matches_reference_and_resets_propagate(setup):
+    _, model, images, tokens = setup
+    d = "bridge.layers.0.mixer.dirs.0"
+    _, cache = model.run_with_cache(images, tokens, [f"{d}.hook_{n}" for n in
+                                                     ("conv", "delta", "B", "C", "state")])
+    direction = model.get_submodule(d)
+    A = -torch.exp(direction.A_log)
+    _, h_ref = selective_scan_ref(cache[f"{d}.hook_conv"], cache[f"{d}.hook_delta"], A,
+                                  cache[f"{d}.hook_B"], cache[f"{d}.hook_C"], direction.D,
+                                  return_state=True)
+    torch.testing.assert_close(cache[f"{d}.hook_state"], h_ref, rtol=1e-5, atol=1e-6)
+    t = 3
+
+    def reset(a_bar, name):
+        a_bar = a_bar.clone()
+        a_bar[:, t] = 0.0  # forget everything before t
+        return a_bar
+
+    with model.hooks([(f"{d}.hook_A_bar", reset)]):
+        _, c2 = model.run_with_cache(images, tokens, [f"{d}.hook_state", f"{d}.hook_dBx"])
+    h2 = c2[f"{d}.hook_state"]
+    torch.testing.assert_close(h2[:, t], c2[f"{d}.hook_dBx"][:, t])
+    assert torch.equal(h2[:, :t], cache[f"{d}.hook_state"][:, :t])
+    assert not torch.allclose(h2[:, t + 1:], cache[f"{d}.hook_state"][:, t + 1:])
+
+
+def test_explain_mode_keeps_forward_values_and_changes_gradients(setup):
+    _, model, images, tokens = setup
+    images = images.clone().requires_grad_(True)
+    plain = model(images, tokens)
+    (g_plain,) = torch.autograd.grad(plain[:, -1, 5].sum(), images)
+    with explain_mode(model):
+        assert model.bridge.layers[0].mixer.dirs[0].explain
+        explained = model(images, tokens)
+        (g_explain,) = torch.autograd.grad(explained[:, -1, 5].sum(), images)
+    assert torch.equal(plain, explained)
+    assert not torch.allclose(g_plain, g_explain)
+    assert not any(getattr(m, "explain", False) for m in model.modules())
+
+
+def test_generate_traces_per_word(setup):
+    cfg, model, images, _ = setup
+    ids = model.generate(images, max_length=8, temperature=0)
+    ids2, tr = model.generate(images, max_length=8, temperature=0, return_traces=True)
+    assert torch.equal(ids, ids2) and tr.start == 1 and tr.steps == ids.shape[1] - 1
+    L = cfg.num_image_tokens
+    assert tr.cross_attention.shape == (2, tr.steps, cfg.cross_attn_layers, cfg.cross_attn_heads, L)
+    assert tr.prefix_attention.shape == (2, tr.steps, cfg.text_num_layers, cfg.text_num_heads, L)
+    sums = tr.cross_attention.sum(-1)
+    torch.testing.assert_close(sums, torch.ones_like(sums))
+    assert (tr.prefix_attention.sum(-1) <= 1 + 1e-5).all()
+    # the traces equal a teacher-forced forward on the generated ids (query of each step)
+    _, cache = model.run_with_cache(images, ids[:, :-1], "decoder.cross_layers.0.attn.hook_pattern")
+    torch.testing.assert_close(cache["decoder.cross_layers.0.attn.hook_pattern"].transpose(1, 2),
+                               tr.cross_attention[:, :, 0], rtol=1e-4, atol=1e-5)
+    logp = model(images, ids[:, :-1]).log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
+    torch.testing.assert_close(tr.logprobs, logp, rtol=1e-4, atol=1e-4)
+    assert not any(m._forward_hooks for m in model.modules())
