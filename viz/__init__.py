@@ -2,10 +2,50 @@
 
 Nothing here calls the model, shows a window or touches global pyplot state: every
 function builds its own Figure (Agg-safe), so the app, notebooks and trainer share
-one look.
+one look. Inputs may be torch tensors (any device / dtype) or numpy arrays; take one
+example of a batch first (x[0]). Wrong shapes raise a ValueError naming the expected one.
+
+    maps.py       overlay, layer_maps, attribution_overlay, map_panels
+    attention.py  word_attention_grid, implicit_attention_matrix, implicit_attention_grid
+    ssm.py        state_trajectory, state_pca, state_norm_map, delta_map, gate_map
+    scrubber.py   scan_scrubber_frame
+    tables.py     localisation_table, localisation_bars, gate_values
+    training.py   plot_training_curves
+    arrays.py     to_numpy, as_image, grid_values (per-token values -> (g, g) map)
+    style.py      new_figure, colour maps, font sizes, overlay / colourbar helpers
 """
 
-from .style import new_figure
+from .arrays import as_image, grid_values, to_numpy
+from .attention import implicit_attention_grid, implicit_attention_matrix, word_attention_grid
+from .maps import attribution_overlay, layer_maps, map_panels, overlay
+from .scrubber import scan_scrubber_frame
+from .ssm import delta_map, gate_map, state_norm_map, state_pca, state_trajectory
+from .style import add_colorbar, new_figure, overlay_map
+from .tables import gate_values, localisation_bars, localisation_table
 from .training import plot_training_curves
 
-__all__ = ["new_figure", "plot_training_curves"]
+__all__ = [
+    "add_colorbar",
+    "as_image",
+    "attribution_overlay",
+    "delta_map",
+    "gate_map",
+    "gate_values",
+    "grid_values",
+    "implicit_attention_grid",
+    "implicit_attention_matrix",
+    "layer_maps",
+    "localisation_bars",
+    "localisation_table",
+    "map_panels",
+    "new_figure",
+    "overlay",
+    "overlay_map",
+    "plot_training_curves",
+    "scan_scrubber_frame",
+    "state_norm_map",
+    "state_pca",
+    "state_trajectory",
+    "to_numpy",
+    "word_attention_grid",
+]
