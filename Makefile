@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 TORCH ?= torch==2.13.0
 
-.PHONY: venv test lint bench clean
+.PHONY: venv demo test lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,11 +19,18 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
+demo: $(STAMP)
+	$(BIN)/python app.py $(ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# The unit tests, the app tests (gradio_client, load test, a Playwright browser test that
+# uses Debian's chromium and skips without it) and the notebooks, executed by nbval.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --nbval --nbval-current-env \
+		--nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -1,0 +1,67 @@
+"""The shipped `shapes-tiny` checkpoint: small, pickle-free, accurate, and its card honest."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ssm_bridge import load_pretrained
+from ssm_bridge.data import make_scene
+from ssm_bridge.evaluate import caption_metrics
+from ssm_bridge.model_card import render
+from ssm_bridge.pretrained import SHIPPED_DIR
+
+DIR = SHIPPED_DIR / "shapes-tiny"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_pretrained("shapes-tiny")
+
+
+def test_files_are_small_and_free_of_pickle():
+    files = list(DIR.iterdir())
+    assert sum(f.stat().st_size for f in files) <= 20 * 2**20
+    names = {f.name for f in files}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "MODEL_CARD.md",
+            "training_record.json", "metrics.json"} <= names
+    assert not [n for n in names if n.endswith((".pt", ".pth", ".bin", ".pkl", ".ckpt"))]
+    raw = DIR.joinpath("model.safetensors").read_bytes()
+    header = int.from_bytes(raw[:8], "little")
+    assert raw[8:9] == b"{" and json.loads(raw[8 : 8 + header])  # safetensors: JSON header
+
+
+def test_exact_match_on_200_test_scenes(shipped):
+    scenes = [make_scene("test", i, shipped.scene_config) for i in range(200)]
+    preds = shipped.caption([s.image for s in scenes])
+    metrics = caption_metrics(preds, scenes)
+    assert metrics["exact_match"] >= 0.95, metrics
+
+
+def test_model_card_quotes_the_measured_record():
+    record = json.loads((DIR / "training_record.json").read_text())
+    metrics = json.loads((DIR / "metrics.json").read_text())
+    card = (DIR / "MODEL_CARD.md").read_text()
+    scenes = json.loads((DIR / "scenes.json").read_text())
+    command = card.split("```")[1].strip()
+    machine = next(line for line in card.splitlines() if line.startswith("- Machine: "))
+    expected = render(DIR.name, command, machine.removeprefix("- Machine: "), record, metrics,
+                      scenes)
+    assert card == expected  # the card is exactly what the files say
+    assert command.startswith("python -m ssm_bridge.train --preset=shapes-tiny")
+    assert metrics["test"]["num"] == 1000
+
+
+def test_caption_cli_matches_the_python_api(shipped, tmp_path):
+    scenes = [make_scene("test", i, shipped.scene_config) for i in range(3)]
+    paths = []
+    for i, s in enumerate(scenes):
+        paths.append(tmp_path / f"scene{i}.png")
+        Image.fromarray(s.image).save(paths[-1])
+    out = subprocess.run([sys.executable, "-m", "ssm_bridge.cli", "caption", *map(str, paths)],
+                         capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip().splitlines() == shipped.caption([s.image for s in scenes])
