@@ -56,6 +56,11 @@ class VLMConfig:
     vision_mlp_ratio: float = 4.0  # ViT MLP width = ratio * vision_embed_dim
     text_ffn_dim: int | None = None  # SwiGLU hidden width; None = 8/3 * width rounded up to 64
     cross_attn_kv_heads: int = 1  # shared K/V heads in cross-attention (multi-query)
+    # Training only: probability per sample that the decoder's image prefix is blanked, so
+    # that cross-attention is then the only route from the image to the text. Without it
+    # a model can learn to read the image through the prefix alone and leave the
+    # cross-attention gates near zero, and its cross-attention maps then mean little.
+    image_prefix_dropout: float = 0.0
     # Selective SSM (Mamba S6) details; defaults follow Mamba.
     ssm_conv_kernel: int = 4  # depthwise causal conv before the scan (local mixing)
     ssm_dt_rank: int | None = None  # rank of the Δ projection; None = ceil(D / 16)
@@ -184,7 +189,7 @@ def _validate(c: VLMConfig) -> None:
         f"cross_attn_kv_heads ({c.cross_attn_kv_heads}) must divide cross_attn_heads "
         f"({c.cross_attn_heads})",
     )
-    for name in ["dropout", "ssm_dropout"]:
+    for name in ["dropout", "ssm_dropout", "image_prefix_dropout"]:
         v = getattr(c, name)
         need(0.0 <= v < 1.0, f"{name} must be in [0, 1), got {v}")
     need(c.layer_norm_eps > 0, f"layer_norm_eps must be > 0, got {c.layer_norm_eps}")

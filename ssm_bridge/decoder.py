@@ -91,7 +91,7 @@ class LanguageDecoder(nn.Module):
         x = self._cross_attend(x, media, cache)  # (B, T, dim)
         first = cache is None or cache.length == 0
         if first:
-            prefix = self.hook_image_prefix(media + self.prefix_embed)  # (B, P, dim)
+            prefix = self.hook_image_prefix(self._drop_prefix(media) + self.prefix_embed)
             x = torch.cat([prefix, x], dim=1)  # (B, P + T, dim)
             if cache is not None:
                 cache.prefix_len = media.shape[1]
@@ -107,6 +107,15 @@ class LanguageDecoder(nn.Module):
             cache.text_len += T
         logits = self.lm_head(self.norm(x[:, -T:]))  # (B, T, vocab)
         return self.hook_logits(logits)
+
+    def _drop_prefix(self, media: torch.Tensor) -> torch.Tensor:
+        """Blank the image prefix of a random subset of samples (training only; see
+        VLMConfig.image_prefix_dropout). media: (B, P, dim)."""
+        p = self.config.image_prefix_dropout
+        if not self.training or p == 0:
+            return media
+        keep = torch.rand(media.shape[0], 1, 1, device=media.device) >= p  # (B, 1, 1)
+        return media * keep
 
     @contextlib.contextmanager
     def _route_prefix_attention(self, i: int, P: int, T: int):

@@ -200,3 +200,21 @@ def test_cuda_forward_generate_matches_cpu(tiny_config):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = cuda.generate(images.cuda(), max_length=8, temperature=0)
     assert out.shape[0] == 2
+
+
+def test_image_prefix_dropout_blanks_whole_prefixes_in_training_only(tiny_config):
+    model = make_model(tiny_config.replace(image_prefix_dropout=0.5))
+    images, tokens = batch(tiny_config, B=16)
+    seen = []
+    with model.hooks([("decoder.hook_image_prefix", lambda t, n: seen.append(t))]):
+        model.train()
+        torch.manual_seed(0)
+        model(images, tokens)
+        model.eval()
+        model(images, tokens)
+    prefix_only = model.decoder.prefix_embed.detach()  # what a blanked prefix holds
+    blank = [(p == prefix_only).all().item() for p in seen[0]]
+    assert 0 < sum(blank) < 16  # some samples blanked, some not
+    assert not any((p == prefix_only).all().item() for p in seen[1])  # eval: never
+    with pytest.raises(ValueError, match="image_prefix_dropout"):
+        tiny_config.replace(image_prefix_dropout=1.0)
