@@ -3,6 +3,7 @@
     ssm-bridge train [--preset=NAME] [--resume] [--key=value ...]
     ssm-bridge eval --checkpoint NAME_OR_DIR --split test --num N [--json PATH]
     ssm-bridge caption IMAGE... [--checkpoint NAME_OR_DIR] [--names]
+    ssm-bridge interpret --checkpoint NAME_OR_DIR --num N [--maps KINDS] [--json PATH]
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def caption_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("train", "eval", "caption")
+    commands = ("train", "eval", "caption", "interpret")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help")
               else sys.stdout)
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd == "caption":
         return caption_main(rest)
+    if cmd == "interpret":
+        from .interpret import main as interpret_main
+
+        return interpret_main(rest)
     if cmd == "train":
         from .train import main as train_main
 
