@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         maps = _check_maps([m.strip() for m in args.maps.split(",") if m.strip()])
         rows = localisation_table(args.checkpoint, args.num, args.split, maps, args.seed,
-                                  not args.no_progress, role=args.role)
+                                  not args.no_progress and sys.stderr.isatty(),
+                                  role=args.role)
     except (ValueError, FileNotFoundError) as e:
         print(f"ssm-bridge interpret: {e}", file=sys.stderr)
         return 2
