@@ -22,6 +22,9 @@ SCAN_ORDERS = ("raster", "bidirectional", "cross")
 SCAN_BACKENDS = ("auto", "torch", "cpp", "ref")
 ATTN_IMPLS = ("sdpa", "eager")
 VISION_STEMS = ("patch", "conv")
+# Bridges between the ViT and the decoder (ssm_bridge/bridges.py builds them; the
+# ablation study ssm_bridge/ablate.py compares them under one training budget).
+BRIDGE_TYPES = ("ssm", "ssm_lti", "seed_ssm", "mlp", "resampler", "linear")
 
 
 @dataclass
@@ -61,6 +64,15 @@ class VLMConfig:
     # a model can learn to read the image through the prefix alone and leave the
     # cross-attention gates near zero, and its cross-attention maps then mean little.
     image_prefix_dropout: float = 0.0
+    # The bridge (ssm_bridge/bridges.py): "ssm" the selective SSM (Mamba S6, the default);
+    # "ssm_lti" the same blocks with Δ, B, C independent of the input (S4D-style, LTI);
+    # "seed_ssm" the original package's dense-A, non-selective recurrent loop (a slow
+    # baseline); "mlp" LLaVA-1.5's Linear-GELU-Linear projector; "resampler" a Perceiver
+    # resampler (Flamingo / BLIP-2) that outputs `resampler_latents` tokens instead of
+    # 1 + P; "linear" one projection. The ssm_* fields apply to the SSM variants only.
+    bridge_type: str = "ssm"
+    resampler_latents: int = 16  # learned queries = media tokens of the "resampler" bridge
+    resampler_layers: int = 2  # cross-attention + feed-forward blocks of the resampler
     # Selective SSM (Mamba S6) details; defaults follow Mamba.
     ssm_conv_kernel: int = 4  # depthwise causal conv before the scan (local mixing)
     ssm_dt_rank: int | None = None  # rank of the Δ projection; None = ceil(D / 16)
@@ -156,7 +168,7 @@ def _validate(c: VLMConfig) -> None:
         "img_size", "patch_size", "vision_embed_dim", "vision_num_layers", "vision_num_heads",
         "vocab_size", "text_embed_dim", "text_num_layers", "text_num_heads", "text_kv_heads",
         "max_seq_length", "ssm_state_dim", "ssm_hidden_dim", "cross_attn_heads", "in_channels",
-        "ssm_conv_kernel", "cross_attn_kv_heads",
+        "ssm_conv_kernel", "cross_attn_kv_heads", "resampler_latents", "resampler_layers",
     ]
     for name in positive:
         v = getattr(c, name)
@@ -211,6 +223,8 @@ def _validate(c: VLMConfig) -> None:
         c.ssm_scan_backend in SCAN_BACKENDS,
         f"ssm_scan_backend must be one of {SCAN_BACKENDS}, got {c.ssm_scan_backend!r}",
     )
+    need(c.bridge_type in BRIDGE_TYPES,
+         f"bridge_type must be one of {BRIDGE_TYPES}, got {c.bridge_type!r}")
     need(c.vision_stem in VISION_STEMS,
          f"vision_stem must be one of {VISION_STEMS}, got {c.vision_stem!r}")
     need(

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 from einops import einsum, rearrange, repeat
 
+from .bridges import require_ssm_bridge
 from .ssm import direction_perm, grid_layout
 
 SCAN_HOOKS = ("hook_conv", "hook_delta", "hook_B", "hook_C")
@@ -259,6 +260,7 @@ def capture_bridge(model, images: torch.Tensor, layers: Iterable[int] | None = N
                    ssm_out: bool = False) -> Mapping[str, torch.Tensor]:
     """Run model.encode_image(images) once (no tokens needed) and return {hook name:
     detached tensor} for `bridge_hook_names(model, layers, ssm_out=ssm_out)`."""
+    require_ssm_bridge(model, "implicit attention")
     from .checks import check_images
 
     check_images(images, model.config)

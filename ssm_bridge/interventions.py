@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .bridges import require_ssm_bridge
 from .hooks import HookFn
 from .ssm import direction_perm, grid_layout
 
@@ -103,6 +104,7 @@ def scan_positions(direction: str, tokens: Sequence[int], length: int,
 
 # ---------------------------------------------------------------- validation
 def _layers(model, layers) -> list[int]:
+    require_ssm_bridge(model, "SSM interventions")
     n = len(model.bridge.layers)
     if layers is None:
         return list(range(n))

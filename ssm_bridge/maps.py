@@ -38,6 +38,7 @@ from einops import rearrange, reduce
 
 from . import attribution as attr_mod
 from . import implicit_attention as ia
+from .bridges import require_ssm_bridge
 from .ssm import direction_perm, grid_layout
 
 ATTENTION_KINDS = ("cross_attention", "prefix_attention", "implicit")
@@ -96,6 +97,7 @@ def analyse(model, image: torch.Tensor, *, tokenizer=None, max_length: int | Non
     collect every per-word and bridge map (see the module docstring). Greedy by default;
     max_length defaults to config.max_seq_length. Words are decoded with `tokenizer`
     (else shown as ids)."""
+    require_ssm_bridge(model, "maps.analyse")
     image = _one_image(image, model)  # (1, 3, H, W)
     was_training = model.training
     model.eval()

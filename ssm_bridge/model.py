@@ -22,6 +22,7 @@ from . import checkpoint
 from . import hooks as _hooks
 from .attention import CrossModalAttention, MultiQueryAttention
 from .bridge import EnhancedSSMBridge
+from .bridges import build_bridge
 from .checks import check_images, check_tokens
 from .config import VLMConfig
 from .decoder import LanguageDecoder
@@ -42,7 +43,7 @@ class EnhancedVLM(nn.Module):
         super().__init__()
         self.config = config if config is not None else VLMConfig()
         self.vision = EnhancedVisionTransformer(self.config)
-        self.bridge = EnhancedSSMBridge.from_config(self.config)
+        self.bridge = build_bridge(self.config)  # config.bridge_type; see bridges.py
         self.decoder = LanguageDecoder(self.config)
         self._init_weights()
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from tqdm.auto import tqdm
 
+from .bridges import require_ssm_bridge
 from .data import ImageTransform, Scene, SceneConfig, make_scene
 
 ATTRIBUTES = ("colour", "shape", "size")
@@ -116,6 +117,7 @@ def collect_patch_features(model, scenes: Sequence[Scene], layers="all", *, tran
     model: an EnhancedVLM or a `Pretrained` bundle (its transform is then used).
     layers: "all" (input and every SSM layer) or names among "input", "layer_{l}",
     "output" (see `feature_hooks`)."""
+    require_ssm_bridge(model if hasattr(model, "config") else model.model, "bridge probes")
     model, transform, _ = _unpack(model, transform)
     hooks = _choose_layers(model, layers)
     device = next(model.parameters()).device

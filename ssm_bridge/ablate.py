@@ -1,0 +1,466 @@
+"""Bridge ablation study: every bridge variant, one training budget, several seeds.
+
+    python -m ssm_bridge.ablate [--variants ssm,ssm_lti,seed_ssm,mlp,resampler,linear]
+        [--seeds 0,1,2] [--steps N] [--out docs/ablation] [--runs runs/ablation]
+        [--preset shapes-tiny] [--test_num 500] [--workers 4] [--force]
+        [--scenes.min_objects=3 --scenes.max_objects=5 ...] [--lr=... --batch_size=...]
+        [--model.<field>=...]
+
+Each (variant, seed) run trains `VLMConfig.bridge_type = variant` with the trainer
+(ssm_bridge.trainer) under the same budget: the preset's TrainConfig (steps, batch,
+lr, schedule) with the given overrides, on scenes where order and memory matter. The
+study's defaults (STUDY_TRAIN, STUDY_SCENES) are the mixed caption + VQA task on
+3-5 objects per 64 px scene, with objects a little smaller than the default so that
+five fit (counting and spatial relations over up to five objects); any of them can be
+overridden on the command line. Then it measures, per run:
+
+    exact_match, colour, shape, size, relation, count, bleu4, cider, vqa, vqa_<kind>
+                            ssm_bridge.evaluate.evaluate on --test_num scenes of --test_split
+    params_bridge, params_total, media_tokens (L', the decoder's image prefix)
+    train_samples_per_s     samples / seconds in optimizer steps (trainer.train_seconds),
+                            leaving out the first log interval when there are two or more
+    latency_ms              one forward pass, batch 1 (image + a caption), median of repeats
+    bridge_latency_ms       the bridge alone on the ViT tokens, batch 1, median of repeats
+
+and writes into --out: results.csv (one row per run), results.md (mean ± std over
+seeds, the command, the machine) and ablation.png (viz.ablation.plot_ablation). Run
+folders (checkpoint, metrics.jsonl, loss curve, result.json) go under --runs; a run
+whose result.json matches the budget is reused, so an interrupted study continues
+where it stopped (--force retrains).
+
+The training scenes are drawn once for the whole study (`prepare_data`) and shared by
+every run; `make_trainer` builds each run's model and Trainer exactly as
+`ssm_bridge.train.build` does (a test checks this), only without redrawing the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import BRIDGE_TYPES, VLMConfig
+from .data import ImageTransform, SceneCaptions, SceneConfig, Tokenizer, make_scene
+from .evaluate import evaluate
+from .model import EnhancedVLM
+from .pretrained import write_extras
+from .train_config import TrainConfig, build_train_config, parse_overrides
+from .trainer import Trainer
+
+STUDY_TRAIN: dict[str, Any] = {"task": "mixed"}  # captions and questions, half each
+STUDY_SCENES: dict[str, Any] = dict(
+    min_objects=3, max_objects=5,  # counting and relations over up to five objects
+    # Five objects need room at 64 px: small 9-12 px (still over one 8 px patch), large
+    # 15-19 px, neighbours closer than the defaults allow (those fail to lay out 5).
+    small_extent=(0.14, 0.18), large_extent=(0.24, 0.30), min_dx=0.10, spacing=0.5,
+    above_min=0.16,
+)
+RUN_COLUMNS = ["variant", "seed", "steps", "batch_size", "lr", "params_bridge", "params_total",
+               "media_tokens", "train_seconds", "train_samples_per_s", "latency_ms",
+               "bridge_latency_ms", "final_loss"]
+METRIC_COLUMNS = ["exact_match", "colour", "shape", "size", "relation", "count", "vqa",
+                  "bleu4", "cider"]
+COLUMNS = RUN_COLUMNS + METRIC_COLUMNS  # then vqa_<kind> columns and test_num
+
+
+@dataclass
+class Study:
+    """What to run: variants x seeds under one budget (`overrides` as parse_overrides)."""
+
+    variants: list[str] = field(default_factory=lambda: list(BRIDGE_TYPES))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    steps: int | None = None  # None: the preset's max_steps
+    preset: str = "shapes-tiny"
+    out: str = "docs/ablation"
+    runs: str = "runs/ablation"
+    test_num: int = 500
+    test_split: str = "test"
+    latency_repeats: int = 20
+    workers: int = 0  # processes drawing the training scenes; 0 = one
+    force: bool = False
+    progress: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        bad = [v for v in self.variants if v not in BRIDGE_TYPES]
+        if bad or not self.variants:
+            raise ValueError(f"unknown variant(s) {bad}; choose from {list(BRIDGE_TYPES)}")
+        if not self.seeds:
+            raise ValueError("give at least one seed, e.g. --seeds 0,1,2")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if self.test_num < 1 or self.latency_repeats < 1:
+            raise ValueError("--test_num and --latency_repeats must be >= 1")
+
+
+# ---------------------------------------------------------------- configs and data
+def run_config(study: Study, variant: str, seed: int) -> TrainConfig:
+    """The TrainConfig of one run: preset + study defaults + overrides + variant and seed.
+    Periodic evaluation is off (the study evaluates once, after training)."""
+    o = study.overrides
+    top = {**STUDY_TRAIN, **{k: v for k, v in o.items() if k not in ("model", "scenes")}}
+    top.update(seed=seed, out_dir=str(Path(study.runs) / f"{variant}-seed{seed}"),
+               eval_every=0, eval_num=0, save_every=0, progress=False)
+    if study.steps is not None:
+        top["max_steps"] = study.steps
+    model = {**o.get("model", {}), "bridge_type": variant}
+    scenes = {**STUDY_SCENES, **o.get("scenes", {})}
+    return build_train_config(study.preset, {**top, "model": model, "scenes": scenes})
+
+
+@dataclass
+class StudyData:
+    """What every run shares: the drawn training scenes, tokenizer, transform, scenes."""
+
+    key: str
+    train_set: SceneCaptions
+    tokenizer: Tokenizer
+    transform: ImageTransform
+    scene_config: SceneConfig
+
+
+def data_key(cfg: TrainConfig) -> str:
+    """Everything the training data depends on (not the seed, not the bridge)."""
+    return json.dumps([cfg.data, cfg.task, cfg.num_train, cfg.scenes,
+                       cfg.model.get("img_size")], sort_keys=True, default=str)
+
+
+def prepare_data(cfg: TrainConfig, workers: int = 0, progress: bool = True) -> StudyData:
+    """Draw the training scenes once, as `ssm_bridge.train.build` does for data=scenes."""
+    if cfg.data != "scenes":
+        raise ValueError(f"the ablation trains on the scene world (data=scenes), got "
+                         f"data={cfg.data!r}")
+    img_size = cfg.model.get("img_size", VLMConfig().img_size)
+    transform = ImageTransform(img_size)
+    scene_config = SceneConfig(**{"img_size": img_size, **cfg.scenes})
+    tokenizer = Tokenizer.for_scenes(scene_config)
+    train_set = SceneCaptions("train", cfg.num_train, scene_config, tokenizer, transform,
+                              task=cfg.task, progress=progress, workers=workers)
+    return StudyData(data_key(cfg), train_set, tokenizer, transform, scene_config)
+
+
+def make_trainer(cfg: TrainConfig, data: StudyData) -> Trainer:
+    """The model and Trainer of `cfg` on shared data: `train.build` without the drawing."""
+    if data_key(cfg) != data.key:
+        raise ValueError("this run's data settings differ from the prepared data's; "
+                         "call prepare_data(cfg) for it")
+    model_cfg = VLMConfig(**{**cfg.model, "vocab_size": len(data.tokenizer),
+                             "gradient_checkpointing": cfg.gradient_checkpointing})
+    torch.manual_seed(cfg.seed)
+    model = EnhancedVLM(model_cfg)
+    return Trainer(cfg, model, data.train_set, data.train_set.collate, data.tokenizer, None,
+                   extras=partial(write_extras, transform=data.transform,
+                                  scene_config=data.scene_config))
+
+
+# ---------------------------------------------------------------- measurements
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn, repeats: int, device: torch.device, warmup: int = 2) -> float:
+    """Median wall time of fn() in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def measure_latency(model: EnhancedVLM, data: StudyData, repeats: int) -> dict[str, float]:
+    """Batch-1 forward (image + its caption) and bridge-only latency, in ms."""
+    model.eval()
+    device = next(model.parameters()).device
+    scene = make_scene("test", 0, data.scene_config)
+    images = data.transform(scene.image)[None].to(device)  # (1, 3, H, W)
+    tokens = torch.tensor([data.tokenizer.encode(scene.caption)], device=device)  # (1, T)
+    tokens = tokens[:, : model.config.max_seq_length]
+    feats = model.vision(images)  # (1, 1 + P, vision_dim)
+    return {"latency_ms": median_ms(lambda: model(images, tokens), repeats, device),
+            "bridge_latency_ms": median_ms(lambda: model.bridge(feats), repeats, device)}
+
+
+def _train_records(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("kind") == "train"]
+
+
+def throughput(records: list[dict[str, Any]], trainer: Trainer) -> float:
+    """Training samples per second, leaving out the first logged interval (warm-up: lazy
+    initialisation, allocator growth) when there are two logged points or more."""
+    if len(records) >= 2:
+        a, b = records[0], records[-1]
+        if b["train_seconds"] > a["train_seconds"]:
+            return (b["samples"] - a["samples"]) / (b["train_seconds"] - a["train_seconds"])
+    return trainer.samples_seen / max(trainer.train_seconds, 1e-9)
+
+
+def budget(cfg: TrainConfig, study: Study) -> dict[str, Any]:
+    """What a run's result depends on: its TrainConfig and the evaluation."""
+    d = cfg.to_dict()
+    d.pop("progress")
+    return {"train": d, "test_split": study.test_split, "test_num": study.test_num}
+
+
+def run_one(cfg: TrainConfig, data: StudyData, study: Study) -> dict[str, Any]:
+    """Train, evaluate and measure one (variant, seed); returns its results row."""
+    run_dir = Path(cfg.out_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)  # no half-finished run's records
+    trainer = make_trainer(cfg, data)
+    trainer.fit()
+    records = _train_records(run_dir)
+    model = trainer.model.eval()
+    media = model.encode_image(torch.zeros(1, model.config.in_channels, model.config.img_size,
+                                           model.config.img_size, device=trainer.device))
+    row: dict[str, Any] = {
+        "variant": cfg.model["bridge_type"], "seed": cfg.seed, "steps": trainer.step,
+        "batch_size": cfg.batch_size * cfg.grad_accum * trainer.world, "lr": cfg.lr,
+        "params_bridge": sum(p.numel() for p in model.bridge.parameters()),
+        "params_total": model.num_parameters(), "media_tokens": media.shape[1],
+        "train_seconds": round(trainer.train_seconds, 3),
+        "train_samples_per_s": throughput(records, trainer),
+        **measure_latency(model, data, study.latency_repeats),
+        "final_loss": records[-1]["loss"] if records else math.nan,
+    }
+    metrics = evaluate(model, data.tokenizer, data.transform, study.test_split, study.test_num,
+                       data.scene_config, vqa=True, batch_size=100)
+    row.update({k: v for k, v in metrics.items() if k != "num"})
+    row["test_num"] = metrics["num"]
+    (run_dir / "result.json").write_text(json.dumps({"budget": budget(cfg, study), "row": row},
+                                                    indent=2, default=str))
+    return row
+
+
+def cached_row(cfg: TrainConfig, study: Study) -> dict[str, Any] | None:
+    """The row of a finished run with this budget, or None."""
+    path = Path(cfg.out_dir) / "result.json"
+    if study.force or not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    same = saved.get("budget") == json.loads(json.dumps(budget(cfg, study), default=str))
+    return saved["row"] if same else None
+
+
+# ---------------------------------------------------------------- the study
+def plan_runs(study: Study) -> list[tuple[str, int, TrainConfig]]:
+    """(variant, seed, TrainConfig) of every run. Bad settings (a model or scene field,
+    an infeasible value) raise ValueError here, not after hours of training."""
+    plan = [(v, s, run_config(study, v, s)) for v in study.variants for s in study.seeds]
+    for _, _, cfg in plan:
+        VLMConfig(**cfg.model)
+        SceneConfig(**{"img_size": cfg.model.get("img_size", VLMConfig().img_size),
+                       **cfg.scenes})
+    return plan
+
+
+def run_study(study: Study, plan: list[tuple[str, int, TrainConfig]] | None = None
+              ) -> list[dict[str, Any]]:
+    """Every (variant, seed) run, in order; writes the outputs after each run."""
+    from .scan import load_extension
+
+    plan = plan or plan_runs(study)
+    load_extension()  # build / load the fused scan now, not inside the first run's timing
+    data: StudyData | None = None
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(plan, desc="ablation", unit="run", disable=not study.progress,
+               dynamic_ncols=True)
+    for variant, seed, cfg in bar:
+        bar.set_postfix(variant=variant, seed=seed)
+        row = cached_row(cfg, study)
+        if row is None:
+            if data is None or data.key != data_key(cfg):
+                data = prepare_data(cfg, study.workers, study.progress)
+            row = run_one(cfg, data, study)
+        rows.append(row)
+        write_outputs(rows, study, plan[0][2])
+    bar.close()
+    return rows
+
+
+def columns(rows: list[dict[str, Any]]) -> list[str]:
+    """COLUMNS, then every vqa_<kind> seen, then test_num."""
+    kinds = sorted({k for r in rows for k in r if k.startswith("vqa_")})
+    return [*COLUMNS, *kinds, "test_num"]
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns(rows), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def mean_std(values: list[Any]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value) of the numbers among
+    `values` (numbers or numeric strings, as read back from CSV; others are skipped)."""
+    vals = [f for f in map(_float, values) if not math.isnan(f)]
+    if not vals:
+        return math.nan, None
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None
+
+
+def _fmt(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    m, s = mean_std(values)
+    if math.isnan(m):
+        return "n/a"
+    return f"{m * scale:.{digits}f}" + (f" ± {s * scale:.{digits}f}" if s is not None else "")
+
+
+# (column, header, scale, digits) of the markdown summary
+SUMMARY = [
+    ("exact_match", "exact match %", 100, 1), ("vqa", "VQA %", 100, 1),
+    ("colour", "colour %", 100, 1), ("shape", "shape %", 100, 1), ("size", "size %", 100, 1),
+    ("relation", "relation %", 100, 1), ("count", "count %", 100, 1),
+    ("final_loss", "final loss", 1, 3), ("params_bridge", "bridge params", 1, 0),
+    ("params_total", "total params", 1, 0), ("train_samples_per_s", "train samples/s", 1, 1),
+    ("latency_ms", "latency ms", 1, 2), ("bridge_latency_ms", "bridge ms", 1, 2),
+]
+
+
+def machine_info() -> str:
+    """CPU / GPU, threads, Python and torch versions: where the numbers were measured."""
+    cpu = platform.processor() or platform.machine()
+    gpu = (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
+    return (f"{cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"
+            f"{gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
+            f"{platform.system()} {platform.release()}")
+
+
+def results_markdown(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) -> str:
+    """The summary table (mean ± sample std over seeds), with command, machine, budget."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    lines = [
+        "# Bridge ablation", "",
+        f"Command: `{study.command or 'python -m ssm_bridge.ablate'}`  ",
+        f"Machine: {machine_info()}  ",
+        f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", "",
+        f"Budget per run: preset `{cfg.preset}`, {cfg.max_steps} steps of batch "
+        f"{cfg.batch_size * cfg.grad_accum}, lr {cfg.lr:g} (warmup {cfg.warmup_steps}, cosine), "
+        f"task `{cfg.task}`, {cfg.num_train} training scenes with "
+        f"{json.dumps(cfg.scenes, default=str)}. Evaluation: {study.test_num} "
+        f"`{study.test_split}` scenes, greedy decoding.", "",
+        "Mean ± sample standard deviation over seeds (no ± with one seed).", "",
+        "| variant | seeds | " + " | ".join(h for _, h, _, _ in SUMMARY) + " |",
+        "|---|---|" + "---|" * len(SUMMARY),
+    ]
+    for v in variants:
+        rs = [r for r in rows if r["variant"] == v]
+        cells = [_fmt([r.get(k, math.nan) for r in rs], sc, dg) for k, _, sc, dg in SUMMARY]
+        seeds = ",".join(str(r["seed"]) for r in rs)
+        lines.append(f"| {v} | {seeds} | " + " | ".join(cells) + " |")
+    kinds = sorted({k for r in rows for k in r if k.startswith("vqa_")})
+    if kinds:
+        lines += ["", "VQA accuracy % by question kind:", "",
+                  "| variant | " + " | ".join(k[4:] for k in kinds) + " |",
+                  "|---|" + "---|" * len(kinds)]
+        for v in variants:
+            rs = [r for r in rows if r["variant"] == v]
+            lines.append(f"| {v} | " + " | ".join(
+                _fmt([r.get(k, math.nan) for r in rs], 100, 1) for k in kinds) + " |")
+    lines += ["", "![accuracy, speed and size per bridge](ablation.png)", ""]
+    return "\n".join(lines)
+
+
+def write_outputs(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) -> None:
+    """results.csv, results.md and ablation.png in study.out."""
+    from viz.ablation import plot_ablation
+
+    out = Path(study.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "results.csv")
+    (out / "results.md").write_text(results_markdown(rows, study, cfg))
+    fig = plot_ablation(rows)
+    fig.savefig(out / "ablation.png", dpi=120, format="png")
+    fig.clf()
+
+
+# ---------------------------------------------------------------- command line
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+
+
+def parse_args(argv: list[str]) -> Study:
+    p = argparse.ArgumentParser(prog="python -m ssm_bridge.ablate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default=",".join(BRIDGE_TYPES),
+                   help=f"comma-separated bridge types from {','.join(BRIDGE_TYPES)}")
+    p.add_argument("--seeds", type=_int_list, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run "
+                   "(default: the preset's max_steps)")
+    p.add_argument("--out", default="docs/ablation", help="results.csv, results.md, png")
+    p.add_argument("--runs", default="runs/ablation", help="run folders (checkpoints)")
+    p.add_argument("--preset", default="shapes-tiny")
+    p.add_argument("--test_num", type=int, default=500, help="evaluation scenes per run")
+    p.add_argument("--test_split", default="test", choices=["val", "test", "comp_test"])
+    p.add_argument("--latency_repeats", type=int, default=20)
+    p.add_argument("--workers", type=int, default=0, help="processes drawing the scenes")
+    p.add_argument("--force", action="store_true", help="retrain runs that have results")
+    p.add_argument("--no_progress", action="store_true")
+    args, rest = p.parse_known_args(argv)
+    try:
+        overrides = parse_overrides(rest)
+    except ValueError as e:
+        p.error(str(e))
+    try:
+        return Study(variants=[v.strip() for v in args.variants.split(",") if v.strip()],
+                     seeds=args.seeds, steps=args.steps, preset=args.preset, out=args.out,
+                     runs=args.runs, test_num=args.test_num, test_split=args.test_split,
+                     latency_repeats=args.latency_repeats, workers=args.workers,
+                     force=args.force, progress=not args.no_progress, overrides=overrides,
+                     command=shlex.join(["python", "-m", "ssm_bridge.ablate", *argv]))
+    except ValueError as e:
+        p.error(str(e))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    study = parse_args(argv)
+    try:
+        plan = plan_runs(study)
+    except (TypeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = run_study(study, plan)
+    print(f"{len(rows)} runs; results in {study.out}/results.md", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The bridge ablation runner: end to end on tiny configs, the trainer it builds, the
+summary table and the plot."""
+
+import csv
+import math
+
+import pytest
+import torch
+from matplotlib.container import BarContainer
+
+from ssm_bridge import ablate
+from ssm_bridge.ablate import COLUMNS, Study, make_trainer, prepare_data, run_config
+from ssm_bridge.train import build
+from viz.ablation import plot_ablation
+
+TINY = ["--preset", "test-tiny", "--num_train=16", "--scenes.min_objects=1",
+        "--scenes.max_objects=2"]
+
+
+def test_study_end_to_end_writes_csv_md_png_and_reuses_finished_runs(tmp_path, capsys):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    argv = ["--variants", "ssm_lti,resampler", "--seeds", "0", "--steps", "3", "--out",
+            str(out), "--runs", str(runs), "--test_num", "2", "--latency_repeats", "2",
+            "--no_progress", "--model.resampler_latents=4", *TINY]
+    assert ablate.main(argv) == 0
+    with open(out / "results.csv") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames[: len(COLUMNS)] == COLUMNS
+    assert "vqa_count" in reader.fieldnames and reader.fieldnames[-1] == "test_num"
+    assert [r["variant"] for r in rows] == ["ssm_lti", "resampler"]
+    for r in rows:
+        assert r["steps"] == "3" and r["batch_size"] == "8" and r["test_num"] == "2"
+        assert math.isfinite(float(r["final_loss"])) and float(r["train_samples_per_s"]) > 0
+        assert float(r["latency_ms"]) > 0 and float(r["bridge_latency_ms"]) > 0
+        for k in ("exact_match", "colour", "vqa", "count"):
+            assert 0 <= float(r[k]) <= 1
+    assert [r["media_tokens"] for r in rows] == ["17", "4"]  # 1 + P, then the latents
+    md = (out / "results.md").read_text()
+    assert "python -m ssm_bridge.ablate --variants ssm_lti,resampler" in md
+    assert "| ssm_lti | 0 |" in md and "| resampler | 0 |" in md and "Machine:" in md
+    assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = runs / "ssm_lti-seed0"
+    assert (run / "result.json").is_file() and (run / "checkpoints" / "latest").is_file()
+    stamp = (run / "result.json").stat().st_mtime_ns
+    assert ablate.main(argv) == 0  # same budget: finished runs are reused, not retrained
+    assert (run / "result.json").stat().st_mtime_ns == stamp
+    assert "2 runs" in capsys.readouterr().err
+
+
+def test_make_trainer_matches_train_build(tmp_path):
+    study = Study(variants=["mlp"], seeds=[1], steps=2, preset="test-tiny",
+                  runs=str(tmp_path), overrides={"num_train": 8, "scenes": {"max_objects": 2,
+                                                                            "min_objects": 1}})
+    cfg = run_config(study, "mlp", 1)
+    assert cfg.task == "mixed" and cfg.model["bridge_type"] == "mlp" and cfg.max_steps == 2
+    assert cfg.scenes["max_objects"] == 2 and cfg.scenes["min_dx"] == 0.10  # study default
+    ours, theirs = make_trainer(cfg, prepare_data(cfg, progress=False)), build(cfg)
+    a, b = ours.model.state_dict(), theirs.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for x, y in zip(ours.batch_at(0, 0), theirs.batch_at(0, 0)):
+        assert torch.equal(x, y)
+
+
+def test_bad_arguments_fail_before_training(capsys):
+    with pytest.raises(SystemExit):
+        ablate.main(["--variants", "ssm,transformer"])
+    assert "unknown variant(s) ['transformer']" in capsys.readouterr().err
+    assert ablate.main(["--preset", "test-tiny", "--model.ssm_scan_order=diagonal"]) == 2
+    assert "ssm_scan_order must be one of" in capsys.readouterr().err
+
+
+ROWS = [
+    {"variant": "ssm", "seed": 0, "exact_match": 0.5, "vqa": 0.4, "count": 0.9,
+     "train_samples_per_s": 100.0, "latency_ms": 2.0, "params_bridge": 1000},
+    {"variant": "ssm", "seed": 1, "exact_match": 0.7, "vqa": 0.6, "count": 0.8,
+     "train_samples_per_s": 110.0, "latency_ms": 2.2, "params_bridge": 1000},
+    {"variant": "mlp", "seed": 0, "exact_match": "0.25", "vqa": "0.5", "count": "",
+     "train_samples_per_s": "300", "latency_ms": "1.0", "params_bridge": "500"},
+]
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+    study = Study(preset="test-tiny", command="python -m ssm_bridge.ablate --seeds 0,1")
+    cfg = run_config(study, "ssm", 0)
+    md = ablate.results_markdown(ROWS, study, cfg)
+    ssm_line = next(line for line in md.splitlines() if line.startswith("| ssm |"))
+    assert "| 60.0 ± 14.1 |" in ssm_line  # exact match: mean 0.6, stdev 0.141
+    mlp_line = next(line for line in md.splitlines() if line.startswith("| mlp |"))
+    assert "| 25.0 |" in mlp_line and "±" not in mlp_line  # one seed: no spread
+
+
+def test_plot_ablation_is_pure_and_reads_csv_strings():
+    fig = plot_ablation(ROWS)
+    assert len(fig.axes) == 4
+    assert [t.get_text() for t in fig.axes[1].get_yticklabels()] == ["ssm", "mlp"]
+    bars = next(c for c in fig.axes[0].containers if isinstance(c, BarContainer))
+    # ssm's accuracy bars (the first variant): exact match, VQA, count
+    assert [round(b.get_height(), 6) for b in bars] == [60.0, 50.0, 85.0]
+    with pytest.raises(ValueError, match="variant"):
+        plot_ablation([])
+
+
+def test_throughput_leaves_out_the_first_log_interval():
+    class Done:  # what throughput reads of a finished trainer
+        samples_seen, train_seconds = 160, 30.0
+
+    records = [{"samples": 80, "train_seconds": 28.0}, {"samples": 160, "train_seconds": 30.0}]
+    assert ablate.throughput(records, Done()) == 40.0  # (160 - 80) / (30 - 28)
+    assert ablate.throughput(records[:1], Done()) == 160 / 30.0  # one point: the whole run

@@ -1,0 +1,100 @@
+"""The bridge ablation at a glance, from the study's rows (results.csv, one per run)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+
+from .style import LABEL_SIZE, PALETTE, TICK_SIZE, TITLE_SIZE, new_figure
+
+ACCURACIES = (("exact_match", "exact match"), ("vqa", "VQA"), ("colour", "colour"),
+              ("shape", "shape"), ("size", "size"), ("relation", "relation"),
+              ("count", "count"))
+COSTS = (("train_samples_per_s", "training samples / s"),
+         ("latency_ms", "inference latency (ms, batch 1)"),
+         ("params_bridge", "bridge parameters"))
+
+
+def _num(v) -> float:
+    """A float from a row value (numbers, or strings as read back from CSV); nan if none."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _by_variant(rows: list[Mapping], key: str) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for r in rows:
+        v = _num(r.get(key))
+        out.setdefault(str(r["variant"]), [])
+        if not math.isnan(v):
+            out[str(r["variant"])].append(v)
+    return out
+
+
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    if not vals:
+        return math.nan, 0.0
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def plot_ablation(rows: Iterable[Mapping]) -> Figure:
+    """Accuracy per metric and variant (bars: mean over seeds, whiskers: sample std,
+    dots: the seeds), then training speed, inference latency and bridge size per variant.
+
+    rows: one mapping per (variant, seed) run with a "variant" key and any of the
+    ACCURACIES / COSTS columns (missing ones are left out)."""
+    rows = list(rows)
+    if not rows or any("variant" not in r for r in rows):
+        raise ValueError("plot_ablation needs rows with a 'variant' key (results.csv rows)")
+    variants = list(dict.fromkeys(str(r["variant"]) for r in rows))
+    fig, axes = new_figure(ncols=4, width_ratios=[3, 1, 1, 1], size=(3.2, 3.2))
+    _accuracy_panel(axes[0, 0], rows, variants)
+    for ax, (key, title) in zip(axes[0, 1:], COSTS):
+        _cost_panel(ax, rows, variants, key, title)
+    return fig
+
+
+def _accuracy_panel(ax, rows: list[Mapping], variants: list[str]) -> None:
+    metrics = [(k, label) for k, label in ACCURACIES if any(k in r for r in rows)]
+    width = 0.8 / len(variants)
+    x = np.arange(len(metrics))
+    for i, v in enumerate(variants):
+        colour = PALETTE[i % len(PALETTE)]
+        offs = x - 0.4 + width * (i + 0.5)
+        stats = [_mean_std(_by_variant(rows, k)[v]) for k, _ in metrics]
+        ax.bar(offs, [100 * m for m, _ in stats], width, yerr=[100 * s for _, s in stats],
+               color=colour, label=v, capsize=2, error_kw={"linewidth": 0.8})
+        for o, (k, _) in zip(offs, metrics):
+            seeds = _by_variant(rows, k)[v]
+            ax.plot([o] * len(seeds), [100 * s for s in seeds], "o", color="black",
+                    markersize=2, alpha=0.6)
+    ax.set_xticks(x, [label for _, label in metrics], fontsize=LABEL_SIZE)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("accuracy %", fontsize=LABEL_SIZE)
+    ax.set_title("accuracy per bridge (mean ± std over seeds)", fontsize=TITLE_SIZE)
+    ax.legend(fontsize=LABEL_SIZE - 1, ncols=min(len(variants), 6), loc="upper center",
+              bbox_to_anchor=(0.5, -0.08), frameon=False)
+
+
+def _cost_panel(ax, rows: list[Mapping], variants: list[str], key: str, title: str) -> None:
+    vals = _by_variant(rows, key)
+    stats = [_mean_std(vals[v]) for v in variants]
+    y = np.arange(len(variants))
+    ax.barh(y, [m for m, _ in stats], xerr=[s for _, s in stats],
+            color=[PALETTE[i % len(PALETTE)] for i in range(len(variants))], capsize=2)
+    for i, v in enumerate(variants):
+        ax.plot(vals[v], [i] * len(vals[v]), "o", color="black", markersize=2, alpha=0.6)
+    ax.set_yticks(y, variants, fontsize=LABEL_SIZE)
+    ax.invert_yaxis()
+    if key in ("latency_ms", "params_bridge") and all(m > 0 for m, _ in stats):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.tick_params(axis="x", which="both", labelsize=TICK_SIZE)
+    ax.set_title(title, fontsize=TITLE_SIZE)
