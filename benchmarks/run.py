@@ -184,16 +184,20 @@ def _train_samples_per_s(model: EnhancedVLM, batch: int, T: int, bf16: bool, ste
     return batch / timed(step, steps, warmup=1)
 
 
-def train_bf16_speedup(quick: bool) -> Result:
-    """Training samples/s under bf16 autocast over fp32, at the shapes-tiny preset (batch 64,
-    vocabulary of the scene world) and at seed defaults (batch 8)."""
+def shapes_tiny_model() -> dict:
+    """VLMConfig overrides of the shipped shapes-tiny preset (scene-world vocabulary)."""
     from ssm_bridge.data import Tokenizer
     from ssm_bridge.train_config import TRAIN_PRESETS
 
+    return dict(TRAIN_PRESETS["shapes-tiny"]["model"], vocab_size=len(Tokenizer.for_scenes()))
+
+
+def train_bf16_speedup(quick: bool) -> Result:
+    """Training samples/s under bf16 autocast over fp32, at the shapes-tiny preset (batch 64,
+    vocabulary of the scene world) and at seed defaults (batch 8)."""
     out = {}
     cases = {
-        "shapes_tiny": (dict(TRAIN_PRESETS["shapes-tiny"]["model"],
-                             vocab_size=len(Tokenizer.for_scenes())), 64, 16),
+        "shapes_tiny": (shapes_tiny_model(), 64, 16),
         "seed": ({}, 8, 16),
     }
     for name, (overrides, batch, T) in cases.items():
@@ -220,6 +224,44 @@ def minutes_to_95(quick: bool) -> Result:
     return out
 
 
+# ---------------------------------------------------------------- hooks
+def hook_overhead(quick: bool) -> Result:
+    """Forward time with every HookPoint in place (none watched) over the same model whose
+    hook points are bypassed entirely (no nn.Module call): the cost of being hookable.
+    Seed defaults at batch 2 (the target), and the shipped shapes-tiny size at batch 8,
+    where the ~60 identity calls weigh most. Interleaved rounds, median of each."""
+    from ssm_bridge.hooks import HookPoint
+
+    class _Bypassed(HookPoint):
+        def __call__(self, x):
+            return x
+
+    def overhead(model, images, tokens, rounds):
+        points = [m for m in model.modules() if isinstance(m, HookPoint)]
+        hooked, bare = [], []
+        with torch.no_grad():
+            for _ in range(rounds):
+                for cls, out in ((HookPoint, hooked), (_Bypassed, bare)):
+                    for p in points:
+                        p.__class__ = cls
+                    out.append(timed(lambda: model(images, tokens), 3))
+        for p in points:
+            p.__class__ = HookPoint
+        return statistics.median(hooked) / statistics.median(bare) - 1
+
+    rounds = 2 if quick else 5
+    model = seed_model()
+    images, tokens = torch.randn(2, 3, 224, 224), torch.randint(3, 1000, (2, 20))
+    seed_pct = 100 * overhead(model, images, tokens, rounds)
+    tiny = seed_model(**shapes_tiny_model())
+    images, tokens = torch.randn(8, 3, 64, 64), torch.randint(3, 30, (8, 20))
+    tiny_pct = 100 * overhead(tiny, images, tokens, rounds)
+    out = {"hook_overhead": entry(seed_pct, "% slower", 2.0),
+           "hook_overhead_shapes_tiny": entry(tiny_pct, "% slower")}
+    out["hook_overhead"]["lower_is_better"] = True
+    return out
+
+
 BENCHMARKS: dict[str, Callable[[bool], Result]] = {
     "generate_speedup": generate_speedup,
     "scan_speedup": scan_speedup,
@@ -227,6 +269,7 @@ BENCHMARKS: dict[str, Callable[[bool], Result]] = {
     "grad_ckpt_memory_saving": grad_ckpt_memory_saving,
     "train_bf16_speedup": train_bf16_speedup,
     "minutes_to_95": minutes_to_95,
+    "hook_overhead": hook_overhead,
 }
 
 
