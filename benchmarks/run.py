@@ -270,6 +270,8 @@ BENCHMARKS: dict[str, Callable[[bool], Result]] = {
     "train_bf16_speedup": train_bf16_speedup,
     "minutes_to_95": minutes_to_95,
     "hook_overhead": hook_overhead,
+    "app_latency_s": lambda quick: __import__("bench_app").app_latency_s(quick),
+    "app_rss_growth_mb": lambda quick: __import__("bench_app").app_rss_growth_mb(quick),
 }
 
 

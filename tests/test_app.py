@@ -1,0 +1,282 @@
+"""The Gradio app: its helpers (ssm_bridge.app_support) and, through gradio_client, a
+launched app on loopback: captions of generated scenes, every kind of bad upload, and
+what the server refuses to serve."""
+
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import sys
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+gr = pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+
+from ssm_bridge import load_pretrained  # noqa: E402
+from ssm_bridge.app_support import (  # noqa: E402
+    TABS,
+    Analyser,
+    Decoding,
+    UploadError,
+    brush_colours,
+    default_word,
+    localisation_rows,
+    read_upload,
+    sketch_image,
+    tab_figure,
+    truth_markdown,
+    word_object,
+    word_spans,
+)
+from ssm_bridge.data import make_scene  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import app  # noqa: E402
+
+# gradio's queue bookkeeping trips pandas 3 deprecation warnings: not ours to fix
+pytestmark = [pytest.mark.filterwarnings("ignore:.*copy keyword is deprecated"),
+              pytest.mark.filterwarnings("ignore:.*no_silent_downcasting")]
+UPLOAD_MB = 1.0  # the launched app's limit, small so oversize files are cheap to make
+
+
+# ---------------------------------------------------------------- files
+def bomb_png(path: Path, side: int) -> Path:
+    """A real decompression bomb: a valid 1-bit PNG of side x side black pixels, a few KB
+    on disk, side² pixels when decoded. Rows are compressed as they are made."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\x00" + bytes((side + 7) // 8)  # filter byte + packed bits
+    z = zlib.compressobj(9)
+    data = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1 bit, greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data)
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    p = load_pretrained("shapes-tiny")
+    return [make_scene("test", i, p.scene_config) for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    """name -> (file, a phrase the error message must contain)."""
+    d = tmp_path_factory.mktemp("bad")
+    good = png_bytes(Image.fromarray(make_scene("test", 0).image))
+    (d / "corrupt.png").write_bytes(good[: len(good) // 2])  # truncated mid-IDAT
+    (d / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
+    (d / "empty.png").write_bytes(b"")
+    (d / "notes.txt").write_text("a small red circle left of a large blue square\n")
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (700, 700, 3), dtype=np.uint8)  # incompressible: ~1.5 MB
+    (d / "big.png").write_bytes(png_bytes(Image.fromarray(noise)))
+    return {
+        "corrupt": (d / "corrupt.png", "truncated or corrupt"),
+        "garbage": (d / "garbage.png", "corrupt"),
+        "empty": (d / "empty.png", "is empty"),
+        "text": (d / "notes.txt", "is not an image"),
+        "oversize": (d / "big.png", "over the upload limit"),
+        "bomb": (bomb_png(d / "bomb.png", 20_000), "decompression bomb"),
+    }
+
+
+# ---------------------------------------------------------------- helpers, no server
+def test_read_upload_accepts_every_mode_and_size(tmp_path, scenes):
+    """RGB, RGBA, greyscale, palette, 16-bit grey and a large JPEG all decode; the RGB and
+    RGBA (opaque) ones give exactly the scene's pixels back."""
+    an = Analyser(load_pretrained("shapes-tiny"))
+    image = Image.fromarray(scenes[0].image)
+    grey16 = Image.fromarray(np.asarray(image.convert("L"), np.uint16) * 257)
+    files = {"rgb.png": image, "rgba.png": image.convert("RGBA"), "l.png": image.convert("L"),
+             "p.png": image.convert("P"), "i16.png": grey16,
+             "big.jpg": image.resize((1600, 900), Image.Resampling.NEAREST)}
+    for name, img in files.items():
+        img.save(tmp_path / name)
+        pixels = an.prepare(read_upload(tmp_path / name))
+        assert pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8, name
+        if name in ("rgb.png", "rgba.png"):
+            np.testing.assert_array_equal(pixels, scenes[0].image)
+    assert grey16.mode.startswith("I;16")
+
+
+def test_read_upload_rejects_bad_files_with_clear_messages(bad_files, tmp_path):
+    for path, phrase in bad_files.values():
+        with pytest.raises(UploadError, match=phrase):
+            read_upload(path, max_bytes=UPLOAD_MB * 2**20)
+    # a bomb under PIL's own limit (89 MP) is caught by the app's (40 MP) before decoding
+    with pytest.raises(UploadError, match=r"8000 x 8000 pixels.*decompression bomb"):
+        read_upload(bomb_png(tmp_path / "mid.png", 8000))
+    with pytest.raises(UploadError, match="No image"):
+        read_upload(None)
+    eps = tmp_path / "x.eps"  # PIL would hand EPS to Ghostscript: not a format we open
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with pytest.raises(UploadError, match="is not an image"):
+        read_upload(eps)
+
+
+def test_decoding_settings_are_checked():
+    assert Decoding().generate_kwargs(32) == {"max_length": 32, "temperature": 0.0}
+    kw = Decoding("sampling", 0.7, 5, 0.9, 10, 3).generate_kwargs(32)
+    assert kw == {"max_length": 10, "temperature": 0.7, "top_k": 5, "top_p": 0.9, "seed": 3}
+    off = Decoding("sampling", 1.0, 0, 1.0, 32, 0).generate_kwargs(32)
+    assert off["top_k"] is None and off["top_p"] is None
+    for bad, phrase in [(Decoding("beam"), "decoding must be"),
+                        (Decoding(max_length=99), "max length"),
+                        (Decoding("sampling", temperature=0), "temperature > 0"),
+                        (Decoding("sampling", top_p=0), "top-p")]:
+        with pytest.raises(UploadError, match=phrase):
+            bad.generate_kwargs(32)
+
+
+def test_sketch_image_needs_a_drawing():
+    blank = np.zeros((64, 64, 4), np.uint8)
+    for value in (None, {"composite": None}, {"composite": blank}):
+        with pytest.raises(UploadError, match="sketchpad is empty"):
+            sketch_image(value)
+    drawn = blank.copy()
+    drawn[10:30, 10:30] = (200, 30, 30, 255)
+    assert sketch_image({"composite": drawn}) is not None
+    colours = brush_colours()
+    assert len(colours) == 6 and all(c.startswith("#") and len(c) == 7 for c in colours)
+
+
+def test_every_tab_draws_for_a_scene(scenes):
+    """Each tab's figure renders; words map to the right objects; localisation rows."""
+    an = Analyser(load_pretrained("shapes-tiny"))
+    scene = scenes[0]
+    view = an.analyse(scene.image, Decoding(), scene)
+    words = view.analysis.words
+    assert " ".join(words) == scene.caption
+    w = default_word(words)
+    assert words[w] in {o.shape for o in scene.objects}
+    assert word_spans(words, w)[w] == (words[w] + " ", "selected")
+    assert word_object(scene, words, w) == 0 and word_object(scene, words, 0) == 0
+    assert tab_figure(an, view, "attribution", w, method="saliency") is None  # not yet asked
+    torch.manual_seed(0)
+    an.attribution(view, w, "saliency")
+    for tab in TABS:
+        fig = tab_figure(an, view, tab, w, step=5, method="saliency")
+        assert fig is not None, tab
+        fig.canvas.draw()  # renders without error
+    rows = localisation_rows(view, w)
+    assert [r["map"] for r in rows][-2:] == ["saliency", "random (mean of 100)"]
+    assert localisation_rows(view, w)[-1] == rows[-1]  # cached baseline
+    assert all(0 <= r["energy_in_mask"] <= 1 for r in rows)
+    assert "exact match" in truth_markdown(view, w)
+    with pytest.raises(ValueError, match="unknown tab"):
+        tab_figure(an, view, "nope")
+
+
+def test_handler_errors_become_escaped_gr_errors():
+    def handler(name):
+        raise UploadError(f"{name} is empty (0 bytes): upload an image file.")
+
+    with pytest.raises(gr.Error) as info:
+        app.guarded(handler)("<img src=x onerror=alert(1)>.png")
+    assert "&lt;img src=x" in info.value.message and "<img" not in info.value.message
+
+
+def test_parse_args():
+    args = app.parse_args([])
+    assert (args.checkpoint, args.host, args.port, args.device, args.share) == (
+        "shapes-tiny", "127.0.0.1", 7860, "cpu", False)
+    with pytest.raises(SystemExit):
+        app.parse_args(["--max-upload-mb", "0"])
+
+
+# ---------------------------------------------------------------- the launched app
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    demo = app.build_app(max_upload_mb=UPLOAD_MB, seed=0, n_examples=2)
+    _, url, _ = app.launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True,
+                           max_upload_mb=UPLOAD_MB)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return gradio_client.Client(server, verbose=False)
+
+
+def test_captions_of_generated_scenes_equal_ground_truth(client, scenes, tmp_path):
+    """The shipped checkpoint gets ~94-98 % of test scenes exactly right: >= 4 of 5."""
+    exact = 0
+    for i, scene in enumerate(scenes):
+        path = tmp_path / f"scene{i}.png"
+        Image.fromarray(scene.image).save(path)
+        got = client.predict(gradio_client.handle_file(str(path)), api_name="/caption")
+        exact += got == scene.caption
+    assert exact >= 4
+
+
+def test_decoding_controls_reach_the_model(client, scenes, tmp_path):
+    path = tmp_path / "scene.png"
+    Image.fromarray(scenes[1].image).save(path)
+    f = gradio_client.handle_file(str(path))
+    short = client.predict(f, "greedy", 1.0, 0, 1.0, 3, 0, api_name="/caption")
+    assert short.split() == scenes[1].caption.split()[:2]  # BOS + 2 words
+    hot = dict(decoding="sampling", temperature=2.0, top_k=0, top_p=1.0, max_length=32)
+    a = client.predict(f, **hot, seed=7, api_name="/caption")
+    assert a == client.predict(f, **hot, seed=7, api_name="/caption")  # seeded
+    with pytest.raises(gradio_client.exceptions.AppError, match="less than minimum value"):
+        client.predict(f, "sampling", 0.0, 0, 1.0, 32, 0, api_name="/caption")  # the slider
+    with pytest.raises(gradio_client.exceptions.AppError, match="list of choices"):
+        client.predict(f, "beam", 1.0, 0, 1.0, 32, 0, api_name="/caption")
+
+
+def test_bad_uploads_get_the_message_and_the_server_stays_up(client, bad_files, scenes,
+                                                             tmp_path):
+    for path, phrase in bad_files.values():
+        with pytest.raises(gradio_client.exceptions.AppError, match=phrase):
+            client.predict(gradio_client.handle_file(str(path)), api_name="/caption")
+    huge = tmp_path / "huge.bin"  # over gradio's own ceiling: refused before the app
+    huge.write_bytes(bytes(int(UPLOAD_MB * app.HARD_LIMIT_FACTOR * 2**20) + 1))
+    with pytest.raises(Exception):  # noqa: B017 (gradio_client raises the HTTP error)
+        client.predict(gradio_client.handle_file(str(huge)), api_name="/caption")
+    good = tmp_path / "good.png"
+    Image.fromarray(scenes[2].image).save(good)
+    assert client.predict(gradio_client.handle_file(str(good)), api_name="/caption") == \
+        scenes[2].caption
+
+
+def test_nothing_outside_the_app_is_served(server):
+    """Files outside gradio's upload cache are refused (or answered with the page, never
+    their content)."""
+    targets = {"/etc/passwd": b"root:", str(ROOT / "app.py"): b"def build_app",
+               str(ROOT / "pyproject.toml"): b"[tool.ruff]"}
+    for target, marker in targets.items():
+        for route in ("gradio_api/file=", "file=", "gradio_api/file=.."):
+            try:
+                with urllib.request.urlopen(server + route + target) as r:
+                    body = r.read()
+            except urllib.error.HTTPError as e:
+                assert e.code in (403, 404), (route, target, e.code)
+                continue
+            assert marker not in body, (route, target)

@@ -1,0 +1,65 @@
+"""A real browser on the app: Playwright driving Debian's chromium (never a downloaded
+one). Open the page, upload a scene, get its caption, click a word, see the cross-attention
+tab render an image; no request may leave the app. With SSM_BRIDGE_SCREENSHOTS=1 it also
+tours the other tabs and writes the README screenshots to docs/img/."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio")
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("screenshots", ROOT / "scripts" / "screenshots.py")
+shots = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(shots)
+
+pytestmark = [pytest.mark.filterwarnings("ignore:.*copy keyword is deprecated"),
+              pytest.mark.filterwarnings("ignore:.*no_silent_downcasting")]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(shots.CHROMIUM).is_file():
+        pytest.skip(f"no chromium at {shots.CHROMIUM} (apt-get install chromium; set "
+                    "SSM_BRIDGE_CHROMIUM for another path); browsers are never downloaded")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (pip install playwright)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=shots.CHROMIUM, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    demo, url = shots.start_app(n_examples=4)
+    yield url
+    demo.close()
+
+
+def test_upload_caption_select_word_and_see_attention(browser, server, tmp_path):
+    png = tmp_path / "scene.png"
+    truth = shots.scene_png(3, png)
+    page, outside = shots.open_page(browser, server)
+    seen = shots.caption_and_select(page, png, truth, word=3)
+    assert seen["caption"] == truth
+    assert f"word 4/{len(truth.split())}: {truth.split()[3]}" in seen["word_info"]
+    assert seen["plot_width"] > 100  # a rendered figure, not a placeholder
+    selected = page.locator("#caption .token.highlighted")
+    assert selected.count() == 1 and selected.inner_text().strip() == truth.split()[3]
+    if os.environ.get("SSM_BRIDGE_SCREENSHOTS"):
+        written = shots.tour(page, ROOT / "docs" / "img")
+        assert all(p.stat().st_size > 10_000 for p in written)
+    assert outside == [], f"the page tried to reach {outside}"
+
+
+def test_draw_on_the_sketchpad_and_caption_it(browser, server):
+    page, outside = shots.open_page(browser, server)
+    caption = shots.draw_and_caption(page, spacing=15)  # a few strokes: quick
+    assert caption and all(w.isalpha() for w in caption.split())
+    assert page.locator("#caption .token.highlighted").count() == 1
+    assert outside == []
