@@ -1,0 +1,270 @@
+# %% [markdown]
+# # 03 · Gates and selectivity: what the bridge writes, what it skips
+#
+# **Question.** A selective SSM chooses, token by token, how much of its input to write
+# into its state: the step size Δ_t. A large Δ makes Ā = exp(Δ A) small, so the state
+# forgets its past and takes in the current patch; a small Δ carries the state past the
+# patch almost untouched. After the scan, each output is multiplied by a gate SiLU(z_t)
+# computed from the same token. Which patches does the shipped bridge write, which does it
+# skip, what does the gate let through, and does the caption depend on either choice?
+#
+# Hooks used: `bridge.layers.{l}.mixer.dirs.{k}.hook_delta` (B, L, D), in direction k's
+# scan order, and `bridge.layers.{l}.mixer.hook_gate` (B, L, D), in patch order.
+
+# %%
+# %matplotlib inline
+import torch
+from einops import reduce
+from IPython.display import display
+
+torch.manual_seed(0)
+torch.set_num_threads(1)  # small models run fastest on one thread; fixed for reproducibility
+
+
+def show(fig):
+    """Draw a viz Figure into the notebook's outputs, then free it."""
+    display(fig)
+    fig.clf()
+
+
+# %%
+from ssm_bridge import load_pretrained
+from ssm_bridge.data import make_scene
+from ssm_bridge.ssm import direction_perm
+
+p = load_pretrained("shapes-tiny")
+model = p.model
+c = model.config
+g = c.img_size // c.patch_size
+L = 1 + g * g
+layers = model.bridge.layers
+dirs = list(layers[0].mixer.direction_names)
+scene = make_scene("test", 4, p.scene_config)
+image = p.transform(scene.image)[None]  # (1, 3, 64, 64)
+print("scene:", scene.caption)
+print(f"{len(layers)} layers, directions {dirs}, Δ initialised in "
+      f"[{c.ssm_dt_min}, {c.ssm_dt_max}]")
+
+# %% [markdown]
+# ## Δ and the gate on one scene
+#
+# `delta_map` puts Δ (mean over channels) back on the patch grid with the direction's
+# scan permutation; `gate_map` does the same for the gate (already in patch order).
+
+# %%
+from viz import delta_map, gate_map, grid_values, layer_maps
+
+filters = ["bridge.layers.*.mixer.dirs.*.hook_delta", "bridge.layers.*.mixer.hook_gate"]
+_, cache = model.run_with_cache(image, None, names_filter=filters)
+perm0 = direction_perm(dirs[0], L)
+delta0 = cache[f"bridge.layers.0.mixer.dirs.0.hook_delta"][0]  # (L, D) scan order
+gate0 = cache["bridge.layers.0.mixer.hook_gate"][0]  # (L, D) patch order
+show(delta_map(delta0, grid_side=g, scan_perm=perm0, image=scene.image,
+               title=f"layer 0 '{dirs[0]}': Δ"))
+show(gate_map(gate0, grid_side=g, image=scene.image, title="layer 0: gate SiLU(z)"))
+
+# %%
+maps = {}
+for layer, block in enumerate(layers):
+    for k, name in enumerate(block.mixer.direction_names):
+        d = cache[f"bridge.layers.{layer}.mixer.dirs.{k}.hook_delta"][0]
+        maps[f"layer {layer} '{name}' Δ"] = grid_values(d, g, 1, direction_perm(name, L).numpy())
+    maps[f"layer {layer} gate"] = grid_values(cache[f"bridge.layers.{layer}.mixer.hook_gate"][0], g)
+show(layer_maps(maps, image=scene.image, ncols=len(dirs) + 1))
+
+# %% [markdown]
+# ## One step of the scan
+#
+# The scrubber frame shows the scan at the step where it first reads a patch of the
+# first object: the patches still unread are dimmed, and the bars give Δ and the gate at
+# this step as a share of their largest value over the scan.
+
+# %%
+from viz import scan_scrubber_frame
+
+on_first = reduce(torch.as_tensor(scene.objects[0].mask, dtype=torch.float32),
+                  "(r h) (c w) -> (r c)", "mean", r=g, c=g) >= 0.5  # (g*g,) patch order
+step = int(torch.nonzero(on_first[perm0[1:] - 1])[0]) + 1  # first scan step on it
+show(scan_scrubber_frame(scene.image, perm0, step, grid_side=g, delta=delta0,
+                         gate=gate0[perm0]))  # the gate is in patch order: put it in scan order
+print(f"step {step}: Δ {delta0[step].mean():.4f} (scan mean {delta0.mean():.4f}), "
+      f"gate {gate0[perm0[step]].mean():.3f} (scan mean {gate0.mean():.3f})")
+
+# %% [markdown]
+# ## Objects against background, over 32 scenes
+#
+# A patch is *on an object* when objects cover at least 10 % of it. For each layer we
+# compare Δ and the gate (means over channels, and directions for Δ) on object and on
+# background patches, and give the AUC: the chance that a random object patch has a
+# larger value than a random background patch (0.5: no preference; 1: objects always
+# larger; 0: always smaller).
+
+# %%
+def object_patches(scene, g):
+    """(1 + g*g,) bool: token is a patch at least 10 % covered by objects (cls: False)."""
+    cover = torch.zeros(g, g)
+    for o in scene.objects:
+        share = reduce(torch.as_tensor(o.mask, dtype=torch.float32), "(r h) (c w) -> r c",
+                       "mean", r=g, c=g)  # (g, g)
+        cover = torch.maximum(cover, share)
+    return torch.cat([torch.tensor([False]), cover.flatten() >= 0.1])  # (L,)
+
+
+def auc(pos, neg):
+    """P(a random pos > a random neg), ties counted half."""
+    pos, neg = pos[:, None], neg[None, :]
+    return ((pos > neg).float().mean() + 0.5 * (pos == neg).float().mean()).item()
+
+
+pool = [make_scene("test", i, p.scene_config) for i in range(32)]
+batch = torch.stack([p.transform(s.image) for s in pool])  # (32, 3, 64, 64)
+obj = torch.stack([object_patches(s, g) for s in pool])  # (32, L)
+bg = ~obj
+bg[:, 0] = False  # the cls token is neither
+_, pooled = model.run_with_cache(batch, None, names_filter=filters)
+
+stats = {}
+channel_share = {}
+print("layer  value   on objects  on background   AUC")
+for layer, block in enumerate(layers):
+    per_dir = [pooled[f"bridge.layers.{layer}.mixer.dirs.{k}.hook_delta"]
+               [:, torch.argsort(direction_perm(name, L))]  # (32, L, D) patch order
+               for k, name in enumerate(block.mixer.direction_names)]
+    delta = torch.stack(per_dir).mean(0)  # (32, L, D)
+    gate = pooled[f"bridge.layers.{layer}.mixer.hook_gate"]  # (32, L, D)
+    for label, v in (("Δ", delta), ("gate", gate)):
+        tokens = v.mean(-1)  # (32, L)
+        stats[layer, label] = auc(tokens[obj], tokens[bg])
+        print(f"{layer:5d}  {label:<5} {tokens[obj].mean():11.4f}  {tokens[bg].mean():13.4f}"
+              f"  {stats[layer, label]:5.2f}")
+    ratio = delta[obj].mean(0) / delta[bg].mean(0)  # (D,) per channel
+    channel_share[layer] = ((ratio > 1.1).float().mean().item(),
+                            (ratio < 1 / 1.1).float().mean().item())
+    print(f"       per channel: {channel_share[layer][0]:.0%} write objects >10 % harder, "
+          f"{channel_share[layer][1]:.0%} write background >10 % harder "
+          f"(object/background Δ ratios {ratio.min():.2f} .. {ratio.max():.2f})")
+
+# %% [markdown]
+# ## Does the caption need the selection?
+#
+# Averages say what the bridge does, not whether it matters. Flatten one quantity per
+# image, i.e. replace each token's value with its mean over the image's tokens (channel
+# by channel), so the scan keeps its average behaviour but can no longer choose token by
+# token, and caption 64 test scenes greedily. Flattening Δ, B and C together turns the
+# selective scan into a fixed (time-invariant) convolution, as in S4 and in the original
+# package's "SSM". For calibration, the last rows remove the scan's memory altogether
+# (the scan output becomes its skip term D·x) or the whole mixer output of a layer.
+
+# %%
+from ssm_bridge.evaluate import caption_metrics
+
+test = [make_scene("test", i, p.scene_config) for i in range(64)]
+test_images = torch.stack([p.transform(s.image) for s in test])
+
+
+def flatten(t, name):
+    return t.mean(1, keepdim=True).expand_as(t).clone()  # (B, L, D): each token gets the mean
+
+
+def caption_with(fwd_hooks):
+    with model.hooks(fwd_hooks):
+        ids = model.generate(test_images, max_length=c.max_seq_length, temperature=0)
+    return caption_metrics([p.tokenizer.decode(r.tolist()) for r in ids], test)
+
+
+scan_inputs = {}
+
+
+def keep_input(t, name):
+    scan_inputs[name.replace("hook_conv", "hook_ssm_out")] = t
+
+
+def skip_only(t, name):
+    """The scan output without its recurrence: y = D * x."""
+    path = name.rsplit(".", 1)[0]
+    return scan_inputs[name] * model.get_submodule(path).D
+
+
+def zero(t, name):
+    return torch.zeros_like(t)
+
+
+every = "bridge.layers.*.mixer.dirs.*."
+variants = {"clean": []}
+for layer in range(len(layers)):
+    variants[f"flat Δ, layer {layer}"] = [(f"bridge.layers.{layer}.mixer.dirs.*.hook_delta", flatten)]
+variants["flat Δ, all layers"] = [(every + "hook_delta", flatten)]
+variants["flat Δ, B, C, all layers"] = [(every + h, flatten) for h in ("hook_delta", "hook_B", "hook_C")]
+for layer in range(len(layers)):
+    variants[f"flat gate, layer {layer}"] = [(f"bridge.layers.{layer}.mixer.hook_gate", flatten)]
+variants["no scan memory, all layers"] = [(every + "hook_conv", keep_input),
+                                          (every + "hook_ssm_out", skip_only)]
+for layer in range(len(layers)):
+    variants[f"no mixer output, layer {layer}"] = [(f"bridge.layers.{layer}.mixer.hook_y", zero)]
+
+results = {name: caption_with(h) for name, h in variants.items()}
+print(f"{'variant':<28} exact  colour  shape  size  relation")
+for name, m in results.items():
+    print(f"{name:<28} {m['exact_match']:5.2f}  {m['colour']:6.2f}  {m['shape']:5.2f}  "
+          f"{m['size']:4.2f}  {m['relation']:8.2f}")
+
+# %%
+from viz import new_figure
+
+fig, axes = new_figure(size=(5.0, 3.2))
+ax = axes[0, 0]
+names = list(results)
+ax.barh(names, [results[n]["exact_match"] for n in names])
+ax.axvline(results["clean"]["exact_match"], color="black", linestyle="--", linewidth=1)
+ax.invert_yaxis()
+ax.set_xlim(0, 1)
+ax.set_xlabel("exact-match on 64 test scenes")
+ax.set_title("what the caption needs from the bridge")
+show(fig)
+
+# %% [markdown]
+# The prose below rests on these numbers; the checks fail loudly if a new checkpoint
+# changes them, so the text never silently goes stale.
+
+# %%
+clean = results["clean"]["exact_match"]
+lti = results["flat Δ, B, C, all layers"]["exact_match"]
+gates = [results[f"flat gate, layer {i}"]["exact_match"] for i in range(len(layers))]
+assert all(stats[i, "gate"] < 0.4 for i in range(len(layers))), "revise 'the gate favours background'"
+assert all(abs(stats[i, "gate"] - 0.5) > abs(stats[i, "Δ"] - 0.5) for i in range(len(layers)))
+assert all(min(a, b) > 0.2 and abs(a - b) < 0.15 for a, b in channel_share.values()), \
+    "revise 'a comparable share do the opposite'"
+assert stats[0, "Δ"] > 0.55 and abs(stats[len(layers) - 1, "Δ"] - 0.5) < 0.1, "revise the Δ AUCs"
+assert results["flat Δ, all layers"]["exact_match"] >= clean - 0.1, "revise 'flat Δ costs little'"
+assert lti >= clean - 0.15, "revise 'a time-invariant scan still captions well'"
+assert max(gates) < clean - 0.3, "revise 'flattening the gate costs a large share'"
+assert results["no scan memory, all layers"]["exact_match"] >= clean - 0.15, "revise 'no memory'"
+mixer = [results[f"no mixer output, layer {i}"]["exact_match"] for i in range(len(layers))]
+assert max(mixer) < clean - 0.5, "revise 'removing the mixer output wrecks the captions'"
+print("claims checked")
+
+# %% [markdown]
+# ## What we learned
+#
+# * **Δ's choices are made channel by channel, and split both ways.** In every layer a
+#   sizeable share of the channels write object patches clearly harder than background
+#   and a comparable share do the opposite (the per-channel line under each layer).
+#   Averaged over channels the first layer leans mildly towards objects (AUC above 0.5),
+#   and the deeper layer shows no preference: "the SSM attends to objects" would
+#   overstate what Δ does here.
+# * **The gate separates objects from background more sharply than Δ, and the other way
+#   round:** the mean gate SiLU(z) is lower on object patches than on background in
+#   every layer (AUC well below 0.5). Since the gate multiplies the scan output channel by
+#   channel, it is the bridge's most direct object/background switch.
+# * **The caption barely needs Δ's choices.** Flattening Δ in any layer, or in all of them,
+#   leaves the exact-match rate close to the clean one, and even flattening Δ, B and C
+#   together, which makes the scan a fixed convolution over the sequence, costs only a
+#   few points. Removing the scan's memory entirely costs about as little. Flattening the
+#   gate of a single layer costs a large share of the exact matches, and removing that
+#   layer's mixer output wrecks the captions.
+# * So in this checkpoint the bridge's selectivity lives mostly in its token-wise gate and
+#   projections, not in the state-space recurrence: on a scene world that a ViT already
+#   mixes globally, the recurrence adds context but little that the captions depend on.
+#   Δ maps are still a faithful picture of what the scan writes; they are just not,
+#   here, a picture of what the caption needs. Notebook 07 tests the state directly with
+#   resets and patching.

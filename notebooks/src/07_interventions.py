@@ -1,0 +1,284 @@
+# %% [markdown]
+# # 07 · Interventions: reset the state, ablate the gate, patch one image into another
+#
+# **Question.** Maps and attributions are correlational. What does the caption do when we
+# *change* the bridge: wipe its state at chosen patches, close or flatten its gate, or
+# transplant its activations from one image into another? Which of the bridge's
+# quantities does the caption causally depend on?
+#
+# `ssm_bridge.interventions` builds the edits as hook lists for `model.hooks`:
+# `reset_state` (Ā_t = 0 at some patches: the state forgets its past there),
+# `zero_state` (Ā_t = 0 and Δ·B·x_t = 0: the state is emptied), `ablate_gate` (the gate
+# SiLU(z) set to 0, 1 or its mean over the image), `patch_state` (the state taken from a
+# source image) and `patch_activation` (any hook's activation taken from a source
+# image's cache). Positions are patch indices 0..63 on the 8 × 8 grid; the builders map
+# them to each scan direction's order.
+
+# %%
+# %matplotlib inline
+import torch
+from einops import reduce
+from IPython.display import display
+
+torch.manual_seed(0)
+torch.set_num_threads(1)  # small models run fastest on one thread; fixed for reproducibility
+
+
+def show(fig):
+    """Draw a viz Figure into the notebook's outputs, then free it."""
+    display(fig)
+    fig.clf()
+
+
+def num(x, digits=2):
+    """x rounded for printing, without a '-0.00' that a sign in the last bit would cause."""
+    text = f"{x:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+# %%
+from ssm_bridge import interventions as iv
+from ssm_bridge import load_pretrained
+from ssm_bridge.data import make_scene
+
+p = load_pretrained("shapes-tiny")
+model, tok = p.model, p.tokenizer
+g = model.config.img_size // model.config.patch_size
+n_layers = len(model.bridge.layers)
+
+
+def object_patches(scene, j=0, min_cover=0.1):
+    """Patch indices (row-major on the g x g grid) that object j covers at least 10 %."""
+    cover = reduce(torch.as_tensor(scene.objects[j].mask, dtype=torch.float32),
+                   "(r h) (c w) -> (r c)", "mean", r=g, c=g)  # (g*g,)
+    return torch.nonzero(cover >= min_cover)[:, 0].tolist()
+
+
+scene = make_scene("test", 3, p.scene_config)
+image = p.transform(scene.image)
+on_objects = sorted({q for j in range(len(scene.objects)) for q in object_patches(scene, j)})
+print("scene:", scene.caption)
+print(f"{len(on_objects)} of {g * g} patches lie on its objects")
+
+# %% [markdown]
+# ## One scene, one edit at a time
+#
+# `compare` captions the image greedily without and with the edit, and scores the
+# original caption teacher-forced both ways; we print both captions and the change of
+# the caption's total log-probability (0: the edit changed nothing the caption needs).
+
+# %%
+edits = {
+    "reset state on the objects": iv.reset_state(model, on_objects),
+    "zero state on the objects": iv.zero_state(model, on_objects),
+    "zero state everywhere": iv.zero_state(model, list(range(g * g))),
+    "gate = 0, layer 0": iv.ablate_gate(model, layers=[0], mode="zero"),
+    "gate = 1, layer 0": iv.ablate_gate(model, layers=[0], mode="one"),
+    "gate = image mean, layer 0": iv.ablate_gate(model, layers=[0], mode="mean"),
+}
+single_scene = {}
+for name, hooks in edits.items():
+    r = iv.compare(model, tok, image, hooks)
+    single_scene[name] = r
+    print(f"{name:<28} Δ log p {num(r.total_delta):>7}   {r.caption_after}")
+
+# %% [markdown]
+# ## Over 64 scenes
+#
+# One scene can mislead. For the first 64 test scenes: the exact-match rate of the greedy
+# captions under each edit, and the mean log-probability of the true caption
+# (teacher-forced, summed over its words). Edits that depend on where the objects are
+# run scene by scene; the others as one batch.
+
+# %%
+from ssm_bridge.evaluate import caption_metrics
+
+test = [make_scene("test", i, p.scene_config) for i in range(64)]
+images = torch.stack([p.transform(s.image) for s in test])  # (64, 3, 64, 64)
+encoded = [tok.encode(s.caption) for s in test]  # BOS ... EOS
+T = max(len(e) for e in encoded) - 1
+tokens = torch.full((len(test), T), tok.pad_id)
+targets = torch.full((len(test), T), -100)
+for i, e in enumerate(encoded):
+    tokens[i, : len(e) - 1] = torch.tensor(e[:-1])
+    targets[i, : len(e) - 1] = torch.tensor(e[1:])
+
+
+@torch.no_grad()
+def evaluate(hooks_for, rows=range(len(test))):
+    """(caption metrics, mean true-caption log-prob) with hooks_for(i) -> hooks for scene
+    i, or one hook list for the whole batch."""
+    batches = [(list(rows), hooks_for)] if isinstance(hooks_for, list) else \
+        [([i], hooks_for(i)) for i in rows]
+    preds, logp = [], []
+    for idx, hooks in batches:
+        with model.hooks(hooks):
+            ids = model.generate(images[idx], max_length=model.config.max_seq_length, temperature=0)
+            logits = model(images[idx], tokens[idx])  # (b, T, V)
+        lp = logits.log_softmax(-1).gather(-1, targets[idx].clamp_min(0)[..., None])[..., 0]
+        logp += (lp * (targets[idx] >= 0)).sum(1).tolist()  # (b,) summed over words
+        preds += [tok.decode(r.tolist()) for r in ids]
+    return caption_metrics(preds, [test[i] for i in rows]), sum(logp) / len(logp)
+
+
+all_patches = list(range(g * g))
+suite = {"clean": [],
+         "reset state on the objects": lambda i: iv.reset_state(
+             model, sorted({q for j in range(len(test[i].objects)) for q in object_patches(test[i], j)})),
+         "zero state on the objects": lambda i: iv.zero_state(
+             model, sorted({q for j in range(len(test[i].objects)) for q in object_patches(test[i], j)})),
+         "reset state everywhere": iv.reset_state(model, all_patches),
+         "zero state everywhere": iv.zero_state(model, all_patches)}
+for layer in range(n_layers):
+    for mode in ("zero", "one", "mean"):
+        suite[f"gate = {mode}, layer {layer}"] = iv.ablate_gate(model, layers=[layer], mode=mode)
+results = {name: evaluate(h) for name, h in suite.items()}
+print(f"{'edit':<28} exact  colour  shape  size  relation   mean log p(true caption)")
+for name, (m, lp) in results.items():
+    print(f"{name:<28} {m['exact_match']:5.2f}  {m['colour']:6.2f}  {m['shape']:5.2f}  "
+          f"{m['size']:4.2f}  {m['relation']:8.2f}   {num(lp):>24}")
+
+# %% [markdown]
+# ## Activation patching between two images
+#
+# Take two one-object scenes, a *target* and a *source*, and run the target while one
+# quantity is copied from the source at the patches either object covers. If the caption
+# now names the source's colour or shape, that quantity, at those patches, carries it.
+# Sites, from the bridge's input to its output: the bridge input (`bridge.hook_in`), the
+# SSM state of every layer (`patch_state`), the residual stream after each layer
+# (`bridge.layers.{l}.hook_resid_post`), and, as a control, *all* 65 bridge outputs.
+
+# %%
+single = [s for s in (make_scene("test", i, p.scene_config) for i in range(120))
+          if len(s.objects) == 1][:16]
+pairs = [(single[k], single[k + 1]) for k in range(0, len(single), 2)]  # (target, source)
+
+
+def caption(img, hooks):
+    with model.hooks(hooks):
+        ids = model.generate(img[None], max_length=model.config.max_seq_length, temperature=0)
+    return tok.decode(ids[0].tolist())
+
+
+sites = ["bridge input", "SSM state, all layers"]
+sites += [f"residual after layer {i}" for i in range(n_layers)] + ["all bridge outputs"]
+outcome = {site: [] for site in sites}  # per pair: (colour moved, shape moved, whole caption)
+example = None
+for target, source in pairs:
+    t_img, s_img = p.transform(target.image), p.transform(source.image)
+    where = sorted(set(object_patches(target)) | set(object_patches(source)))
+    _, cache = model.run_with_cache(s_img[None], None, names_filter=[
+        "bridge.hook_in", "bridge.hook_out", "bridge.layers.*.hook_resid_post"])
+    hooks = {"bridge input": iv.patch_activation("bridge.hook_in", cache, where),
+             "SSM state, all layers": iv.patch_state(model, s_img[None], where)}
+    for i in range(n_layers):
+        hooks[f"residual after layer {i}"] = iv.patch_activation(
+            f"bridge.layers.{i}.hook_resid_post", cache, where)
+    hooks["all bridge outputs"] = iv.patch_activation("bridge.hook_out", cache)
+    caps = {site: caption(t_img, h) for site, h in hooks.items()}
+    src, tgt = source.objects[0], target.objects[0]
+    own = caption(s_img, [])  # the model's caption of the source image
+    for site, cap in caps.items():
+        words = cap.split()
+        # an attribute "moved" when the source's differs from the target's and is now named
+        outcome[site].append((src.colour in words if src.colour != tgt.colour else None,
+                              src.shape in words if src.shape != tgt.shape else None,
+                              cap == own))
+    if example is None:
+        example = (target.caption, source.caption, caps)
+
+print(f"target: {example[0]}\nsource: {example[1]}")
+for site, cap in example[2].items():
+    print(f"  {site:<24} -> {cap}")
+n_colour = sum(s.objects[0].colour != t.objects[0].colour for t, s in pairs)
+n_shape = sum(s.objects[0].shape != t.objects[0].shape for t, s in pairs)
+print(f"\nshare of pairs whose caption takes the source's colour (of {n_colour} pairs where the "
+      f"colours differ), shape (of {n_shape}) or its whole caption of the source (of "
+      f"{len(pairs)}):")
+print(f"{'patched site':<24}  colour  shape  caption")
+transfer = {}
+for site, rows in outcome.items():
+    t = torch.tensor([sum(r[k] for r in rows if r[k] is not None) /
+                      max(1, sum(r[k] is not None for r in rows)) for k in range(3)])
+    transfer[site] = t
+    print(f"{site:<24}  {t[0]:6.2f}  {t[1]:5.2f}  {t[2]:7.2f}")
+
+# %%
+from viz import new_figure
+
+fig, axes = new_figure(size=(5.2, 3.0))
+ax = axes[0, 0]
+x = torch.arange(len(sites)).float()
+for k, (label, offset) in enumerate((("source colour", -0.2), ("source shape", 0.2))):
+    ax.bar((x + offset).numpy(), [transfer[s][k].item() for s in sites], width=0.4, label=label)
+ax.set_xticks(x.numpy(), sites, rotation=25, ha="right")
+ax.set_ylim(0, 1.05)
+ax.set_ylabel("share of pairs")
+ax.set_title("what moves the caption to the source image")
+ax.legend(fontsize=7, loc="upper center")
+show(fig)
+
+# %% [markdown]
+# The prose below rests on these numbers; the checks fail loudly if a new checkpoint
+# changes them, so the text never silently goes stale.
+
+# %%
+results = {name: (m["exact_match"], lp, m) for name, (m, lp) in results.items()}
+clean_em, clean_lp, _ = results["clean"]
+assert results["zero state everywhere"][0] >= clean_em - 0.15, "revise 'the state is not needed'"
+assert results["zero state on the objects"][0] >= clean_em - 0.1, "revise 'object state resets'"
+assert results["zero state everywhere"][1] < clean_lp, "revise 'the state still helps a little'"
+assert results["reset state everywhere"][0] >= clean_em - 0.15, "revise 'resetting costs little'"
+for mode, drop in (("zero", 0.5), ("one", 0.5), ("mean", 0.3)):
+    worst = max(results[f"gate = {mode}, layer {i}"][0] for i in range(n_layers))
+    assert worst < clean_em - drop, f"revise the gate = {mode} sentence"
+for edit in ("reset state on the objects", "zero state on the objects", "reset state everywhere",
+             "zero state everywhere"):
+    m, base = results[edit][2], results["clean"][2]
+    drop = {k: base[k] - m[k] for k in ("colour", "shape", "size", "relation")}
+    assert drop["relation"] == max(drop.values()) > 0, f"revise 'mostly the relations' ({edit})"
+relations = {"above", "below", "left", "right", "of"}
+flip = single_scene["zero state on the objects"]
+before, after = flip.caption_before.split(), flip.caption_after.split()
+assert flip.caption_changed and len(before) == len(after), "revise the relation-flip example"
+assert all(b == c or {b, c} <= relations for b, c in zip(before, after)), "revise the example"
+assert transfer["SSM state, all layers"].max() <= 0.25, "revise 'patching the state moves little'"
+assert transfer["all bridge outputs"][2] >= 0.9, "revise the control"
+assert max(transfer[f"residual after layer {i}"][0] for i in range(n_layers)) >= 0.5
+assert transfer["bridge input"][0] >= 0.5, "revise 'the bridge input behaves alike'"
+for site in sites[2:-1]:
+    assert transfer[site][1] < transfer[site][0], f"revise 'shape moves less often' ({site})"
+print("claims checked")
+
+# %% [markdown]
+# ## What we learned
+#
+# * **The caption hardly needs the SSM state, yet the state is not idle.** Over 64
+#   scenes, emptying the state at the object patches, or even at every patch of every
+#   layer, keeps most captions exactly as they were, and resetting it (forgetting the
+#   past but keeping the current patch's input) costs about as little; the true
+#   caption's log-probability drops, so the state does contribute evidence. What the
+#   state edits do break is mostly the relations: relation accuracy falls more than
+#   colour, shape or size accuracy under every state edit, and on the first scene they
+#   flip "above" to "below". Relations need context from other rows, which is what a
+#   scan's state carries; the attributes are read off each patch's own tokens, as the
+#   short memory found in notebook 02 suggests.
+# * **The gate is indispensable in its data-dependent form.** Closing the gate of either
+#   layer (gate = 0 removes the layer's mixer output) or fixing it at 1 wrecks the
+#   captions, and replacing it with its image mean costs a large share of them, in line
+#   with notebook 03: the token-wise gate, not the recurrence, is where the bridge's
+#   per-patch computation happens.
+# * **Activation patching locates the information.** Transplanting the SSM state from the
+#   source image at the objects' patches leaves the target's caption as it was, or almost
+#   always so. The residual stream at the same patches does move it: the caption takes
+#   on the source object's colour in most pairs, its shape less often (the table gives
+#   the shares; patching the bridge input behaves alike). Shape is spread over more
+#   patches and more of the ViT's context than colour, so a patch-local transplant moves
+#   it less. Patching all bridge outputs reproduces the model's caption of the source,
+#   the control that the decoder sees the image only through them.
+# * Together with notebooks 02 and 03 the picture is consistent: in this checkpoint the
+#   bridge's per-patch path (input projection, gate, skip term D·x and the residual
+#   stream) carries what the caption says; the selective scan adds context that mostly
+#   shifts probabilities and now and then decides a relation word. A bridge trained
+#   where context matters more, longer scans, relations across a larger image, would be
+#   the place to look for captions that depend on the state.
