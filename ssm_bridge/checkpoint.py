@@ -23,10 +23,13 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT = "ssm-bridge-vlm"
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_FILE_MODE = 0o644 & ~_read_umask()  # mkstemp makes 0600; checkpoints get a normal mode
 
 
 def atomic_write(path: Path, write) -> None:
@@ -38,7 +41,7 @@ def atomic_write(path: Path, write) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644 & ~_umask())  # mkstemp makes 0600; give it a normal file's mode
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

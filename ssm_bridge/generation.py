@@ -101,13 +101,13 @@ class _Recorder:
         return [(n, keep) for n in self.cross_names + self.prefix_names]
 
     def on_logits(self) -> None:
-        self.cross.append(self._stack(self.cross_names))  # (B, cross_layers, H, L)
-        self.prefix.append(self._stack(self.prefix_names))  # (B, blocks, H, L)
-
-    def _stack(self, names: list[str]) -> torch.Tensor:
-        if not names:  # a model without such layers
-            return torch.zeros(0)
-        return torch.stack([self.rows[n] for n in names], 1)
+        prefix = torch.stack([self.rows[n] for n in self.prefix_names], 1)  # (B, blocks, H, L)
+        if self.cross_names:
+            cross = torch.stack([self.rows[n] for n in self.cross_names], 1)  # (B, X, H, L)
+        else:  # cross_attn_layers=0
+            cross = prefix.new_zeros(prefix.shape[0], 0, 1, prefix.shape[-1])  # (B, 0, 1, L)
+        self.cross.append(cross)
+        self.prefix.append(prefix)
 
     def on_token(self, logits: torch.Tensor, nxt: torch.Tensor) -> None:
         lp = logits.float().log_softmax(-1).gather(-1, nxt[:, None])[:, 0]  # (B,)

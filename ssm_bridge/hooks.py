@@ -26,7 +26,6 @@ from torch import nn
 HEAVY_SUFFIXES = ("hook_A_bar", "hook_dBx", "hook_state")
 
 HookFn = Callable[[torch.Tensor, str], "torch.Tensor | None"]
-NamesFilter = "str | Iterable[str] | Callable[[str], bool] | None"
 
 
 class HookPoint(nn.Module):

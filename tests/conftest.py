@@ -4,6 +4,16 @@ import torch
 from ssm_bridge import EnhancedVLM, VLMConfig
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models and batch-1 decoding run fastest on one thread (extra threads only spin,
+    and far worse on a loaded machine); restored after the module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_config() -> VLMConfig:
     return VLMConfig.from_preset("tiny")

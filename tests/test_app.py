@@ -5,9 +5,7 @@ what the server refuses to serve."""
 from __future__ import annotations
 
 import io
-import socket
 import struct
-import sys
 import urllib.error
 import urllib.request
 import zlib
@@ -20,6 +18,8 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
+
+from apputil import ROOT, app, launched  # noqa: E402
 
 from ssm_bridge import load_pretrained  # noqa: E402
 from ssm_bridge.app_support import (  # noqa: E402
@@ -38,10 +38,6 @@ from ssm_bridge.app_support import (  # noqa: E402
     word_spans,
 )
 from ssm_bridge.data import make_scene  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import app  # noqa: E402
 
 # gradio's queue bookkeeping trips pandas 3 deprecation warnings: not ours to fix
 pytestmark = [pytest.mark.filterwarnings("ignore:.*copy keyword is deprecated"),
@@ -205,19 +201,10 @@ def test_parse_args():
 
 
 # ---------------------------------------------------------------- the launched app
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    demo = app.build_app(max_upload_mb=UPLOAD_MB, seed=0, n_examples=2)
-    _, url, _ = app.launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True,
-                           max_upload_mb=UPLOAD_MB)
-    yield url
-    demo.close()
+    with launched(max_upload_mb=UPLOAD_MB, seed=0, n_examples=2) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

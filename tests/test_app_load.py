@@ -3,12 +3,9 @@ launched app; every request succeeds with the right caption and none takes over 
 
 from __future__ import annotations
 
-import socket
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -16,12 +13,10 @@ from PIL import Image
 pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
+from apputil import launched  # noqa: E402
+
 from ssm_bridge import load_pretrained  # noqa: E402
 from ssm_bridge.data import make_scene  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import app  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*copy keyword is deprecated"),
               pytest.mark.filterwarnings("ignore:.*no_silent_downcasting")]
@@ -29,18 +24,10 @@ CLIENTS, REQUESTS, MAX_SECONDS = 16, 4, 10.0
 GIVE_UP_S = 120  # a stuck request fails the test instead of hanging it
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    demo = app.build_app(seed=0, n_examples=1)
-    _, url, _ = app.launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
-    yield url
-    demo.close()
+    with launched(seed=0, n_examples=1) as url:
+        yield url
 
 
 def test_sixteen_clients_four_requests_each(server, tmp_path):

@@ -18,12 +18,7 @@ from ssm_bridge.ssm import explain_mode
 POS, WORD = 3, 7  # explain logits[:, 3, 7]: the id 7 predicted after tokens[:, :4]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: extra threads only spin on a busy machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

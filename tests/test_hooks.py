@@ -215,3 +215,12 @@ def test_generate_traces_per_word(setup):
     logp = model(images, ids[:, :-1]).log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
     torch.testing.assert_close(tr.logprobs, logp, rtol=1e-4, atol=1e-4)
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_generate_traces_without_cross_attention_layers(tiny_config):
+    cfg = tiny_config.replace(cross_attn_layers=0)
+    model = make_model(cfg)
+    images, _ = batch(cfg)
+    _, tr = model.generate(images, max_length=5, temperature=0, return_traces=True)
+    assert tr.cross_attention.shape == (2, tr.steps, 0, 1, cfg.num_image_tokens)
+    assert tr.prefix_attention.shape[:3] == (2, tr.steps, cfg.text_num_layers)

@@ -15,14 +15,7 @@ from ssm_bridge.cli import main as cli_main
 from ssm_bridge.data import SceneConfig, make_scene
 from ssm_bridge.interpret import format_table, localisation_table, main
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batch-1 decoding runs faster on one thread (and far faster on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def block_mask(cells, g: int = 4, size: int = 32) -> np.ndarray:

@@ -26,13 +26,7 @@ G = 4  # 32 px images, 8 px patches
 L = 1 + G * G
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batch-1 decoding runs faster on one thread (and far faster on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(order: str = "raster", seed: int = 0):
