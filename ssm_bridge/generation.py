@@ -119,11 +119,14 @@ class _Recorder:
 
 
 @torch.no_grad()
-def generate(model: EnhancedVLM, images: torch.Tensor, max_length: int = 50,
+def generate(model: EnhancedVLM, images: torch.Tensor, max_length: int | None = None,
              temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = 0.9, *,
              prompt=None, seed: int | None = None, generator: torch.Generator | None = None,
              use_cache: bool = True, return_traces: bool = False):
     """Caption `images` (B, C, H, W): LongTensor (B, <= max_length) of ids.
+
+    max_length defaults to the original package's 50, or the model's max_seq_length
+    when that is shorter.
 
     Each row starts with BOS (then the prompt, if given) and stops at its EOS;
     rows that finish early are padded with pad_token_id, and decoding stops when
@@ -136,6 +139,8 @@ def generate(model: EnhancedVLM, images: torch.Tensor, max_length: int = 50,
     cross-attention and decoder-to-image attention of the query that produced it.
     """
     c = model.config
+    if max_length is None:  # the original's 50, within what the model was built for
+        max_length = min(50, c.max_seq_length)
     check_images(images, c)
     check_sampling(c, max_length, temperature, top_k, top_p)
     if generator is None and seed is not None:

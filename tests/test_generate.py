@@ -127,3 +127,16 @@ def test_filter_logits_top_k_and_top_p():
     assert kept.tolist() == [[True, True, False, False]]  # 0.5 < 0.7 <= 0.8
     assert (~torch.isinf(filter_logits(logits, None, 0.1))).sum() == 1  # top token survives
     assert not torch.isinf(filter_logits(logits, 10, 1.0)).any()
+
+
+def test_default_max_length_is_50_or_the_models_limit(tiny_config):
+    images = torch.randn(1, tiny_config.in_channels, tiny_config.img_size, tiny_config.img_size)
+    short = make_model(tiny_config.replace(max_seq_length=12))
+    assert short.generate(images, temperature=0).shape[1] <= 12
+    with pytest.raises(ValueError, match="max_length"):
+        short.generate(images, max_length=50, temperature=0)  # explicit values stay checked
+    long = make_model(tiny_config.replace(max_seq_length=64))
+    eos = long.config.eos_token_id
+    with long.hooks([("decoder.hook_logits",
+                      lambda t, n: t.index_fill(-1, torch.tensor([eos]), -1e9))]):
+        assert long.generate(images, temperature=0).shape[1] == 50  # never stops early
