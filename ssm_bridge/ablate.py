@@ -23,7 +23,8 @@ overridden on the command line. Then it measures, per run:
     bridge_latency_ms       the bridge alone on the ViT tokens, batch 1, median of repeats
 
 and writes into --out: results.csv (one row per run), results.md (mean ± std over
-seeds, the command, the machine) and ablation.png (viz.ablation.plot_ablation). Run
+seeds, the command, the machine), ablation.png (viz.ablation.plot_ablation), and
+curves.csv + curves.png (every run's logged training loss; viz.ablation.plot_ablation_curves). Run
 folders (checkpoint, metrics.jsonl, loss curve, result.json) go under --runs; a run
 whose result.json matches the budget is reused, so an interrupted study continues
 where it stopped (--force retrains).
@@ -235,7 +236,7 @@ def run_one(cfg: TrainConfig, data: StudyData, study: Study) -> dict[str, Any]:
     trainer = make_trainer(cfg, data)
     trainer.fit()
     records = _train_records(run_dir)
-    model = trainer.model.eval()
+    model = trainer.inference_model.eval()  # the weight average when ema_decay > 0
     media = model.encode_image(torch.zeros(1, model.config.in_channels, model.config.img_size,
                                            model.config.img_size, device=trainer.device))
     row: dict[str, Any] = {
@@ -263,8 +264,14 @@ def cached_row(cfg: TrainConfig, study: Study) -> dict[str, Any] | None:
     if study.force or not path.is_file():
         return None
     saved = json.loads(path.read_text())
-    same = saved.get("budget") == json.loads(json.dumps(budget(cfg, study), default=str))
-    return saved["row"] if same else None
+    now = json.loads(json.dumps(budget(cfg, study), default=str))
+    # A TrainConfig field added after the run, left at its default, changes nothing.
+    defaults = TrainConfig().to_dict()
+    old_train = saved.get("budget", {}).get("train", {})
+    for key, value in now["train"].items():
+        if key not in old_train and value == defaults.get(key):
+            old_train[key] = value
+    return saved["row"] if saved.get("budget") == now else None
 
 
 # ---------------------------------------------------------------- the study
@@ -390,13 +397,27 @@ def results_markdown(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig)
             rs = [r for r in rows if r["variant"] == v]
             lines.append(f"| {v} | " + " | ".join(
                 _fmt([r.get(k, math.nan) for r in rs], 100, 1) for k in kinds) + " |")
-    lines += ["", "![accuracy, speed and size per bridge](ablation.png)", ""]
+    lines += ["", "![accuracy, speed and size per bridge](ablation.png)", "",
+              "![training loss per bridge](curves.png)", ""]
     return "\n".join(lines)
 
 
+def curve_rows(rows: list[dict[str, Any]], runs: str | os.PathLike) -> list[dict[str, Any]]:
+    """The logged training loss of every run in `rows`: [{variant, seed, step, samples,
+    train_seconds, loss}], read from each run folder's metrics.jsonl (missing ones skipped)."""
+    out = []
+    for r in rows:
+        for rec in _train_records(Path(runs) / f"{r['variant']}-seed{r['seed']}"):
+            out.append({"variant": r["variant"], "seed": r["seed"], "step": rec["step"],
+                        "samples": rec["samples"], "train_seconds": rec["train_seconds"],
+                        "loss": rec["loss"]})
+    return out
+
+
 def write_outputs(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) -> None:
-    """results.csv, results.md and ablation.png in study.out."""
-    from viz.ablation import plot_ablation
+    """results.csv, results.md, ablation.png, and curves.csv + curves.png (training loss
+    per run) in study.out."""
+    from viz.ablation import plot_ablation, plot_ablation_curves
 
     out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -405,6 +426,15 @@ def write_outputs(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) ->
     fig = plot_ablation(rows)
     fig.savefig(out / "ablation.png", dpi=120, format="png")
     fig.clf()
+    curves = curve_rows(rows, study.runs)
+    if curves:
+        with open(out / "curves.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(curves[0]))
+            w.writeheader()
+            w.writerows(curves)
+        fig = plot_ablation_curves(curves)
+        fig.savefig(out / "curves.png", dpi=120, format="png")
+        fig.clf()
 
 
 # ---------------------------------------------------------------- command line

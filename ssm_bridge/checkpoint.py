@@ -88,8 +88,10 @@ def read_config(directory: str | os.PathLike) -> VLMConfig:
         raise ValueError(f"{path}: {e}") from e
 
 
-def load_weights(model: torch.nn.Module, directory: str | os.PathLike) -> None:
-    path = Path(directory) / WEIGHTS_NAME
+def load_weights(model: torch.nn.Module, directory: str | os.PathLike,
+                 name: str = WEIGHTS_NAME) -> None:
+    """Load `directory/name` into `model`; any missing, extra or mis-shaped key raises."""
+    path = Path(directory) / name
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; save weights with save_pretrained")
     try:

@@ -42,7 +42,8 @@ def build(cfg: TrainConfig) -> Trainer:
         scene_config = SceneConfig(**{"img_size": img_size, **cfg.scenes})
         tokenizer = Tokenizer.for_scenes(scene_config)
         train_set = SceneCaptions("train", cfg.num_train, scene_config, tokenizer, transform,
-                                  task=cfg.task, progress=cfg.progress)
+                                  task=cfg.task, progress=cfg.progress,
+                                  workers=cfg.draw_workers)
         collate = train_set.collate
         if cfg.eval_num:
             val = [make_scene("val", i, scene_config) for i in range(cfg.eval_num)]

@@ -25,6 +25,7 @@ class TrainConfig:
     data: str = "scenes"  # scenes | coco
     task: str = "caption"  # caption | vqa | mixed (scenes only)
     num_train: int = 50_000  # training scenes, pre-rendered once (scenes only)
+    draw_workers: int = 0  # processes drawing the training scenes (0 = this one)
     coco_annotations: str = ""  # COCO-format annotation JSON (data=coco)
     coco_images: str = ""  # image folder (data=coco)
     coco_karpathy: str = ""  # optional Karpathy split file (data=coco)
@@ -41,6 +42,10 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.98
     grad_clip: float = 1.0  # max global grad norm; 0 disables
+    # >0: also keep an exponential moving average of the weights (decay per step, warmed up
+    # as min(decay, (1 + step) / (10 + step))); evaluation and each checkpoint's
+    # model.safetensors use the average, which smooths the last steps' noise away.
+    ema_decay: float = 0.0
     precision: str = "fp32"  # fp32 | bf16 (autocast on CPU and CUDA)
     gradient_checkpointing: bool = False
     device: str = "auto"  # auto | cpu | cuda
@@ -55,6 +60,13 @@ class TrainConfig:
     progress: bool = True  # tqdm bar
     model: dict[str, Any] = field(default_factory=dict)  # VLMConfig overrides
     scenes: dict[str, Any] = field(default_factory=dict)  # SceneConfig overrides
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 disables, 0.999 is typical), "
+                             f"got {self.ema_decay}")
+        if self.draw_workers < 0:
+            raise ValueError(f"draw_workers must be >= 0, got {self.draw_workers}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -6,7 +6,9 @@ A run folder holds:
     metrics.jsonl       one JSON object per log / eval event
     loss_curve.png      redrawn at every evaluation and at the end
     checkpoints/step-XXXXXXX/   model (config.json, model.safetensors), tokenizer.json,
-                        optimizer.safetensors, trainer_state.json (step, scheduler, RNG)
+                        optimizer.safetensors, trainer_state.json (step, scheduler, RNG);
+                        with ema_decay > 0, model.safetensors holds the weight average
+                        and train_weights.safetensors the raw weights resume needs
     checkpoints/latest  name of the newest complete checkpoint, replaced atomically
 Resuming reads `latest`; the data order is a pure function of (seed, epoch, step), so a
 resumed run continues exactly where the uninterrupted one would be.
@@ -15,6 +17,7 @@ resumed run continues exactly where the uninterrupted one would be.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -30,9 +33,11 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, tensors_to_save
 from .model import EnhancedVLM
 from .train_config import TrainConfig
+
+TRAIN_WEIGHTS = "train_weights.safetensors"  # raw weights beside the EMA (ema_decay > 0)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -115,6 +120,15 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     random.setstate((version, tuple(state), gauss_next))
 
 
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """ema <- d * ema + (1 - d) * model, d = min(decay, (1 + step) / (10 + step)): the
+    warm-up keeps the early average from being dominated by the random init."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        ema_p = [p for p in ema.parameters()]
+        torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - d)
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     pointer = Path(run_dir) / "checkpoints" / "latest"
     if not pointer.is_file():
@@ -157,6 +171,9 @@ class Trainer:
                                      betas=(cfg.beta1, cfg.beta2),
                                      fused=self.device.type == "cuda" or None)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
+        # The weight average (ema_decay > 0): evaluated and saved as the checkpoint's model.
+        self.ema = (copy.deepcopy(self.model).eval().requires_grad_(False)
+                    if cfg.ema_decay > 0 else None)
         self.step = 0
         self.run_dir = Path(cfg.out_dir)
         self.samples_seen = 0
@@ -204,6 +221,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.opt.step()
         self.sched.step()
+        if self.ema is not None:
+            ema_update(self.ema, self.model, self.cfg.ema_decay, self.step)
         self.step += 1
         self.samples_seen += cfg.batch_size * cfg.grad_accum * self.world
         return total
@@ -243,11 +262,16 @@ class Trainer:
             dist.barrier()  # no rank leaves while rank 0 still saves and evaluates
         return last_eval
 
+    @property
+    def inference_model(self) -> EnhancedVLM:
+        """What evaluation and checkpoints use: the weight average if kept, else the model."""
+        return self.ema if self.ema is not None else self.model
+
     def run_eval(self) -> dict:
         if self.evaluate is None or self.rank != 0:
             return {}
         self.model.eval()
-        metrics = self.evaluate(self.model)
+        metrics = self.evaluate(self.inference_model)
         self.log(kind="eval", **metrics)
         self.plot()
         return metrics
@@ -288,7 +312,9 @@ class Trainer:
         name = f"step-{self.step:07d}"
         tmp = ckpts / f".{name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp)
+        self.inference_model.save_pretrained(tmp)
+        if self.ema is not None:
+            save_file(tensors_to_save(self.model), tmp / TRAIN_WEIGHTS)
         self.tokenizer.save(tmp / "tokenizer.json")
         if self.extras is not None:
             self.extras(tmp)
@@ -320,7 +346,11 @@ class Trainer:
             return False
         from .checkpoint import load_weights
 
-        load_weights(self.model, path)
+        if self.ema is not None:
+            load_weights(self.ema, path)
+            load_weights(self.model, path, TRAIN_WEIGHTS)
+        else:
+            load_weights(self.model, path)
         state = json.loads((path / "trainer_state.json").read_text())
         opt = _unflatten_optimizer(load_file(path / "optimizer.safetensors"), state["optimizer"])
         self.opt.load_state_dict(opt)

@@ -11,7 +11,7 @@ from matplotlib.container import BarContainer
 from ssm_bridge import ablate
 from ssm_bridge.ablate import COLUMNS, Study, make_trainer, prepare_data, run_config
 from ssm_bridge.train import build
-from viz.ablation import plot_ablation
+from viz.ablation import plot_ablation, plot_ablation_curves
 
 TINY = ["--preset", "test-tiny", "--num_train=16", "--scenes.min_objects=1",
         "--scenes.max_objects=2"]
@@ -40,6 +40,11 @@ def test_study_end_to_end_writes_csv_md_png_and_reuses_finished_runs(tmp_path, c
     assert "python -m ssm_bridge.ablate --variants ssm_lti,resampler" in md
     assert "| ssm_lti | 0 |" in md and "| resampler | 0 |" in md and "Machine:" in md
     assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "curves.csv") as f:
+        curves = list(csv.DictReader(f))
+    assert {(c["variant"], c["step"]) for c in curves} >= {("ssm_lti", "3"), ("resampler", "3")}
+    assert all(math.isfinite(float(c["loss"])) for c in curves)
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     run = runs / "ssm_lti-seed0"
     assert (run / "result.json").is_file() and (run / "checkpoints" / "latest").is_file()
     stamp = (run / "result.json").stat().st_mtime_ns
@@ -108,3 +113,17 @@ def test_throughput_leaves_out_the_first_log_interval():
     records = [{"samples": 80, "train_seconds": 28.0}, {"samples": 160, "train_seconds": 30.0}]
     assert ablate.throughput(records, Done()) == 40.0  # (160 - 80) / (30 - 28)
     assert ablate.throughput(records[:1], Done()) == 160 / 30.0  # one point: the whole run
+
+
+def test_plot_ablation_curves_draws_mean_and_seed_band():
+    curves = [{"variant": v, "seed": str(s), "step": str(t), "loss": str(base * (s + 1) / t)}
+              for v, base in (("ssm", 1.0), ("mlp", 2.0)) for s in (0, 1) for t in (1, 2, 3, 4)]
+    fig = plot_ablation_curves(curves, smooth=1)
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert set(lines) == {"ssm", "mlp"}
+    # mean over seeds 0 and 1 of base * (s + 1) / step at step 2: base * 1.5 / 2
+    assert lines["mlp"].get_ydata()[1] == pytest.approx(1.5)
+    assert ax.get_yscale() == "log" and len(ax.collections) == 2  # one band per variant
+    with pytest.raises(ValueError, match=r"curves\.csv"):
+        plot_ablation_curves([{"variant": "ssm"}])

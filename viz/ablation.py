@@ -98,3 +98,48 @@ def _cost_panel(ax, rows: list[Mapping], variants: list[str], key: str, title: s
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.tick_params(axis="x", which="both", labelsize=TICK_SIZE)
     ax.set_title(title, fontsize=TITLE_SIZE)
+
+
+def plot_ablation_curves(curves: Iterable[Mapping], smooth: int = 5) -> Figure:
+    """Training loss against step per variant: the mean over seeds (line) and the
+    seeds' range (band), each run first smoothed by a running mean of `smooth` log points.
+
+    curves: one mapping per logged point with "variant", "seed", "step" and "loss"
+    (the study's curves.csv rows; numbers or numeric strings)."""
+    curves = list(curves)
+    need = ("variant", "seed", "step", "loss")
+    if not curves or any(k not in c for c in curves for k in need):
+        raise ValueError(f"plot_ablation_curves needs rows with keys {need} (curves.csv)")
+    runs: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for c in curves:
+        runs.setdefault(str(c["variant"]), {}).setdefault(str(c["seed"]), []).append(
+            (_num(c["step"]), _num(c["loss"])))
+    fig, axes = new_figure(ncols=1, size=(6.4, 3.6))
+    ax = axes[0, 0]
+    for i, (variant, seeds) in enumerate(runs.items()):
+        steps, losses = _aligned(seeds.values(), smooth)
+        colour = PALETTE[i % len(PALETTE)]
+        ax.plot(steps, losses.mean(0), color=colour, label=variant, linewidth=1.2)
+        if len(losses) > 1:
+            ax.fill_between(steps, losses.min(0), losses.max(0), color=colour, alpha=0.2,
+                            linewidth=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step", fontsize=LABEL_SIZE)
+    ax.set_ylabel("training loss", fontsize=LABEL_SIZE)
+    ax.tick_params(labelsize=TICK_SIZE)
+    ax.set_title("training loss per bridge (mean over seeds, band: seed range)",
+                 fontsize=TITLE_SIZE)
+    ax.legend(fontsize=LABEL_SIZE - 1, frameon=False)
+    return fig
+
+
+def _aligned(runs: Iterable[list[tuple[float, float]]], smooth: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Runs' (step, loss) points -> the steps all runs logged, (runs, steps) smoothed losses."""
+    runs = [dict(r) for r in runs]
+    steps = sorted(set.intersection(*(set(r) for r in runs)))
+    losses = np.array([[r[s] for s in steps] for r in runs])  # (runs, steps)
+    k = max(1, min(smooth, len(steps)))
+    kernel = np.ones(k) / k
+    smoothed = np.array([np.convolve(row, kernel, mode="valid") for row in losses])
+    return np.array(steps[k - 1:]), smoothed
