@@ -23,7 +23,8 @@ overridden on the command line. Then it measures, per run:
     bridge_latency_ms       the bridge alone on the ViT tokens, batch 1, median of repeats
 
 and writes into --out: results.csv (one row per run), results.md (mean ± std over
-seeds, the command, the machine), ablation.png (viz.ablation.plot_ablation), and
+seeds, the command, the machine), study.json (the same facts for code to read),
+ablation.png (viz.ablation.plot_ablation), and
 curves.csv + curves.png (every run's logged training loss; viz.ablation.plot_ablation_curves). Run
 folders (checkpoint, metrics.jsonl, loss curve, result.json) go under --runs; a run
 whose result.json matches the budget is reused, so an interrupted study continues
@@ -366,23 +367,12 @@ def machine_info() -> str:
             f"{platform.system()} {platform.release()}")
 
 
-def results_markdown(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) -> str:
-    """The summary table (mean ± sample std over seeds), with command, machine, budget."""
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one line per variant, mean ± sample std over its seeds of SUMMARY's
+    columns, then a table of VQA accuracy by question kind (if any)."""
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    lines = [
-        "# Bridge ablation", "",
-        f"Command: `{study.command or 'python -m ssm_bridge.ablate'}`  ",
-        f"Machine: {machine_info()}  ",
-        f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", "",
-        f"Budget per run: preset `{cfg.preset}`, {cfg.max_steps} steps of batch "
-        f"{cfg.batch_size * cfg.grad_accum}, lr {cfg.lr:g} (warmup {cfg.warmup_steps}, cosine), "
-        f"task `{cfg.task}`, {cfg.num_train} training scenes with "
-        f"{json.dumps(cfg.scenes, default=str)}. Evaluation: {study.test_num} "
-        f"`{study.test_split}` scenes, greedy decoding.", "",
-        "Mean ± sample standard deviation over seeds (no ± with one seed).", "",
-        "| variant | seeds | " + " | ".join(h for _, h, _, _ in SUMMARY) + " |",
-        "|---|---|" + "---|" * len(SUMMARY),
-    ]
+    lines = ["| variant | seeds | " + " | ".join(h for _, h, _, _ in SUMMARY) + " |",
+             "|---|---|" + "---|" * len(SUMMARY)]
     for v in variants:
         rs = [r for r in rows if r["variant"] == v]
         cells = [_fmt([r.get(k, math.nan) for r in rs], sc, dg) for k, _, sc, dg in SUMMARY]
@@ -397,8 +387,33 @@ def results_markdown(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig)
             rs = [r for r in rows if r["variant"] == v]
             lines.append(f"| {v} | " + " | ".join(
                 _fmt([r.get(k, math.nan) for r in rs], 100, 1) for k in kinds) + " |")
-    lines += ["", "![accuracy, speed and size per bridge](ablation.png)", "",
-              "![training loss per bridge](curves.png)", ""]
+    return "\n".join(lines)
+
+
+def budget_text(cfg: TrainConfig, study: Study) -> str:
+    """One paragraph: what every run got (steps, batch, lr, task, data) and the evaluation."""
+    return (f"Budget per run: preset `{cfg.preset}`, {cfg.max_steps} steps of batch "
+            f"{cfg.batch_size * cfg.grad_accum}, lr {cfg.lr:g} (warmup {cfg.warmup_steps}, "
+            f"cosine), task `{cfg.task}`, {cfg.num_train} training scenes with "
+            f"{json.dumps(cfg.scenes, default=str)}, model overrides "
+            f"{json.dumps({k: v for k, v in cfg.model.items() if k != 'bridge_type'})}, "
+            f"{cfg.threads or 'default'} torch thread(s) per run. Evaluation: "
+            f"{study.test_num} `{study.test_split}` scenes, greedy decoding.")
+
+
+def results_markdown(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) -> str:
+    """The summary table (mean ± sample std over seeds), with command, machine, budget."""
+    lines = [
+        "# Bridge ablation", "",
+        f"Command: `{study.command or 'python -m ssm_bridge.ablate'}`  ",
+        f"Machine: {machine_info()}  ",
+        f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", "",
+        budget_text(cfg, study), "",
+        "Mean ± sample standard deviation over seeds (no ± with one seed).", "",
+        summary_table(rows),
+        "", "![accuracy, speed and size per bridge](ablation.png)", "",
+        "![training loss per bridge](curves.png)", "",
+    ]
     return "\n".join(lines)
 
 
@@ -423,6 +438,10 @@ def write_outputs(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) ->
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "results.csv")
     (out / "results.md").write_text(results_markdown(rows, study, cfg))
+    meta = {"command": study.command, "machine": machine_info(), "budget": budget_text(cfg, study),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "train_config": budget(cfg, study)["train"]}
+    (out / "study.json").write_text(json.dumps(meta, indent=2, default=str))
     fig = plot_ablation(rows)
     fig.savefig(out / "ablation.png", dpi=120, format="png")
     fig.clf()

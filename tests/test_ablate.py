@@ -2,6 +2,7 @@
 summary table and the plot."""
 
 import csv
+import json
 import math
 
 import pytest
@@ -44,6 +45,9 @@ def test_study_end_to_end_writes_csv_md_png_and_reuses_finished_runs(tmp_path, c
         curves = list(csv.DictReader(f))
     assert {(c["variant"], c["step"]) for c in curves} >= {("ssm_lti", "3"), ("resampler", "3")}
     assert all(math.isfinite(float(c["loss"])) for c in curves)
+    meta = json.loads((out / "study.json").read_text())
+    assert meta["command"].startswith("python -m ssm_bridge.ablate --variants ssm_lti")
+    assert "3 steps of batch 8" in meta["budget"] and meta["train_config"]["num_train"] == 16
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     run = runs / "ssm_lti-seed0"
     assert (run / "result.json").is_file() and (run / "checkpoints" / "latest").is_file()
