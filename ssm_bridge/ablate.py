@@ -62,6 +62,7 @@ from .data import ImageTransform, SceneCaptions, SceneConfig, Tokenizer, make_sc
 from .evaluate import evaluate
 from .model import EnhancedVLM
 from .pretrained import write_extras
+from .train import init_weights
 from .train_config import TrainConfig, build_train_config, parse_overrides
 from .trainer import Trainer
 
@@ -167,6 +168,8 @@ def make_trainer(cfg: TrainConfig, data: StudyData) -> Trainer:
                              "gradient_checkpointing": cfg.gradient_checkpointing})
     torch.manual_seed(cfg.seed)
     model = EnhancedVLM(model_cfg)
+    if cfg.init_from:
+        init_weights(model, cfg.init_from)
     return Trainer(cfg, model, data.train_set, data.train_set.collate, data.tokenizer, None,
                    extras=partial(write_extras, transform=data.transform,
                                   scene_config=data.scene_config))

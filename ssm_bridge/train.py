@@ -2,6 +2,7 @@
 
     python -m ssm_bridge.train --preset=shapes-tiny --out_dir=runs/mine
     python -m ssm_bridge.train --preset=shapes-tiny --out_dir=runs/mine --resume
+    python -m ssm_bridge.train --preset=shapes-tiny --out_dir=runs/ft --init_from=CKPT_DIR
     python -m ssm_bridge.train --preset=test-tiny --data=coco \\
         --coco_annotations=ann.json --coco_images=images/
     torchrun --nproc_per_node=2 -m ssm_bridge.train --preset=test-tiny   # DDP (gloo on CPU)
@@ -14,9 +15,11 @@ from __future__ import annotations
 
 import sys
 from functools import partial
+from pathlib import Path
 
 import torch
 
+from .checkpoint import load_weights
 from .config import VLMConfig
 from .data import ImageTransform, SceneCaptions, SceneConfig, Tokenizer, make_scene
 from .evaluate import caption_metrics, generate_captions
@@ -30,6 +33,20 @@ def scene_eval(model, tokenizer, transform, scenes) -> dict:
     """Greedy exact-match and per-attribute accuracy of captions on fixed val scenes."""
     preds = generate_captions(model, tokenizer, transform, scenes, batch_size=100)
     return caption_metrics(preds, scenes)
+
+
+def init_weights(model: EnhancedVLM, checkpoint: str) -> None:
+    """Start from a checkpoint's weights (its model.safetensors); a config or vocabulary
+    that differs from this run's raises, naming the keys."""
+    path = Path(checkpoint)
+    if not (path / "model.safetensors").is_file():
+        raise ValueError(f"--init_from={checkpoint}: no model.safetensors there; give a "
+                         "checkpoint folder such as runs/NAME/checkpoints/step-0001000")
+    try:
+        load_weights(model, path)
+    except ValueError as e:
+        raise ValueError(f"--init_from={checkpoint}: the checkpoint does not fit this run's "
+                         f"model (same preset and --model.* overrides needed): {e}") from e
 
 
 def build(cfg: TrainConfig) -> Trainer:
@@ -71,6 +88,8 @@ def build(cfg: TrainConfig) -> Trainer:
                              "gradient_checkpointing": cfg.gradient_checkpointing})
     torch.manual_seed(cfg.seed)
     model = EnhancedVLM(model_cfg)
+    if cfg.init_from:
+        init_weights(model, cfg.init_from)
     return Trainer(cfg, model, train_set, collate, tokenizer, evaluate,
                    extras=partial(write_extras, transform=transform, scene_config=scene_config))
 
@@ -92,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    trainer = build(cfg)
+    try:
+        trainer = build(cfg)
+    except ValueError as e:  # bad data paths, an --init_from that does not fit, ...
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if resume and trainer.resume():
         print(f"resumed from step {trainer.step}", file=sys.stderr)
     try:

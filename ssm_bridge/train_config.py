@@ -57,6 +57,9 @@ class TrainConfig:
     save_every: int = 250
     keep_checkpoints: int = 2
     stop_at_exact_match: float = 0.0  # >0: stop once val exact-match reaches it
+    # A checkpoint folder whose weights start this run (fine-tuning): the model config and
+    # vocabulary must match; optimizer, schedule and step start fresh (unlike --resume).
+    init_from: str = ""
     progress: bool = True  # tqdm bar
     model: dict[str, Any] = field(default_factory=dict)  # VLMConfig overrides
     scenes: dict[str, Any] = field(default_factory=dict)  # SceneConfig overrides

@@ -93,6 +93,24 @@ def test_weight_average_is_evaluated_saved_and_resumed_exactly(tmp_path):
         assert torch.equal(a, second.ema.state_dict()[name]), name
 
 
+def test_init_from_starts_from_a_checkpoints_weights_with_a_fresh_schedule(tmp_path, capsys):
+    from ssm_bridge.train import main
+
+    first = build(tiny(tmp_path / "a", max_steps=6, save_every=0))
+    first.fit()
+    ckpt = latest_checkpoint(tmp_path / "a" / "run")
+    second = build(tiny(tmp_path / "b", max_steps=4, init_from=str(ckpt)))
+    assert second.step == 0
+    for name, a in first.model.state_dict().items():
+        assert torch.equal(a, second.model.state_dict()[name]), name
+    other = ["--preset=test-tiny", f"--out_dir={tmp_path / 'c'}", f"--init_from={ckpt}",
+             "--model.vision_embed_dim=48"]
+    assert main(other) == 2
+    assert "does not fit this run's model" in capsys.readouterr().err
+    assert main(["--preset=test-tiny", f"--init_from={tmp_path}"]) == 2
+    assert "no model.safetensors" in capsys.readouterr().err
+
+
 def test_ema_update_follows_its_formula():
     from ssm_bridge.trainer import ema_update
 
