@@ -33,7 +33,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write, tensors_to_save
+from .checkpoint import WEIGHTS_NAME, atomic_write, tensors_to_save
 from .model import EnhancedVLM
 from .train_config import TrainConfig
 
@@ -346,11 +346,12 @@ class Trainer:
             return False
         from .checkpoint import load_weights
 
-        if self.ema is not None:
+        averaged = (path / TRAIN_WEIGHTS).is_file()  # saved with ema_decay > 0
+        load_weights(self.model, path, TRAIN_WEIGHTS if averaged else WEIGHTS_NAME)
+        if self.ema is not None and averaged:
             load_weights(self.ema, path)
-            load_weights(self.model, path, TRAIN_WEIGHTS)
-        else:
-            load_weights(self.model, path)
+        elif self.ema is not None:  # no average saved: one starts from these weights
+            self.ema.load_state_dict(self.model.state_dict())
         state = json.loads((path / "trainer_state.json").read_text())
         opt = _unflatten_optimizer(load_file(path / "optimizer.safetensors"), state["optimizer"])
         self.opt.load_state_dict(opt)

@@ -91,6 +91,17 @@ def test_weight_average_is_evaluated_saved_and_resumed_exactly(tmp_path):
         assert torch.equal(a, second.model.state_dict()[name]), name
     for name, a in avg.items():
         assert torch.equal(a, second.ema.state_dict()[name]), name
+    # Switching the average off (or on) across a resume keeps the raw weights exact.
+    plain = build(tiny(tmp_path / "b", max_steps=12, save_every=0))
+    assert plain.resume() and plain.ema is None
+    for name, a in straight.model.state_dict().items():
+        assert torch.equal(a, plain.model.state_dict()[name]), name
+    late = build(tiny(tmp_path / "d", max_steps=12, save_every=0))
+    late.fit()
+    switched = build(tiny(tmp_path / "d", max_steps=14, save_every=0, ema_decay=0.9))
+    assert switched.resume()
+    for name, a in switched.model.state_dict().items():
+        assert torch.equal(a, switched.ema.state_dict()[name]), name
 
 
 def test_init_from_starts_from_a_checkpoints_weights_with_a_fresh_schedule(tmp_path, capsys):
