@@ -46,6 +46,7 @@ every run; `make_trainer` builds each run's model and Trainer exactly as
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -71,7 +72,7 @@ from .evaluate import evaluate
 from .model import EnhancedVLM
 from .pretrained import write_extras
 from .train import init_weights
-from .train_config import TrainConfig, build_train_config, parse_overrides
+from .train_config import TRAIN_PRESETS, TrainConfig, build_train_config, parse_overrides
 from .trainer import Trainer
 
 # The study's defaults, chosen so that every variant leaves the language-prior plateau
@@ -385,10 +386,13 @@ SUMMARY = [
 def machine_info() -> str:
     """CPU / GPU, threads, Python and torch versions: where the numbers were measured."""
     cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):  # Linux names the model; platform often does not
+        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                 if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
     gpu = (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
-    return (f"{cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"
-            f"{gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
-            f"{platform.system()} {platform.release()}")
+    return (f"{cpu}, {os.cpu_count()} logical cores{gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}, {platform.system()} {platform.release()}")
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
@@ -414,13 +418,20 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _model_overrides(cfg: TrainConfig) -> dict[str, Any]:
+    """The run's model fields that differ from its preset's (the bridge type aside)."""
+    preset = TRAIN_PRESETS.get(cfg.preset, {}).get("model", {})
+    return {k: v for k, v in cfg.model.items()
+            if k != "bridge_type" and preset.get(k, getattr(VLMConfig(), k, None)) != v}
+
+
 def budget_text(cfg: TrainConfig, study: Study) -> str:
     """One paragraph: what every run got (steps, batch, lr, task, data) and the evaluation."""
     return (f"Budget per run: preset `{cfg.preset}`, {cfg.max_steps} steps of batch "
             f"{cfg.batch_size * cfg.grad_accum}, lr {cfg.lr:g} (warmup {cfg.warmup_steps}, "
             f"cosine), task `{cfg.task}`, {cfg.num_train} training scenes with "
             f"{json.dumps(cfg.scenes, default=str)}, model overrides "
-            f"{json.dumps({k: v for k, v in cfg.model.items() if k != 'bridge_type'})}, "
+            f"{json.dumps(_model_overrides(cfg))}, "
             f"{cfg.threads or 'default'} torch thread(s) per run. Evaluation: "
             f"{study.test_num} `{study.test_split}` scenes, greedy decoding.")
 
