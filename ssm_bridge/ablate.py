@@ -248,10 +248,14 @@ def throughput(records: list[dict[str, Any]], trainer: Trainer) -> float:
     return trainer.samples_seen / max(trainer.train_seconds, 1e-9)
 
 
+NEUTRAL = ("progress", "draw_workers")  # TrainConfig fields no result depends on
+
+
 def budget(cfg: TrainConfig, study: Study) -> dict[str, Any]:
     """What a run's result depends on: its TrainConfig and the evaluation."""
     d = cfg.to_dict()
-    d.pop("progress")
+    for key in NEUTRAL:
+        d.pop(key)
     return {"train": d, "test_split": study.test_split, "test_num": study.test_num}
 
 
@@ -294,6 +298,8 @@ def cached_row(cfg: TrainConfig, study: Study) -> dict[str, Any] | None:
     # A TrainConfig field added after the run, left at its default, changes nothing.
     defaults = TrainConfig().to_dict()
     old_train = saved.get("budget", {}).get("train", {})
+    for key in NEUTRAL:
+        old_train.pop(key, None)
     for key, value in now["train"].items():
         if key not in old_train and value == defaults.get(key):
             old_train[key] = value
@@ -384,7 +390,7 @@ SUMMARY = [
 
 
 def machine_info() -> str:
-    """CPU / GPU, threads, Python and torch versions: where the numbers were measured."""
+    """CPU model and cores, GPU, Python and torch versions: where the numbers were measured."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):  # Linux names the model; platform often does not
         names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")

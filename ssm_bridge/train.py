@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import sys
 from functools import partial
-from pathlib import Path
 
 import torch
 
@@ -38,12 +37,11 @@ def scene_eval(model, tokenizer, transform, scenes) -> dict:
 def init_weights(model: EnhancedVLM, checkpoint: str) -> None:
     """Start from a checkpoint's weights (its model.safetensors); a config or vocabulary
     that differs from this run's raises, naming the keys."""
-    path = Path(checkpoint)
-    if not (path / "model.safetensors").is_file():
-        raise ValueError(f"--init_from={checkpoint}: no model.safetensors there; give a "
-                         "checkpoint folder such as runs/NAME/checkpoints/step-0001000")
     try:
-        load_weights(model, path)
+        load_weights(model, checkpoint)
+    except FileNotFoundError:
+        raise ValueError(f"--init_from={checkpoint}: no model.safetensors there; give a "
+                         "checkpoint folder such as runs/NAME/checkpoints/step-0001000") from None
     except ValueError as e:
         raise ValueError(f"--init_from={checkpoint}: the checkpoint does not fit this run's "
                          f"model (same preset and --model.* overrides needed): {e}") from e

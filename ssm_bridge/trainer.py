@@ -125,8 +125,8 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step:
     warm-up keeps the early average from being dominated by the random init."""
     d = min(decay, (1 + step) / (10 + step))
     with torch.no_grad():
-        ema_p = [p for p in ema.parameters()]
-        torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - d)
+        torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()],
+                             1.0 - d)
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
