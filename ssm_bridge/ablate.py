@@ -82,8 +82,13 @@ from .trainer import Trainer
 STUDY_TRAIN: dict[str, Any] = dict(
     task="mixed",  # captions and questions, half each
     max_steps=2400, num_train=30_000,  # ~2.6 epochs of 32
+    # Pinned to what the published study ran with, so that later changes to the shipped
+    # checkpoint's preset (bf16, a weight average, late image-prefix dropout) leave the
+    # study's budget, and its cached runs, as they were.
+    precision="fp32", ema_decay=0.0, prefix_dropout_start=0, keep_checkpoints=2,
 )
-STUDY_MODEL: dict[str, Any] = dict(vision_embed_dim=96, text_embed_dim=96, ssm_hidden_dim=96)
+STUDY_MODEL: dict[str, Any] = dict(vision_embed_dim=96, text_embed_dim=96, ssm_hidden_dim=96,
+                                   image_prefix_dropout=0.0)
 STUDY_SCENES: dict[str, Any] = dict(
     min_objects=3, max_objects=5,  # counting and relations over up to five objects
     # Plain visuals, so that what separates the bridges is order, counting and memory
@@ -303,6 +308,11 @@ def cached_row(cfg: TrainConfig, study: Study) -> dict[str, Any] | None:
     for key, value in now["train"].items():
         if key not in old_train and value == defaults.get(key):
             old_train[key] = value
+    # Likewise a model field named at its VLMConfig default is the field left out.
+    model_defaults = json.loads(json.dumps(VLMConfig().to_dict()))
+    for train in (old_train, now["train"]):
+        train["model"] = {k: v for k, v in train.get("model", {}).items()
+                          if model_defaults.get(k, object()) != v}
     return saved["row"] if saved.get("budget") == now else None
 
 

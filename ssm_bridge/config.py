@@ -56,6 +56,9 @@ class VLMConfig:
     # of stride-2 3x3 convs down to the patch grid (Xiao et al. 2021, "Early convolutions
     # help transformers see better"): same tokens, much faster to learn small shapes.
     vision_stem: str = "patch"
+    # 3x3 convs per stage of the "conv" stem: 1 = one stride-2 conv per halving; 2 adds a
+    # stride-1 conv after each (more local capacity for telling small shapes apart).
+    vision_stem_depth: int = 1
     vision_mlp_ratio: float = 4.0  # ViT MLP width = ratio * vision_embed_dim
     text_ffn_dim: int | None = None  # SwiGLU hidden width; None = 8/3 * width rounded up to 64
     cross_attn_kv_heads: int = 1  # shared K/V heads in cross-attention (multi-query)
@@ -169,6 +172,7 @@ def _validate(c: VLMConfig) -> None:
         "vocab_size", "text_embed_dim", "text_num_layers", "text_num_heads", "text_kv_heads",
         "max_seq_length", "ssm_state_dim", "ssm_hidden_dim", "cross_attn_heads", "in_channels",
         "ssm_conv_kernel", "cross_attn_kv_heads", "resampler_latents", "resampler_layers",
+        "vision_stem_depth",
     ]
     for name in positive:
         v = getattr(c, name)

@@ -61,6 +61,9 @@ class LanguageDecoder(nn.Module):
         if c.tie_word_embeddings:
             self.lm_head.weight = self.tok_embed.weight
         self.gradient_checkpointing = c.gradient_checkpointing
+        # image_prefix_dropout applies only while this is True (the trainer holds it off
+        # until TrainConfig.prefix_dropout_start).
+        self.prefix_dropout_on = True
         self.hook_image_prefix = HookPoint()  # (B, P, dim) what the decoder sees of the image
         self.hook_text_embed = HookPoint()  # (B, T, dim)
         self.hook_logits = HookPoint()  # (B, T, vocab)
@@ -112,7 +115,7 @@ class LanguageDecoder(nn.Module):
         """Blank the image prefix of a random subset of samples (training only; see
         VLMConfig.image_prefix_dropout). media: (B, P, dim)."""
         p = self.config.image_prefix_dropout
-        if not self.training or p == 0:
+        if not self.training or p == 0 or not self.prefix_dropout_on:
             return media
         keep = torch.rand(media.shape[0], 1, 1, device=media.device) >= p  # (B, 1, 1)
         return media * keep

@@ -199,6 +199,7 @@ class Trainer:
     def train_step(self) -> float:
         cfg = self.cfg
         self.ddp.train()
+        self.model.decoder.prefix_dropout_on = self.step >= cfg.prefix_dropout_start
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
         dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32

@@ -15,19 +15,26 @@ from .layers import maybe_checkpoint
 from .transformer import TransformerBlock
 
 
-def conv_stem(in_channels: int, dim: int, patch_size: int) -> nn.Sequential:
-    """log2(patch_size) stride-2 3x3 convs (GELU between), widths doubling up to `dim`,
-    then a 1x1 projection: (B, C, H, W) -> (B, dim, H / patch, W / patch)."""
+def _he_conv(c_in: int, c_out: int, stride: int) -> nn.Conv2d:
+    conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
+    # He init keeps the signal's scale through the GELUs (PyTorch's default shrinks it ~2x
+    # per layer, and the image then drowns in the position embedding).
+    nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def conv_stem(in_channels: int, dim: int, patch_size: int, depth: int = 1) -> nn.Sequential:
+    """log2(patch_size) stages, each a stride-2 3x3 conv then depth - 1 stride-1 3x3 convs
+    (GELU after each), widths doubling up to `dim`, then a 1x1 projection:
+    (B, C, H, W) -> (B, dim, H / patch, W / patch)."""
     n = patch_size.bit_length() - 1
     widths = [in_channels] + [max(dim >> (n - 1 - i), 8) for i in range(n)]
     layers: list[nn.Module] = []
     for c_in, c_out in itertools.pairwise(widths):
-        conv = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
-        # He init keeps the signal's scale through the GELUs (PyTorch's default shrinks
-        # it ~2x per layer, and the image then drowns in the position embedding).
-        nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-        nn.init.zeros_(conv.bias)
-        layers += [conv, nn.GELU()]
+        layers += [_he_conv(c_in, c_out, 2), nn.GELU()]
+        for _ in range(depth - 1):
+            layers += [_he_conv(c_out, c_out, 1), nn.GELU()]
     layers.append(nn.Conv2d(widths[-1], dim, 1))
     return nn.Sequential(*layers)
 
@@ -40,7 +47,7 @@ class EnhancedVisionTransformer(nn.Module):
         c = config
         dim = c.vision_embed_dim
         if c.vision_stem == "conv":
-            self.patch_embed = conv_stem(c.in_channels, dim, c.patch_size)
+            self.patch_embed = conv_stem(c.in_channels, dim, c.patch_size, c.vision_stem_depth)
         else:
             self.patch_embed = nn.Conv2d(c.in_channels, dim, c.patch_size, stride=c.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))

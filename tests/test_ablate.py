@@ -132,3 +132,23 @@ def test_plot_ablation_curves_draws_mean_and_seed_band():
     assert ax.get_yscale() == "log" and len(ax.collections) == 2  # one band per variant
     with pytest.raises(ValueError, match=r"curves\.csv"):
         plot_ablation_curves([{"variant": "ssm"}])
+
+
+def test_the_published_study_keeps_its_budget(tmp_path):
+    """docs/ablation's 18 runs stay valid when the shipped checkpoint's preset changes: the
+    published command still plans exactly the config they ran with."""
+    from pathlib import Path
+
+    meta = json.loads((Path(__file__).resolve().parents[1] / "docs/ablation/study.json")
+                      .read_text())
+    study = Study(runs=str(tmp_path), overrides={"threads": 1, "model": {}, "scenes": {}})
+    cfg = run_config(study, "ssm", 0)
+    saved = {**meta["train_config"], "out_dir": cfg.out_dir}
+    run = Path(cfg.out_dir)
+    run.mkdir()
+    budget = {"train": saved, "test_split": study.test_split, "test_num": study.test_num}
+    (run / "result.json").write_text(json.dumps({"budget": budget, "row": {"ok": 1}}))
+    assert ablate.cached_row(cfg, study) == {"ok": 1}
+    saved["precision"] = "bf16"  # a budget that did change is not reused
+    (run / "result.json").write_text(json.dumps({"budget": budget, "row": {"ok": 1}}))
+    assert ablate.cached_row(cfg, study) is None

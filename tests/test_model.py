@@ -218,3 +218,17 @@ def test_image_prefix_dropout_blanks_whole_prefixes_in_training_only(tiny_config
     assert not any((p == prefix_only).all().item() for p in seen[1])  # eval: never
     with pytest.raises(ValueError, match="image_prefix_dropout"):
         tiny_config.replace(image_prefix_dropout=1.0)
+
+
+def test_conv_stem_depth_adds_stride_one_convs_and_keeps_depth_one_keys(tiny_config):
+    base = make_model(tiny_config.replace(vision_stem="conv"))
+    deep = make_model(tiny_config.replace(vision_stem="conv", vision_stem_depth=2))
+    convs = [m for m in deep.vision.patch_embed if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride[0] for c in convs] == [2, 1, 2, 1, 2, 1, 1]  # 3 halvings, then 1x1
+    # depth 1 is the stem shipped checkpoints were trained with: same parameter names
+    names = [n for n, _ in base.vision.patch_embed.named_parameters()]
+    assert names == [f"{i}.{w}" for i in (0, 2, 4, 6) for w in ("weight", "bias")]
+    images, tokens = batch(tiny_config)
+    assert deep(images, tokens).shape == base(images, tokens).shape
+    with pytest.raises(ValueError, match="vision_stem_depth"):
+        tiny_config.replace(vision_stem_depth=0)

@@ -122,6 +122,24 @@ def test_init_from_starts_from_a_checkpoints_weights_with_a_fresh_schedule(tmp_p
     assert "no model.safetensors" in capsys.readouterr().err
 
 
+def test_prefix_dropout_starts_at_its_step(tmp_path):
+    cfg = tiny(tmp_path, max_steps=4, save_every=0, prefix_dropout_start=2,
+               model={"image_prefix_dropout": 0.5})
+    trainer = build(cfg)
+    blanked = []  # per step: how many samples saw only the prefix marker
+    marker = trainer.model.decoder.prefix_embed
+
+    def count(t, name):
+        blanked.append(int((t == marker.detach()).flatten(1).all(1).sum()))
+
+    with trainer.model.hooks([("decoder.hook_image_prefix", count)]):
+        for _ in range(4):
+            trainer.train_step()
+    assert blanked[:2] == [0, 0] and sum(blanked[2:]) > 0, blanked
+    with pytest.raises(ValueError, match="prefix_dropout_start"):
+        tiny(tmp_path, prefix_dropout_start=-1)
+
+
 def test_ema_update_follows_its_formula():
     from ssm_bridge.trainer import ema_update
 
