@@ -124,15 +124,11 @@ def shipped_rows():
                               maps=("cross_attention", "ig"), seed=0, progress=False)
 
 
-@pytest.mark.parametrize("kind", [
-    pytest.param("cross_attention", marks=pytest.mark.xfail(
-        strict=True, reason="issue 4 target not met by the shipped checkpoint: its "
-        "cross-attention points right 20.2 % of the time against 16.2 % for a random map "
-        "(1.25x); the decoder reads the image through its prefix (53.5 %, 3.3x)")),
-    "ig",
-])
+@pytest.mark.parametrize("kind", ["cross_attention", "ig"])
 def test_shipped_maps_point_twice_as_often_as_random(shipped_rows, kind):
-    """The issue's target: pointing game >= 2x the random map's, over 100 test scenes."""
+    """The issue's target: pointing game >= 2x the random map's, over 100 test scenes.
+    Measured (`ssm-bridge interpret --num 100`): cross-attention 0.295 against 0.126 for a
+    random map (2.35x), IG 0.865 (6.9x)."""
     row = next(r for r in shipped_rows if r["map"] == kind)
     assert row["n"] >= 100 and row["images"] + row["skipped"] == 100
     assert row["pointing_game"] >= 2 * row["random_pointing_game"], format_table(shipped_rows)

@@ -40,17 +40,27 @@ def first_200(shipped):
     return caption_metrics(shipped.caption([s.image for s in scenes]), scenes)
 
 
-def test_exact_match_on_200_test_scenes_does_not_regress(first_200):
-    # measured for the shipped checkpoint: 94.5 % (189 / 200); 95.1 % on 1000 (metrics.json)
-    assert first_200["exact_match"] >= 0.94, first_200
-    assert min(first_200[a] for a in ("colour", "size", "relation", "count")) >= 0.98, first_200
-
-
-@pytest.mark.xfail(strict=True, reason="issue 3 target not reached yet: the shipped checkpoint "
-                   "scores 94.5 % on these 200 scenes (docs/training-notes.md); strict, so a "
-                   "checkpoint that reaches 95 % turns this into a failure to remove the mark")
 def test_exact_match_on_200_test_scenes_meets_the_target(first_200):
+    """The issue's CI check: >= 95 % exact-match on the first 200 test scenes."""
     assert first_200["exact_match"] >= 0.95, first_200
+
+
+def test_exact_match_on_200_test_scenes_does_not_regress(first_200):
+    # measured for the shipped checkpoint: 98.5 % (197 / 200), every attribute >= 99.0 %;
+    # 98.5 % on 1000 (metrics.json)
+    assert first_200["exact_match"] >= 0.97, first_200
+    assert min(first_200[a] for a in ("colour", "shape", "size", "relation", "count")) >= 0.98
+
+
+def test_metrics_meet_the_shipped_targets():
+    """metrics.json (1000 test scenes) and the training record meet the card's targets."""
+    from ssm_bridge.model_card import ATTRIBUTES, TARGETS
+
+    test = json.loads((DIR / "metrics.json").read_text())["test"]
+    record = json.loads((DIR / "training_record.json").read_text())
+    assert test["num"] == 1000 and test["exact_match"] >= TARGETS["exact_match"], test
+    assert min(test[a] for a in ATTRIBUTES) >= TARGETS["attribute"], test
+    assert record["minutes_to_95"] <= TARGETS["minutes_to_95"], record
 
 
 def test_model_card_quotes_the_measured_record():
