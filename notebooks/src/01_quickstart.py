@@ -95,7 +95,7 @@ for k, v in metrics.items():
 # trim the tail, and a `seed` makes a sample repeatable. On a clean scene the model is so
 # sure of itself that samples rarely differ from the greedy caption: `return_traces`
 # gives the probability of each word it wrote. An image of pure noise, unlike anything
-# it was trained on, leaves it room to hesitate.
+# it was trained on, shows where, if anywhere, it hesitates.
 
 # %%
 import numpy as np
@@ -107,12 +107,24 @@ probs = traces.logprobs[0].exp().tolist()
 print("greedy, p(word):", " ".join(f"{w}({q:.3f})" for w, q in zip(words0, probs)))
 
 noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-print("\npure noise, greedy:", p.caption([noise])[0])
+noise_ids, noise_traces = p.model.generate(torch.stack([p.transform(noise)]), max_length=32,
+                                           temperature=0, return_traces=True)
+noise_words = [p.tokenizer.itos[i] for i in noise_ids[0, noise_traces.start:].tolist()]
+noise_probs = noise_traces.logprobs[0].exp().tolist()
+print("\npure noise, greedy, p(word):",
+      " ".join(f"{w}({q:.3f})" for w, q in zip(noise_words, noise_probs)))
 samples = [p.caption([noise], temperature=1.0, top_k=50, top_p=0.95, seed=seed)[0]
-           for seed in range(4)]
+           for seed in range(8)]
 for seed, cap in enumerate(samples):
     print(f"  seed {seed}: {cap}")
-print(f"{len(set(samples))} distinct captions in {len(samples)} samples")
+shared = 0  # words every sample shares from the start
+while all(len(c.split()) > shared for c in samples) and len({c.split()[shared] for c in samples}) == 1:
+    shared += 1
+from ssm_bridge.localization import parse_objects  # None: not in the scene grammar
+
+ungrammatical = sum(parse_objects(c.split()) is None for c in samples)
+print(f"{len(set(samples))} distinct captions in {len(samples)} samples, all sharing their "
+      f"first {shared} words; {ungrammatical} outside the scene grammar")
 
 # %% [markdown]
 # ## The original package's API
@@ -223,11 +235,12 @@ assert metrics["exact_match"] >= 0.9, "revise 'captions held-out scenes well'"
 assert all(v >= metrics["exact_match"] for v in metrics.values()), "revise 'each higher'"
 assert loss.item() < 0.1, "revise 'the loss on the true captions is small'"
 assert min(probs) > 0.95, "revise 'the model is sure of its greedy caption'"
-assert len(set(samples)) == len(samples), "revise 'on noise every sample differs'"
-from ssm_bridge.localization import parse_objects  # None: not in the scene grammar
-
+assert min(noise_probs[:4]) > 0.95, "revise 'on noise the first object is near-certain'"
+assert min(noise_probs) < 0.7, "revise 'it hesitates later in the caption'"
+assert shared >= 6, "revise 'the samples share their first object and more'"
+assert 1 < len(set(samples)) < len(samples), "revise 'samples differ, but not all'"
+assert 0 < ungrammatical <= len(samples) // 4, "revise 'a few break the grammar'"
 assert all(parse_objects(c.split()) for c in captions), "revise 'grammatical sentences'"
-assert any(parse_objects(c.split()) is None for c in samples), "revise 'some break the grammar'"
 print("claims checked")
 
 # %% [markdown]
@@ -238,9 +251,13 @@ print("claims checked")
 #   with colour, shape, size, relation and count accuracies beside it, each higher than
 #   the exact match because one wrong attribute spoils a whole caption.
 # * On clean scenes the model is nearly certain of every word it writes (the per-word
-#   probabilities of the greedy caption), so sampling changes little there. On pure noise
-#   every sample differs and some break the grammar of the scene world: the captions'
-#   fluency is itself learned from the images, not guaranteed by the decoder.
+#   probabilities of the greedy caption), so sampling changes little there. Pure noise
+#   does not make it hesitate at once: it names a first object with probability above
+#   0.95 per word, and all 8 samples share their first 9 words (two objects and the
+#   relation between them). Its doubt sits in what follows, a third relation and object,
+#   where the greedy probabilities drop to about 0.5; there the samples part, and a few
+#   (1 of 8 here) break the grammar of the scene world. A confident opening is therefore
+#   no evidence that the image holds a scene: the model invents one for noise.
 # * The original API is intact: `model(images, tokens, targets)` returns `(logits, loss)`,
 #   and the loss on the true captions is small, as it must be for a model that writes
 #   them; `generate` takes the original sampling arguments, and an untrained model of the

@@ -109,7 +109,11 @@ for (layer, name), h in states.items():
 #
 # Mark a patch *on an object* when an object covers at least 10 % of it, and compare the
 # state's norm right after the scan reads object patches with its norm after background
-# patches. We pool 16 test scenes so one layout does not decide.
+# patches. We pool 16 test scenes so one layout does not decide. The norm also grows
+# along the scan, and objects do not sit evenly along it, so we compare a second way, at
+# matched scan steps: at each step, the scenes with an object patch there against the
+# scenes with background there (steps where each side has at least two scenes), and
+# count the scenes in which object patches win on their own.
 
 # %%
 def object_patches(scene, g):
@@ -127,8 +131,9 @@ batch = torch.stack([p.transform(s.image) for s in pool])  # (16, 3, 64, 64)
 on_object = torch.stack([object_patches(s, g) for s in pool])  # (16, L) patch order
 _, pooled = model.run_with_cache(batch, None, names_filter="bridge.layers.*.mixer.dirs.*.hook_state",
                                  heavy=True)
-print("layer direction   |h| after object   |h| after background   ratio")
-norm_ratio = {}
+print("layer direction   |h| after object   |h| after background   ratio   matched steps   "
+      "scenes > 1")
+norm_ratio, matched_ratio, scenes_above = {}, {}, {}
 for name, h in pooled.items():
     parts = name.split(".")
     layer, k = int(parts[2]), int(parts[5])
@@ -140,7 +145,30 @@ for name, h in pooled.items():
     bg[:, 0] = False  # leave out the cls step
     a, b = norms[obj].mean().item(), norms[bg].mean().item()
     norm_ratio[layer, dname] = a / b
-    print(f"{layer:5d} {dname:<9} {a:16.3f}   {b:19.3f}   {a / b:5.2f}")
+    steps = [t for t in range(1, L) if obj[:, t].sum() >= 2 and bg[:, t].sum() >= 2]
+    matched_ratio[layer, dname] = torch.tensor(
+        [norms[obj[:, t], t].mean() / norms[bg[:, t], t].mean() for t in steps]).mean().item()
+    per_scene = torch.stack([norms[i][obj[i]].mean() / norms[i][bg[i]].mean() for i in range(len(pool))])
+    scenes_above[layer, dname] = int((per_scene > 1).sum())
+    print(f"{layer:5d} {dname:<9} {a:16.3f}   {b:19.3f}   {a / b:5.2f}   "
+          f"{matched_ratio[layer, dname]:13.2f}   {scenes_above[layer, dname]:4d} of {len(pool)}")
+
+# %% [markdown]
+# The same 16 scenes also test the clock seen above on one scene: how closely does each
+# scene's leading principal component follow the scan step?
+
+# %%
+steps_axis = torch.arange(L, dtype=torch.float64)
+clock_pool = {}  # (layer, direction) -> (16,) |correlation of PC1 with the scan step|
+for name, h in pooled.items():
+    parts = name.split(".")
+    layer, k = int(parts[2]), int(parts[5])
+    dname = layers[layer].mixer.direction_names[k]
+    clock_pool[layer, dname] = torch.tensor([abs(torch.corrcoef(torch.stack(
+        [torch.as_tensor(state_pca(hi)[0][:, 0]), steps_axis]))[0, 1].item()) for hi in h])
+    r = clock_pool[layer, dname]
+    print(f"layer {layer} '{dname}': |correlation of PC1 with the scan step| over {len(r)} scenes: "
+          f"median {r.median():.2f}, range {r.min():.2f} .. {r.max():.2f}")
 
 # %% [markdown]
 # ## How long does the state remember a patch?
@@ -252,37 +280,49 @@ for key, last in final_step.items():
 for key, curve in memory.items():
     assert curve[g] < 0.5 * curve[0], f"{key}: revise 'a row later, less than half is left'"
     assert curve[-1] < 0.1, f"{key}: revise 'by the end of the scan, little is left'"
-    assert (half_life[key] > 64).float().mean() < 0.5, f"{key}: revise 'few slots outlive the image'"
+    assert (half_life[key] > 64).float().mean() < 0.25, f"{key}: revise 'few slots outlive the image'"
 for key, (first_half, second_half) in halves.items():
     assert second_half > 2 * first_half, f"{key}: revise 'the half read last'"
-assert all(0.9 < r < 1.1 for r in norm_ratio.values()), "revise 'direction, not size'"
-assert min(pc_share.values()) > 0.3, "revise 'two components carry a large share'"
-first = (0, layers[0].mixer.direction_names[0])
-assert pc_share[first] == max(pc_share.values()), "revise 'most in the first layer'"
-assert min(clock.values()) > 0.7 and clock[first] == max(clock.values()), "revise 'a clock'"
+assert all(1.1 < r < 1.35 for r in norm_ratio.values()), "revise 'object patches raise the norm'"
+assert all(1.05 < r < 1.35 for r in matched_ratio.values()), "revise 'at matched scan steps too'"
+assert all(12 <= n < len(pool) for n in scenes_above.values()), "revise 'most scenes, not all'"
+assert min(pc_share.values()) > 0.5, "revise 'two components carry about two thirds'"
+assert max(pc_share.values()) - min(pc_share.values()) < 0.1, "revise 'alike in both layers'"
+first, second = (0, layers[0].mixer.direction_names[0]), (1, layers[1].mixer.direction_names[0])
+assert clock[second] > 0.9 and clock[first] < 0.8, "revise 'on this scene, the second layer is the clock'"
+for key, r in clock_pool.items():
+    assert 0.5 < r.median() < 0.85, f"{key}: revise 'median about 0.7'"
+    assert r.min() < 0.4 and r.max() > 0.9, f"{key}: revise 'from scene to scene'"
 print("claims checked")
 
 # %% [markdown]
 # ## What we learned
 #
-# * The state does not wander at random: its first two principal components carry a
-#   large share of its variance (printed per layer, most in the first layer), and the
-#   leading component tracks how far the scan has come (its correlation with the scan
-#   step is printed), most tightly in the first layer: part of the state is a clock, a
-#   code of position that the raster scan builds up row by row, visible as bands of
-#   colour along the path.
-# * Objects change the state's direction, not its size: pooled over 16 scenes, the
-#   state's norm after an object patch is within a few percent of its norm after
-#   background, in every layer (the ratios in the table). A norm map of the state is
-#   therefore no object detector; its trajectory is.
+# * The state does not wander at random: on the scene shown, its first two principal
+#   components carry about two thirds of its variance in both layers (0.67 and 0.69).
+#   Part of the state is a clock, a code of how far the scan has come, visible as bands
+#   of colour along the path, but how cleanly depends on the scene and the layer. On this
+#   scene the second layer's leading component follows the scan step closely
+#   (|correlation| 0.95), the first layer's less so (0.67). Over 16 scenes the median is
+#   about 0.7 in both layers (0.70 and 0.68), and single scenes range from near 0.2 to
+#   near 1. The previous checkpoint had the clock tightest in the first layer (0.96 on
+#   this scene); this one does not.
+# * Objects raise the state's norm. Pooled over 16 scenes, the norm after an object
+#   patch is 15 % (layer 0) and 22 % (layer 1) above its norm after background. That is
+#   not the norm's growth along the scan: at matched scan steps the excess is 14 % and
+#   19 %. It is not reliable scene by scene, though: object patches win in 14 and 13 of
+#   the 16 scenes. This flips the previous checkpoint's finding (ratios 1.01 and 1.04,
+#   "direction, not size"). A norm map of the state is a weak object detector, not none.
 # * Memory is short. The half-lives computed from Δ and A put the median state slot at
-#   about a grid row of steps, with only a small share of slots outliving a whole image.
-#   The intervention agrees and is stricter: a row later (8 steps, the patch directly
-#   below in a raster scan) the effect of an erased patch has fallen to well under half
-#   of its size when read, and by the end of the scan little is left. The final state is
+#   about a grid row of steps (10.5 and 10.4), with only a small share of slots (11 % and
+#   14 %) outliving a whole image. The intervention agrees and is stricter: a row later
+#   (8 steps, the patch directly below in a raster scan) the effect of an erased patch
+#   has fallen to well under half of its size when read (18 % and 25 % of it), and by
+#   the end of the scan little is left. The final state is
 #   a summary of the last patches it read, not of the image: in the final-state maps the
 #   end of each direction's path dominates, and erasing a patch from the second half of
-#   the scan moves it several times more than erasing one from the first half.
+#   the scan moves it about three times more than erasing one from the first half (more
+#   than twice, in each layer).
 # * That is why the bridge hands the decoder *all* of its outputs, one per token, rather
 #   than the last state, and why scan orders with several directions exist: each
 #   direction's outputs remember a different neighbourhood. What each output token

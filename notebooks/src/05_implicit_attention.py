@@ -122,6 +122,12 @@ roll = ia.rollout([la.alpha_abs for la in layers])  # (1, L, L), rows sum to 1
 roll_pure = ia.rollout([la.alpha_abs for la in layers], residual=False)
 print(f"rollout with residual: each patch output keeps {roll[0].diagonal()[1:].mean():.2f} "
       f"of its own input on average; the cls input gets {roll[0, 1:, 0].mean():.3f}")
+own_share = roll[0].diagonal()[1:]  # (64,) patch outputs
+own_is_top = int((roll[0, 1:].argmax(1) == torch.arange(1, L)).sum())
+roll_near = (roll[0] * ((lag >= 0) & (lag < 8)))[1:].sum(1).mean().item()  # raster: scan = patch order
+print(f"                       own share median {own_share.median():.2f}, range "
+      f"{own_share.min():.2f} .. {own_share.max():.2f}; own input the largest source for "
+      f"{own_is_top} of {L - 1} patch outputs; {roll_near:.2f} within 8 steps")
 print(f"pure SSM mixing:       own share {roll_pure[0].diagonal()[1:].mean():.2f}")
 show(implicit_attention_matrix(roll[0], log=True, title="rollout through the bridge"))
 
@@ -203,13 +209,16 @@ show(fig)
 
 # %%
 assert all(err < 1e-5 for err in errors.values()), "revise 'α is exact'"
-assert min(locality.values()) > 0.5, "revise 'most of a query's mass is within a row'"
-assert roll[0].diagonal()[1:].mean() > 0.5, "revise 'the residual keeps each token mostly itself'"
-assert min(cancel.values()) < 0.3, "revise 'channels cancel in at least some layers'"
+assert all(0.5 < v < 0.7 for v in locality.values()), "revise 'just over half within a row'"
+assert c.ssm_scan_order == "raster", "the rollout's 'within 8 steps' assumes scan order = patch order"
+assert 0.35 < own_share.mean() < 0.5, "revise 'no longer mostly itself: 0.44 of its own input'"
+assert own_is_top == L - 1, "revise 'its own input is still the largest single source'"
+assert roll_near > 0.55, "revise 'most of it within a row'"
+assert all(0.35 < v < 0.7 for v in cancel.values()), "revise 'the signed mean is about half'"
 assert t[:, 3].median() > 0.5, "revise 'the bridge reshapes rather than replaces the map'"
 moved_on = (t[:, 1] > t[:, 0]).float().mean()
 assert 0.2 < moved_on < 0.8, "revise 'onto the object for some words and off it for others'"
-assert abs(t[:, 1].mean() - t[:, 0].mean()) < 0.1, "revise 'on average the change is modest'"
+assert -0.1 < t[:, 1].mean() - t[:, 0].mean() < 0, "revise 'on average slightly off the object'"
 assert min(t[:, 0].mean(), t[:, 1].mean()) > t[:, 2].mean(), "revise 'more than a uniform map'"
 assert max(t[:, 0].mean(), t[:, 1].mean()) < 0.5, "revise 'most of the mass lies off the object'"
 print("claims checked")
@@ -220,24 +229,29 @@ print("claims checked")
 # * **The hidden attention is exact**: rebuilt from α, every scan's output matches the
 #   scan to float precision, for every layer and direction. α is a faithful, if large
 #   (one L × L matrix per channel), description of what the scan computes.
-# * **It is local.** Most of a query's |α| mass sits on itself and the few steps before
-#   it (the table's "within 8 steps", one grid row in a raster scan); on the log-scale
-#   matrices the brightest band hugs the diagonal, while distant sources keep a faint,
-#   nonzero share. The signed channel average is much smaller than the mean magnitude
-#   in at least one layer, so channels mix with opposite signs and |α| is the right
-#   summary for maps.
-# * **Through the residual stream, each output token stays mostly itself.** The rollout
-#   keeps a large share of every patch output on its own input (printed), and the pure
-#   SSM product, without the identity, spreads mass backwards along the scan towards
-#   earlier rows.
+# * **It is local, but only just.** A little over half of a query's |α| mass sits on
+#   itself and the 8 steps before it (0.61 in layer 0, 0.55 in layer 1; one grid row in
+#   a raster scan). On the log-scale matrices the brightest band hugs the diagonal; each
+#   distant source gets little, but together they hold the other 40 % or so. The signed
+#   channel average is about half the mean magnitude in both layers (0.53 and 0.51), so
+#   channels partly cancel and |α| is the right summary for maps. (The previous
+#   checkpoint cancelled more strongly in its first layer, 0.20.)
+# * **Through the residual stream, each output token is no longer mostly itself.** The
+#   rollout keeps 0.44 of a patch output on its own input on average (median 0.40), down
+#   from 0.56 in the previous checkpoint. Its own input is still the largest single
+#   source of every patch output, and about two thirds of the mass (0.65) lies within
+#   the 8 steps before it. The pure SSM product, without the identity, spreads mass
+#   backwards along the scan towards earlier rows.
 # * **The bridge reshapes the cross-attention maps rather than replacing them.** Pushed
 #   through the rollout, a word's cross-attention map stays highly correlated with the
-#   original (median correlation printed), while the scan spreads part of each map onto
-#   the tokens it had read before reaching the attended ones. Word by word that moves
-#   attention onto the named object for some words and off it for others (the printed
-#   share); on average the change is modest. A map over the bridge *outputs* is therefore a fair first guess
-#   at which *inputs* a word used, with the rollout as the correction.
+#   original (median correlation 0.93), while the scan spreads part of each map onto the
+#   tokens it had read before reaching the attended ones. Word by word that moves
+#   attention onto the named object for some words and off it for others (onto it for
+#   0.40 of them); on average it moves slightly off (0.294 to 0.235 of the map on the
+#   object). A map over the bridge *outputs* is therefore a fair first guess at which
+#   *inputs* a word used, with the rollout as the correction.
 # * Neither map is a strong pointer: both put more on the named object than a uniform map
-#   would (the area line), but most of each map's mass lies off the object. Whether the
+#   would (0.294 and 0.235 against an area of 0.104), but most of each map's mass lies
+#   off the object. Whether the
 #   decoder relies on its cross-attention at all is the question of notebook 04;
 #   notebook 06 asks the gradients instead.
