@@ -133,8 +133,11 @@ def build_app(checkpoint: str = "shapes-tiny", device: str = "cpu",
         if not a.n_words:
             return "*The model wrote no words for this image.*"
         gates = ", ".join(f"{k} {v:.2f}" for k, v in a.gates.items())
+        updates = ", ".join(f"cross {i} {float(u):.2f}"
+                            for i, u in enumerate(a.gated_update[word]))
         return (f"word {word + 1}/{a.n_words}: **{html.escape(a.words[word])}**, log p = "
-                f"{float(a.logprobs[word]):.3f} · cross-attention gates tanh(g): {gates}")
+                f"{float(a.logprobs[word]):.3f} · cross-attention gates tanh(g): {gates} · "
+                f"gated update / text stream: {updates or 'none'}")
 
     def run(source, mode, temperature, top_k, top_p, max_length, dseed):
         """Analyse the current image; plots are cleared and redrawn by the next step, which

@@ -24,8 +24,13 @@ row-major, the cls token dropped) and follow MAP_KINDS:
     ig, gradcam,      input attributions of the word's logit (ssm_bridge.attribution) with
     saliency          the caption prefix ids[:word_index] teacher-forced, summed per patch
 
-One `analyse` runs generation (with traces) and one image-only pass with the bridge hooks
-it needs; attribution kinds cost extra backward passes and run only when asked for.
+Beside the maps, a.gated_update (n_words, cross_layers) says how much each cross layer adds
+at that query: |tanh(attn_gate) * CrossAttention(text, media)| / |text stream|. A gate near
+0 can still pass a large update when the branch it scales has grown (`gated_update`).
+
+One `analyse` runs generation (with traces), one teacher-forced pass over the caption for
+the gated updates and one image-only pass with the bridge hooks it needs; attribution kinds
+cost extra backward passes and run only when asked for.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ MAP_KINDS = (*ATTENTION_KINDS, *BRIDGE_KINDS, *ATTRIBUTION_KINDS)
 ATTRIBUTION_DEFAULTS = {"ig": {"steps": 16}, "gradcam": {}, "saliency": {}}
 
 __all__ = ["ATTRIBUTION_DEFAULTS", "MAP_KINDS", "CaptionAnalysis", "analyse", "attribute_words",
-           "word_map", "word_maps"]
+           "gated_update", "word_map", "word_maps"]
 
 
 @dataclass
@@ -62,7 +67,9 @@ class CaptionAnalysis:
     Per word: cross_attention, prefix_attention, implicit (n_words, g, g) and
     cross_attention_layers (n_words, cross_layers, g, g). Per bridge layer: delta, gate,
     state_norm {layer: (g, g)}; implicit_rollout (L, L) with L = 1 + g². gates: the tanh
-    cross-attention gates by name ("cross 0 attn", "cross 0 ff"). attributions: on-demand
+    cross-attention gates by name ("cross 0 attn", "cross 0 ff"); gated_update
+    (n_words, cross_layers) what each cross layer adds at the word's query, relative to the
+    text stream (see `gated_update`). attributions: on-demand
     cache {kind: {word i: (g, g)}} filled by word_map / word_maps.
     """
 
@@ -82,6 +89,7 @@ class CaptionAnalysis:
     gate: dict[int, torch.Tensor]
     state_norm: dict[int, torch.Tensor]
     gates: dict[str, float]
+    gated_update: torch.Tensor
     attributions: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @property
@@ -106,6 +114,7 @@ def analyse(model, image: torch.Tensor, *, tokenizer=None, max_length: int | Non
             image, max_length=max_length or model.config.max_seq_length,
             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, prompt=prompt,
             return_traces=True)
+        updates = gated_update(model, image, ids[:, :-1])  # (1, cross_layers, S - 1)
         bridge = _bridge_maps(model, image)
     finally:
         model.train(was_training)
@@ -124,7 +133,8 @@ def analyse(model, image: torch.Tensor, *, tokenizer=None, max_length: int | Non
         cross_attention_layers=_grid(cross_rows, g), prefix_attention=_grid(prefix_rows, g),
         implicit=_grid(flow, g), implicit_rollout=bridge["rollout"],
         delta=bridge["delta"], gate=bridge["gate"], state_norm=bridge["state_norm"],
-        gates=_gates(model))
+        gates=_gates(model),
+        gated_update=updates[0, :, [traces.start + s - 1 for s in steps]].T.float())
 
 
 def _one_image(image: torch.Tensor, model) -> torch.Tensor:
@@ -163,6 +173,28 @@ def _mean_heads(pattern: torch.Tensor) -> torch.Tensor:
 def _grid(rows: torch.Tensor, g: int) -> torch.Tensor:
     """(..., L) with L = 1 + g² (cls first) -> (..., g, g), cls dropped."""
     return rearrange(rows[..., 1:], "... (r c) -> ... r c", r=g)  # (..., g, g)
+
+
+def gated_update(model, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """How much each gated cross-attention layer adds to the text stream, teacher-forced:
+    |tanh(attn_gate) * CrossAttention(text, media)| / |text stream entering the layer|.
+
+    images (B, 3, H, W), tokens (B, T) -> (B, cross_layers, T). The gate alone says how
+    strongly the branch is scaled, not how large the update is: training can grow the
+    branch's output instead of its gate."""
+    layers = model.decoder.cross_layers
+    if not len(layers):
+        return torch.zeros(tokens.shape[0], 0, tokens.shape[1])
+    names = [f"decoder.cross_layers.{i}.hook_{k}" for i in range(len(layers))
+             for k in ("resid_pre", "attn_out")]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(images, tokens, names_filter=names)
+    rows = []
+    for i, layer in enumerate(layers):
+        update = layer.attn_gate.detach().tanh() * cache[names[2 * i + 1]]  # (B, T, dim)
+        stream = cache[names[2 * i]].norm(dim=-1).clamp_min(1e-12)  # (B, T)
+        rows.append(update.norm(dim=-1) / stream)
+    return torch.stack(rows, dim=1).float()  # (B, cross_layers, T)
 
 
 def _gates(model) -> dict[str, float]:

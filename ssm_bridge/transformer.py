@@ -56,6 +56,10 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff_gate = nn.Parameter(torch.zeros(()))
         self.hook_attn_gate = HookPoint()  # () scalar tanh(attn_gate)
         self.hook_ff_gate = HookPoint()  # () scalar tanh(ff_gate)
+        # The gate is a multiplier, not the size of what passes: compare
+        # |tanh(attn_gate) * hook_attn_out| with |hook_resid_pre| (maps.gated_update).
+        self.hook_resid_pre = HookPoint()  # (B, T, dim) the text stream entering the block
+        self.hook_attn_out = HookPoint()  # (B, T, dim) cross-attention output, before its gate
         self.hook_resid_post = HookPoint()  # (B, T, dim)
 
     def forward(self, x: torch.Tensor, media: torch.Tensor | None = None, *,
@@ -63,6 +67,8 @@ class GatedCrossAttentionBlock(nn.Module):
         """x: (B, T, dim) text; media: (B, P, dim) bridge outputs (or media_kv precomputed)."""
         attn_gate = self.hook_attn_gate(self.attn_gate.tanh())
         ff_gate = self.hook_ff_gate(self.ff_gate.tanh())
-        x = x + attn_gate * self.attn(self.norm1(x), media, media, kv=media_kv)
+        x = self.hook_resid_pre(x)
+        x = x + attn_gate * self.hook_attn_out(self.attn(self.norm1(x), media, media,
+                                                         kv=media_kv))
         x = x + ff_gate * self.mlp(self.norm2(x))
         return self.hook_resid_post(x)

@@ -47,6 +47,8 @@ def expected_shapes(cfg, B=2, T=6):
         shapes[f"decoder.cross_layers.{i}.attn.hook_pattern"] = (B, cfg.cross_attn_heads, T, L)
         shapes[f"decoder.cross_layers.{i}.hook_attn_gate"] = ()
         shapes[f"decoder.cross_layers.{i}.hook_ff_gate"] = ()
+        shapes[f"decoder.cross_layers.{i}.hook_resid_pre"] = (B, T, Dt)
+        shapes[f"decoder.cross_layers.{i}.hook_attn_out"] = (B, T, Dt)
         shapes[f"decoder.cross_layers.{i}.hook_resid_post"] = (B, T, Dt)
     for i in range(cfg.text_num_layers):
         shapes[f"decoder.blocks.{i}.attn.hook_pattern"] = (B, cfg.text_num_heads, L + T, L + T)

@@ -16,6 +16,7 @@ from ssm_bridge.maps import (
     MAP_KINDS,
     analyse,
     attribute_words,
+    gated_update,
     word_map,
     word_maps,
 )
@@ -59,6 +60,31 @@ def analysis(model):
     a = analyse(model, image(), tokenizer=TOK, max_length=10)
     assert a.n_words == 9  # BOS + 9 words fill max_length
     return a
+
+
+def test_gated_update_is_the_gated_branch_over_the_stream(analysis, model):
+    a = analysis
+    tokens = a.ids[None, :-1]  # (1, S - 1)
+    block = model.decoder.cross_layers[0]
+    seen = {}  # the block's input and its cross-attention output, with plain torch hooks
+    handles = [block.register_forward_pre_hook(lambda m, args: seen.update(x=args[0])),
+               block.attn.register_forward_hook(lambda m, args, out: seen.update(y=out))]
+    with torch.no_grad():
+        model(a.image[None], tokens)
+    for h in handles:
+        h.remove()
+    gate = block.attn_gate.detach().tanh()
+    want = (gate * seen["y"]).norm(dim=-1) / seen["x"].norm(dim=-1)  # (1, S - 1)
+    got = gated_update(model, a.image[None], tokens)
+    assert got.shape == (1, 1, tokens.shape[1])
+    torch.testing.assert_close(got[:, 0], want)
+    # per word: the query that produced it, as for every map
+    assert a.gated_update.shape == (a.n_words, 1)
+    torch.testing.assert_close(a.gated_update[:, 0], want[0, [i - 1 for i in a.word_index]])
+    shut = tiny("cross")
+    with torch.no_grad():
+        shut.decoder.cross_layers[0].attn_gate.fill_(0.0)
+    assert gated_update(shut, a.image[None], tokens).abs().max() == 0  # a shut gate adds 0
 
 
 def test_shapes_of_every_map(analysis, model):

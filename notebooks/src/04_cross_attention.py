@@ -72,24 +72,24 @@ show(gate_values(a.gates))
 # A gate is a multiplier, not the size of what it lets through: training can grow the
 # cross-attention's output instead of its gate. So measure the gated update
 # `tanh(attn_gate) · CrossAttention(text, media)` against the text stream it is added to,
-# at every caption position of 64 test scenes (their greedy captions, teacher-forced).
+# at every caption position of 64 test scenes (their greedy captions, teacher-forced):
+# the hooks `hook_resid_pre` and `hook_attn_out` of each cross layer hold the two, and
+# `ssm_bridge.maps.gated_update` takes their ratio (the app shows it for the chosen word).
 
 # %%
+from ssm_bridge.maps import gated_update
+
 test = [make_scene("test", i, p.scene_config) for i in range(64)]
 images = torch.stack([p.transform(s.image) for s in test])
 ids = model.generate(images, max_length=model.config.max_seq_length, temperature=0)
-block = model.decoder.cross_layers[0]
-seen = {}  # the block's input (the text stream) and its cross-attention output
-handles = [block.register_forward_pre_hook(lambda m, args: seen.update(text=args[0])),
-           block.attn.register_forward_hook(lambda m, args, out: seen.update(cross=out))]
+names = ["decoder.cross_layers.0.hook_resid_pre",  # the text stream entering the block
+         "decoder.cross_layers.0.hook_attn_out"]  # CrossAttention(text, media), before the gate
 with torch.no_grad():
-    model(images, ids[:, :-1])
-for h in handles:
-    h.remove()
+    _, cache = model.run_with_cache(images, ids[:, :-1], names_filter=names)
 real = ids[:, :-1] != model.config.pad_token_id  # (64, T) positions that are not padding
-cross_norm = seen["cross"].norm(dim=-1)[real]
-text_norm = seen["text"].norm(dim=-1)[real]
-update = (a.gates["cross 0 attn"] * cross_norm / text_norm).abs()
+text_norm = cache[names[0]].norm(dim=-1)[real]
+cross_norm = cache[names[1]].norm(dim=-1)[real]
+update = gated_update(model, images, ids[:, :-1])[:, 0][real]  # |tanh(g) · CA| / |text|
 print(f"median over {int(real.sum())} positions: |CrossAttention| {cross_norm.median():.1f}, "
       f"|text stream| {text_norm.median():.2f}")
 print(f"|gated update| / |text stream|: median {update.median():.2f}, "
