@@ -88,10 +88,10 @@ class TrainConfig:
 
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    # The shipped checkpoint: 64 px scenes of 1-3 objects, 1.4 M parameters, ~40 min on
-    # 2 cores (docs/training-notes.md has the runs behind each choice). The conv stem learns
-    # small shapes ~3x faster than a patch conv; batch 32 learns ~2x more per sample than 64
-    # early on; bf16 autocast runs a step 1.2x faster than fp32 and learned as fast per step
+    # The shipped checkpoint: 64 px scenes of 1-3 objects, 1.4 M parameters, ~35 min on
+    # 2 cores (1.6 drawing the scenes, 33 training; docs/training-notes.md has the runs
+    # behind each choice). The conv stem learns small shapes ~3x faster than a patch conv;
+    # batch 32 learns ~2x more per sample than 64 early on; bf16 autocast runs a step 1.2x faster than fp32 and learned as fast per step
     # (run 11); 200 000 scenes are seen ~2.4 times each (40 000 seen 7 times left a 3-point
     # gap between training and test scenes); the weight average smooths the last steps'
     # noise. Image-prefix dropout from the start stalled learning (run 6); over the last

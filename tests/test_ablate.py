@@ -4,6 +4,7 @@ summary table and the plot."""
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,8 +138,6 @@ def test_plot_ablation_curves_draws_mean_and_seed_band():
 def test_the_published_study_keeps_its_budget(tmp_path):
     """docs/ablation's 18 runs stay valid when the shipped checkpoint's preset changes: the
     published command still plans exactly the config they ran with."""
-    from pathlib import Path
-
     meta = json.loads((Path(__file__).resolve().parents[1] / "docs/ablation/study.json")
                       .read_text())
     study = Study(runs=str(tmp_path), overrides={"threads": 1, "model": {}, "scenes": {}})
