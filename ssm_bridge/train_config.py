@@ -91,11 +91,12 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # The shipped checkpoint: 64 px scenes of 1-3 objects, 1.4 M parameters, ~35 min on
     # 2 cores (1.6 drawing the scenes, 33 training; docs/training-notes.md has the runs
     # behind each choice). The conv stem learns small shapes ~3x faster than a patch conv;
-    # batch 32 learns ~2x more per sample than 64 early on; bf16 autocast runs a step 1.2x faster than fp32 and learned as fast per step
-    # (run 11); 200 000 scenes are seen ~2.4 times each (40 000 seen 7 times left a 3-point
-    # gap between training and test scenes); the weight average smooths the last steps'
-    # noise. Image-prefix dropout from the start stalled learning (run 6); over the last
-    # third it moves the decoder onto its cross-attention (run 9).
+    # batch 32 learns ~2x more per sample than 64 early on; bf16 autocast runs a step 1.2x
+    # faster than fp32 and learned as fast per step (run 11); 200 000 scenes are seen ~2.4
+    # times each (40 000 seen 7 times left a 3-point gap between training and test
+    # scenes); the weight average smooths the last steps' noise. Image-prefix dropout from
+    # the start stalled learning (run 6); over the last third it moves the decoder onto its
+    # cross-attention (run 9).
     "shapes-tiny": dict(
         num_train=200_000, draw_workers=2, batch_size=32, warmup_steps=200, max_steps=15_000,
         precision="bf16", ema_decay=0.998, prefix_dropout_start=10_000, eval_every=250,
