@@ -49,6 +49,7 @@ from ssm_bridge.app_support import (
     word_spans,
 )
 from ssm_bridge.data import split_seeds
+from ssm_bridge.scan import prepare_extension
 
 INTRO = ("# ssm-bridge\nA ViT reads the image, a stack of selective state-space layers "
          "(the bridge) carries it to a transformer decoder. Caption an image, click a word, "
@@ -307,6 +308,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    prepare_extension()  # before the server says it is running: no 1-minute first caption
     demo = build_app(args.checkpoint, args.device, args.max_upload_mb, args.concurrency,
                      seed=args.seed)
     launch(demo, args.host, args.port, args.share, args.max_upload_mb)

@@ -53,8 +53,8 @@ BACKENDS = ("auto", "torch", "cpp", "ref")
 CHUNK = 8  # time steps per chunk of the "torch" backend (its buffers are (CHUNK, B, D, N))
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan.cpp"
-_CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
-_LDFLAGS = ["-fopenmp"]  # no -ffast-math here: it would link crtfastmath.o (flush-to-zero)
+_CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
+_LDFLAGS = ("-fopenmp",)  # no -ffast-math: it would link crtfastmath.o (flush-to-zero)
 
 
 # ---------------------------------------------------------------- reference
@@ -297,11 +297,21 @@ _ext_state: dict = {"module": None, "error": None, "warned": False}
 
 
 def extension_dir() -> Path:
-    """Build cache of the C++ kernel: one folder per Python, torch and CPU (it is built
-    with -march=native, so a cache shared between machines must not mix CPUs)."""
+    """Build cache of the C++ kernel: one folder per Python, torch, CPU (it is built with
+    -march=native, so a cache shared between machines must not mix CPUs) and kernel source
+    (its hash, with the compiler flags): every checkout of the same source shares one
+    build, and an edited source gets a folder of its own instead of evicting the others."""
     root = Path(os.environ.get("SSM_BRIDGE_EXT_DIR") or Path.home() / ".cache/ssm_bridge/ext")
-    tag = f"py{sys.version_info[0]}{sys.version_info[1]}_torch{torch.__version__}_{_cpu_id()}"
+    tag = (f"py{sys.version_info[0]}{sys.version_info[1]}_torch{torch.__version__}"
+           f"_{_cpu_id()}_src{_source_id()}")
     return root / tag.replace("+", "_")
+
+
+def _source_id() -> str:
+    """Short hash of the kernel source and the flags it is compiled with."""
+    h = hashlib.sha256(_SOURCE.read_bytes())
+    h.update("\0".join((*_CFLAGS, "|", *_LDFLAGS)).encode())
+    return h.hexdigest()[:12]
 
 
 def _cpu_id() -> str:
@@ -315,13 +325,24 @@ def _cpu_id() -> str:
 
 
 def build_extension(verbose: bool = False):
-    """Compile (or load the cached build of) the C++ kernel; raises on failure."""
+    """Compile (or load the cached build of) the C++ kernel; raises on failure.
+
+    It compiles a copy of the source kept in the cache folder: torch's build (ninja)
+    compares compiler commands, and a command naming this checkout's path would rebuild
+    whenever another checkout of the same source had built last."""
     from torch.utils.cpp_extension import load
 
     build_dir = extension_dir()
     build_dir.mkdir(parents=True, exist_ok=True)
-    return load(name="ssm_bridge_selective_scan", sources=[str(_SOURCE)],
-                extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
+    source = build_dir / _SOURCE.name
+    code = _SOURCE.read_bytes()
+    if not source.is_file() or source.read_bytes() != code:
+        tmp = build_dir / f".{_SOURCE.name}.{os.getpid()}.tmp"
+        tmp.write_bytes(code)
+        os.replace(tmp, source)  # atomic: a concurrent build never reads half a file
+    return load(name="ssm_bridge_selective_scan", sources=[str(source)],
+                # lists of our own: torch appends its libraries to extra_ldflags in place
+                extra_cflags=list(_CFLAGS), extra_ldflags=list(_LDFLAGS),
                 build_directory=str(build_dir), verbose=verbose)
 
 
@@ -341,6 +362,26 @@ def load_extension():
                       f"Set SSM_BRIDGE_NO_EXT=1 to skip the build and silence this warning.",
                       RuntimeWarning, stacklevel=4)
     return _ext_state["module"]
+
+
+def prepare_extension(log=print) -> bool:
+    """Build or load the C++ kernel now, saying which, so that a server's first request
+    does not pay for the build. True when the fused kernel is ready."""
+    if os.environ.get("SSM_BRIDGE_NO_EXT", "0") not in ("", "0"):
+        log("ssm-bridge: SSM_BRIDGE_NO_EXT is set: the PyTorch scan is used")
+        return False
+    cached = (extension_dir() / "ssm_bridge_selective_scan.so").is_file()
+    log("ssm-bridge: loading the fused C++ scan kernel..." if cached else
+        "ssm-bridge: building the fused C++ scan kernel (once per kernel source, about a "
+        "minute)...")
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the failure is logged just below
+        ok = load_extension() is not None
+    log(f"ssm-bridge: fused C++ scan kernel ready ({time.perf_counter() - t0:.1f} s)" if ok else
+        f"ssm-bridge: the fused C++ scan kernel is unavailable ({_ext_state['error']}); "
+        "using the PyTorch scan")
+    return ok
 
 
 def _build_error_reason(e: Exception) -> str:

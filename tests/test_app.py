@@ -267,3 +267,14 @@ def test_nothing_outside_the_app_is_served(server):
                 assert e.code in (403, 404), (route, target, e.code)
                 continue
             assert marker not in body, (route, target)
+
+
+def test_main_readies_the_scan_kernel_before_serving(monkeypatch):
+    """The kernel is built or loaded before the server says it is running, so the first
+    caption after a fresh start does not wait for a compile."""
+    calls = []
+    monkeypatch.setattr(app, "prepare_extension", lambda: calls.append("kernel"))
+    monkeypatch.setattr(app, "build_app", lambda *a, **k: calls.append("build"))
+    monkeypatch.setattr(app, "launch", lambda *a, **k: calls.append("launch"))
+    assert app.main([]) == 0
+    assert calls == ["kernel", "build", "launch"]

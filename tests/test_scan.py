@@ -220,3 +220,47 @@ def test_cuda_torch_backend_matches_reference(skip):
         y = selective_scan(*inputs)
     assert y.dtype == torch.float32 and y.device.type == "cuda"
     assert_close(y, selective_scan_ref(*inputs), name="y under autocast")
+
+
+def test_extension_cache_is_keyed_by_source_content_not_path(tmp_path, monkeypatch):
+    """Two checkouts of one source share a build; an edited source gets its own folder."""
+    shared = scan.extension_dir()
+    checkout = tmp_path / "other-checkout" / "selective_scan.cpp"
+    checkout.parent.mkdir()
+    checkout.write_bytes(scan._SOURCE.read_bytes())
+    monkeypatch.setattr(scan, "_SOURCE", checkout)
+    assert scan.extension_dir() == shared
+    checkout.write_bytes(checkout.read_bytes() + b"\n// edited\n")
+    assert scan.extension_dir() != shared
+
+
+@pytest.mark.slow
+def test_another_checkout_of_the_same_source_does_not_rebuild(tmp_path):
+    """The kernel builds once per source: a second checkout loads the first one's build
+    (before, ninja saw the new checkout's path in the compile command and rebuilt)."""
+    import subprocess
+    import sys
+
+    if not cpp_available():
+        pytest.skip(f"C++ extension unavailable: {scan._ext_state['error'] or 'SSM_BRIDGE_NO_EXT'}")
+    built = scan.extension_dir() / "ssm_bridge_selective_scan.so"
+    before = built.stat().st_mtime_ns
+    checkout = tmp_path / "selective_scan.cpp"
+    checkout.write_bytes(scan._SOURCE.read_bytes())
+    code = ("from pathlib import Path; from ssm_bridge import scan; "
+            f"scan._SOURCE = Path({str(checkout)!r}); print(scan.build_extension().__file__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    assert out.strip() == str(built)
+    assert built.stat().st_mtime_ns == before, "the kernel was rebuilt"
+
+
+def test_prepare_extension_says_what_it_does(monkeypatch):
+    lines: list[str] = []
+    ready = scan.prepare_extension(log=lines.append)
+    assert "fused C++ scan kernel" in lines[0]
+    assert lines[-1].startswith("ssm-bridge: fused C++ scan kernel ready" if ready else
+                                "ssm-bridge: the fused C++ scan kernel is unavailable")
+    monkeypatch.setenv("SSM_BRIDGE_NO_EXT", "1")
+    assert scan.prepare_extension(log=lines.append) is False
+    assert "PyTorch scan" in lines[-1]
