@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 TORCH ?= torch==2.13.0
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo lab test lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,12 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python app.py $(ARGS)
+
+# JupyterLab on notebooks/. Their kernel, "python3", is this environment's Python, so they
+# import the package and its checkpoint as the tests do. ARGS="--no-browser --port=8899".
+# Jupyter refuses to run as root without --allow-root (containers and CI run as root).
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -87,6 +87,22 @@ def execute(nb: nbformat.NotebookNode) -> None:
     client.execute()
 
 
+def coalesce_streams(nb: nbformat.NotebookNode) -> None:
+    """Merge each cell's consecutive stdout (or stderr) chunks into one output: how the
+    kernel flushed them depends on the machine's load, and should not show in the diff."""
+    for cell in nb.cells:
+        merged: list = []
+        for out in cell.get("outputs", []):
+            prev = merged[-1] if merged else None
+            if (out.get("output_type") == "stream" and prev is not None
+                    and prev.get("output_type") == "stream" and prev["name"] == out["name"]):
+                prev["text"] += out["text"]
+            else:
+                merged.append(out)
+        if "outputs" in cell:
+            cell["outputs"] = merged
+
+
 def stderr_outputs(nb: nbformat.NotebookNode) -> list[str]:
     """Text a notebook wrote to stderr (warnings): a notebook must write none."""
     return [out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
@@ -118,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             except CellExecutionError as e:  # keep the outputs so far: they show what broke
                 error = e
             wall, cpu = time.perf_counter() - start, children_cpu() - cpu_start
+            coalesce_streams(nb)
         total, total_cpu = total + wall, total_cpu + cpu
         nbformat.validate(nb)
         nbformat.write(nb, target)

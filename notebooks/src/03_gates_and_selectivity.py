@@ -87,7 +87,7 @@ on_first = reduce(torch.as_tensor(scene.objects[0].mask, dtype=torch.float32),
 step = int(torch.nonzero(on_first[perm0[1:] - 1])[0]) + 1  # first scan step on it
 show(scan_scrubber_frame(scene.image, perm0, step, grid_side=g, delta=delta0,
                          gate=gate0[perm0]))  # the gate is in patch order: put it in scan order
-print(f"step {step}: Δ {delta0[step].mean():.4f} (scan mean {delta0.mean():.4f}), "
+print(f"step {step}: Δ {delta0[step].mean():.3f} (scan mean {delta0.mean():.3f}), "
       f"gate {gate0[perm0[step]].mean():.3f} (scan mean {gate0.mean():.3f})")
 
 # %% [markdown]
@@ -135,7 +135,7 @@ for layer, block in enumerate(layers):
     for label, v in (("Δ", delta), ("gate", gate)):
         tokens = v.mean(-1)  # (32, L)
         stats[layer, label] = auc(tokens[obj], tokens[bg])
-        print(f"{layer:5d}  {label:<5} {tokens[obj].mean():11.4f}  {tokens[bg].mean():13.4f}"
+        print(f"{layer:5d}  {label:<5} {tokens[obj].mean():11.3f}  {tokens[bg].mean():13.3f}"
               f"  {stats[layer, label]:5.2f}")
     ratio = delta[obj].mean(0) / delta[bg].mean(0)  # (D,) per channel
     channel_share[layer] = ((ratio > 1.1).float().mean().item(),

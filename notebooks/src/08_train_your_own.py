@@ -74,7 +74,8 @@ print(f"{model.num_parameters():,} parameters; {len(trainer.train_set)} training
 # output here that is not compared when the notebook is tested.
 
 # %%
-# NBVAL_IGNORE_OUTPUT: wall time
+# NBVAL_IGNORE_OUTPUT
+# (wall time)
 import time
 
 start = time.perf_counter()
@@ -103,7 +104,8 @@ show(plot_training_curves(records))
 # claims drawn from them are checked against thresholds in the cell after.
 
 # %%
-# NBVAL_IGNORE_OUTPUT: exact training values may differ in the last bits across CPUs
+# NBVAL_IGNORE_OUTPUT
+# (exact training values may differ in the last bits across CPUs)
 train = [r for r in records if r["kind"] == "train"]
 evals = [r for r in records if r["kind"] == "eval"]
 print("loss at steps", {r["step"]: round(r["loss"], 3) for r in train[::4] + train[-1:]})
@@ -185,7 +187,8 @@ print(f"{len(coco_trainer.train_set)} (image, caption) pairs; vocabulary of "
       f"{len(coco_trainer.tokenizer)}: {' '.join(coco_trainer.tokenizer.itos[4:])}")
 
 # %%
-# NBVAL_IGNORE_OUTPUT: wall time
+# NBVAL_IGNORE_OUTPUT
+# (wall time)
 start = time.perf_counter()
 coco_trainer.fit()
 print(f"{coco_trainer.step} steps in {time.perf_counter() - start:.1f} s wall")

@@ -63,7 +63,8 @@ print(study["budget"])
 # side, one thread each).
 
 # %%
-# NBVAL_IGNORE_OUTPUT: the machine line holds a date and library versions
+# NBVAL_IGNORE_OUTPUT
+# (the machine line holds a date and library versions)
 print("machine:", study["machine"], "| run on", study["date"])
 
 # %%
