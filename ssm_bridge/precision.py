@@ -21,9 +21,15 @@ PRECISIONS = ("auto", "fp32", "bf16")
 def cpu_bf16_support() -> tuple[bool | None, str]:
     """(native bf16?, what torch reports). None: torch does not say (another
     architecture, or an older torch without the capability query)."""
-    caps = dict(torch.cpu.get_capabilities()) if hasattr(torch.cpu, "get_capabilities") else {}
     level = (torch.backends.cpu.get_cpu_capability()
              if hasattr(torch.backends.cpu, "get_cpu_capability") else "unknown")
+    if hasattr(torch.cpu, "get_capabilities"):  # newer torch: every flag cpuinfo reads
+        caps = dict(torch.cpu.get_capabilities())
+    else:  # older torch: the private probes, where they exist
+        probe = getattr(torch._C, "_cpu", None)
+        caps = {flag: bool(getattr(probe, fn, lambda: False)()) for flag, fn in (
+            ("avx512_bf16", "_is_avx512_bf16_supported"), ("amx_bf16", "_is_amx_tile_supported"))}
+        caps["architecture"] = "x86_64" if level.startswith("AVX") else ""
     native = [name for name in ("amx_bf16", "avx512_bf16") if caps.get(name)]
     if native:
         return True, f"{level} with {' and '.join(n.upper().replace('_', '-') for n in native)}"
@@ -103,9 +109,9 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[str, str, s
         native, level = cpu_bf16_support()
         if not native:
             slowdown = bf16_slowdown(device.type)
-            if slowdown > 1.5:
+            if slowdown > 1.0:
                 return "bf16", "requested", (
                     f"--precision=bf16 on a CPU without native bf16 ({level}): a bf16 matmul "
-                    f"ran {slowdown:.0f}x slower than fp32 here, so training will be much "
-                    "slower; --precision=auto (or fp32) trains in fp32")
+                    f"ran {slowdown:.1f}x slower than fp32 here, so training will be slower "
+                    "too; --precision=auto (or fp32) trains in fp32")
     return requested, "requested", None

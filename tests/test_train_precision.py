@@ -67,13 +67,22 @@ def test_auto_picks_bf16_only_on_native_bf16(cpu_caps, matmul_times):
                                              "(DEFAULT)")
 
 
+def test_older_torch_without_the_capability_map_uses_its_probes(cpu_caps, monkeypatch):
+    cpu_caps({}, "AVX512")
+    monkeypatch.delattr(torch.cpu, "get_capabilities")
+    monkeypatch.setattr(torch._C._cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert precision.cpu_bf16_support() == (True, "AVX512 with AVX512-BF16")
+    monkeypatch.setattr(torch._C._cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert precision.cpu_bf16_support() == (False, "AVX512")
+
+
 def test_explicit_bf16_without_native_support_warns_with_the_slowdown(
         tmp_path, cpu_caps, matmul_times, capsys):
     cpu_caps(X86)
     matmul_times(bf16=0.02, fp32=0.001)
     chosen, why, warning = resolve_precision("bf16", CPU)
     assert (chosen, why) == ("bf16", "requested")  # still what was asked for
-    assert "without native bf16 (AVX2): a bf16 matmul ran 20x slower than fp32" in warning
+    assert "without native bf16 (AVX2): a bf16 matmul ran 20.0x slower than fp32" in warning
     trainer = build(tiny(tmp_path, precision="bf16", num_train=8, eval_num=0))
     assert trainer.precision == "bf16"
     assert "warning: --precision=bf16 on a CPU without native bf16" in capsys.readouterr().err
