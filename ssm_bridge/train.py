@@ -9,6 +9,9 @@
 
 Options are TrainConfig fields as --key=value; model.<field> and scenes.<field> reach
 VLMConfig and SceneConfig (see ssm_bridge/train_config.py for every field and preset).
+--precision=auto (the default) trains in bf16 only where the device computes it natively;
+run_info.json in the run folder says what it chose and why. A bad option is one line on
+stderr and exit status 2; a diverged loss or a checkpoint that cannot be written, 3.
 """
 
 from __future__ import annotations
