@@ -32,8 +32,21 @@ def _read_umask() -> int:
 _FILE_MODE = 0o644 & ~_read_umask()  # mkstemp makes 0600; checkpoints get a normal mode
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a folder's entries (files created or renamed in it) durable. A rename is only
+    on disk once its folder is synced; without this a power cut can undo it."""
+    if os.name == "nt":  # Windows cannot open a folder for syncing; NTFS journals renames
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), fsync it, then rename it over `path`."""
+    """Call write(tmp_path), fsync it, rename it over `path`, then sync the folder."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -43,6 +56,7 @@ def atomic_write(path: Path, write) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

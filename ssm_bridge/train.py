@@ -9,6 +9,9 @@
 
 Options are TrainConfig fields as --key=value; model.<field> and scenes.<field> reach
 VLMConfig and SceneConfig (see ssm_bridge/train_config.py for every field and preset).
+--precision=auto (the default) trains in bf16 only where the device computes it natively;
+run_info.json in the run folder says what it chose and why. A bad option is one line on
+stderr and exit status 2; a diverged loss or a checkpoint that cannot be written, 3.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from .evaluate import caption_metrics, generate_captions
 from .model import EnhancedVLM
 from .pretrained import write_extras
 from .train_config import TrainConfig, build_train_config, parse_overrides
-from .trainer import NonFiniteLossError, Trainer
+from .trainer import CheckpointWriteError, NonFiniteLossError, Trainer, find_resumable
 
 
 def scene_eval(model, tokenizer, transform, scenes) -> dict:
@@ -92,6 +95,25 @@ def build(cfg: TrainConfig) -> Trainer:
                    extras=partial(write_extras, transform=transform, scene_config=scene_config))
 
 
+def start(trainer: Trainer, resume: bool) -> bool:
+    """Resume (--resume) or start from scratch, saying which on rank 0; False (after one
+    line on stderr) when the run folder's checkpoint cannot be resumed by this run."""
+    say = print if trainer.rank == 0 else (lambda *a, **k: None)
+    ckpts = trainer.run_dir / "checkpoints"
+    if resume:
+        try:
+            resumed = trainer.resume()
+        except ValueError as e:  # another model's checkpoint
+            say(f"error: {e}", file=sys.stderr)
+            return False
+        say(f"resumed from step {trainer.step}" if resumed else
+            f"no complete checkpoint in {ckpts}, starting from scratch", file=sys.stderr)
+    elif find_resumable(trainer.run_dir)[0] is not None:
+        say(f"warning: {ckpts} holds checkpoints of an earlier run; this one starts from "
+            "scratch and replaces them (add --resume to continue it)", file=sys.stderr)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -114,11 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # bad data paths, an --init_from that does not fit, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if resume and trainer.resume():
-        print(f"resumed from step {trainer.step}", file=sys.stderr)
     try:
+        if not start(trainer, resume):
+            return 2
         metrics = trainer.fit()
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, CheckpointWriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
     finally:

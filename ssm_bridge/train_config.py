@@ -12,6 +12,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,9 +52,14 @@ class TrainConfig:
     # switched on once the prefix path has learned, it moves the model onto its
     # cross-attention without costing accuracy (run 9).
     prefix_dropout_start: int = 0
-    precision: str = "fp32"  # fp32 | bf16 (autocast on CPU and CUDA)
+    # auto | fp32 | bf16 (autocast on CPU and CUDA). "auto" picks bf16 only where the device
+    # computes it natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX) and fp32 elsewhere:
+    # emulated bf16 on an AVX2 CPU made the shapes-tiny step 19x slower (ssm_bridge/precision.py)
+    precision: str = "auto"
+    # Recompute blocks in backward to save memory; --model.gradient_checkpointing=true turns
+    # it on as well (either switch does; neither can turn the other off).
     gradient_checkpointing: bool = False
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch threads per process; 0 = torch's default
     # ---- bookkeeping ----
     log_every: int = 10
@@ -70,13 +76,10 @@ class TrainConfig:
     scenes: dict[str, Any] = field(default_factory=dict)  # SceneConfig overrides
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1) (0 disables, 0.999 is typical), "
-                             f"got {self.ema_decay}")
-        if self.prefix_dropout_start < 0:
-            raise ValueError(f"prefix_dropout_start must be >= 0, got {self.prefix_dropout_start}")
-        if self.draw_workers < 0:
-            raise ValueError(f"draw_workers must be >= 0, got {self.draw_workers}")
+        _validate(self)
+        # Either switch turns checkpointing on, so that the model override is never undone.
+        self.gradient_checkpointing = bool(self.gradient_checkpointing
+                                           or self.model.get("gradient_checkpointing"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,19 +90,81 @@ class TrainConfig:
         atomic_write(path, lambda p: open(p, "w").write(json.dumps(self.to_dict(), indent=2)))
 
 
+# The fields with a closed set of values, and the ranges of the numeric ones.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data": ("scenes", "coco"), "task": ("caption", "vqa", "mixed"),
+    "precision": ("auto", "fp32", "bf16"), "device": ("auto", "cpu", "cuda", "cuda:N"),
+}
+_AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+_AT_LEAST_0 = (lambda v: v >= 0, ">= 0 (0 disables)")
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "num_train": _AT_LEAST_1, "coco_min_count": _AT_LEAST_1, "batch_size": _AT_LEAST_1,
+    "grad_accum": _AT_LEAST_1, "max_steps": _AT_LEAST_1, "log_every": _AT_LEAST_1,
+    "keep_checkpoints": _AT_LEAST_1,
+    "draw_workers": (lambda v: v >= 0, ">= 0 (0 = draw in this process)"),
+    "warmup_steps": (lambda v: v >= 0, ">= 0"), "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "prefix_dropout_start": (lambda v: v >= 0, ">= 0"),
+    "threads": (lambda v: v >= 0, ">= 0 (0 = torch's default)"),
+    "grad_clip": _AT_LEAST_0, "eval_every": _AT_LEAST_0, "eval_num": _AT_LEAST_0,
+    "save_every": _AT_LEAST_0,
+    "lr": (lambda v: v > 0, "> 0"), "min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"), "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0 disables, 0.999 is typical)"),
+    "stop_at_exact_match": (lambda v: 0 <= v <= 1, "in [0, 1] (0 disables)"),
+}
+
+
+def _validate(cfg: TrainConfig) -> None:
+    """Types, closed sets and ranges of every field: one ValueError naming the field."""
+    for name, typ in _field_types(TrainConfig).items():
+        value = getattr(cfg, name)
+        if not _has_type(value, typ):
+            kind = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}
+            raise ValueError(f"{name} must be {kind.get(typ, 'a dict')}, got {value!r}")
+    if cfg.preset not in TRAIN_PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(TRAIN_PRESETS)}, got {cfg.preset!r}")
+    for name, allowed in CHOICES.items():
+        value = getattr(cfg, name)
+        if value not in allowed and not (name == "device" and _is_cuda_index(value)):
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    for name, (check, allowed) in RANGES.items():
+        if not check(getattr(cfg, name)):
+            raise ValueError(f"{name} must be {allowed}, got {getattr(cfg, name)!r}")
+    if cfg.stop_at_exact_match and not (cfg.data == "scenes" and cfg.eval_every
+                                        and cfg.eval_num):
+        raise ValueError("stop_at_exact_match needs periodic evaluation (data=scenes, "
+                         f"eval_every > 0, eval_num > 0), got data={cfg.data!r}, "
+                         f"eval_every={cfg.eval_every}, eval_num={cfg.eval_num}")
+
+
+def _has_type(value: Any, typ: Any) -> bool:
+    if typ is bool:
+        return isinstance(value, bool)
+    if typ in (int, float, str):  # a float field takes an int too; True is no number
+        accepted = (int, float) if typ is float else typ
+        return isinstance(value, accepted) and not isinstance(value, bool)
+    return isinstance(value, dict)
+
+
+def _is_cuda_index(device: str) -> bool:
+    kind, _, index = device.partition(":")
+    return kind == "cuda" and index.isdigit()
+
+
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # The shipped checkpoint: 64 px scenes of 1-3 objects, 1.4 M parameters, ~35 min on
     # 2 cores (1.6 drawing the scenes, 33 training; docs/training-notes.md has the runs
     # behind each choice). The conv stem learns small shapes ~3x faster than a patch conv;
-    # batch 32 learns ~2x more per sample than 64 early on; bf16 autocast runs a step 1.2x
-    # faster than fp32 and learned as fast per step (run 11); 200 000 scenes are seen ~2.4
-    # times each (40 000 seen 7 times left a 3-point gap between training and test
-    # scenes); the weight average smooths the last steps' noise. Image-prefix dropout from
-    # the start stalled learning (run 6); over the last third it moves the decoder onto its
-    # cross-attention (run 9).
+    # batch 32 learns ~2x more per sample than 64 early on; bf16 autocast ran a step 1.2x
+    # faster than fp32 on the development CPU and learned as fast per step (run 11), but
+    # emulated on an AVX2 CPU it is 19x slower, so precision "auto" picks bf16 only where
+    # it is native; 200 000 scenes are seen ~2.4 times each (40 000 seen 7 times left a
+    # 3-point gap between training and test scenes); the weight average smooths the last
+    # steps' noise. Image-prefix dropout from the start stalled learning (run 6); over the
+    # last third it moves the decoder onto its cross-attention (run 9).
     "shapes-tiny": dict(
         num_train=200_000, draw_workers=2, batch_size=32, warmup_steps=200, max_steps=15_000,
-        precision="bf16", ema_decay=0.998, prefix_dropout_start=10_000, eval_every=250,
+        precision="auto", ema_decay=0.998, prefix_dropout_start=10_000, eval_every=250,
         eval_num=200, save_every=1000, keep_checkpoints=3,
         model=dict(
             vision_stem="conv", img_size=64, patch_size=8, vision_embed_dim=128,
