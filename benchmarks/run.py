@@ -2,8 +2,11 @@
 
     python benchmarks/run.py [--quick] [--only NAME,...] [--json PATH]
 
-Prints a table and writes {name: {"value": float, "unit": str, "target": float | None}}.
-Targets are for the 2-core AVX-512/AMX CPU this project is developed on.
+Prints the machine (CPU model, vector capability, native bf16 or not) and a table, and
+writes {"machine": str, "results": {name: {"value", "unit", "target"}}}. Speed figures
+depend on the CPU kind (a bf16 ratio is ~3x on a CPU with native bf16 and far below 1 on
+one without), so a figure is only quoted beside its machine line. Targets are for the
+2-core machines this project is developed on.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssm_bridge import EnhancedVLM, VLMConfig
+from ssm_bridge.ablate import machine_info
 
 Result = dict[str, dict]
 
@@ -134,6 +138,7 @@ _STEP = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
 from ssm_bridge import EnhancedVLM, VLMConfig
+from ssm_bridge.ablate import machine_info
 torch.manual_seed(0)
 model = EnhancedVLM(VLMConfig(gradient_checkpointing={ckpt})).train()
 images, tokens = torch.randn(4, 3, 224, 224), torch.randint(0, 32000, (4, 32))
@@ -194,7 +199,13 @@ def shapes_tiny_model() -> dict:
 
 def train_bf16_speedup(quick: bool) -> Result:
     """Training samples/s under bf16 autocast over fp32, at the shapes-tiny preset (batch 64,
-    vocabulary of the scene world) and at seed defaults (batch 8)."""
+    vocabulary of the scene world) and at seed defaults (batch 8). The >= 2x target holds
+    only where the CPU computes bf16 natively; elsewhere bf16 is emulated, the ratio is
+    far below 1, and precision="auto" picks fp32 (the note says which it picks here)."""
+    from ssm_bridge.precision import choose_precision, cpu_bf16_support
+
+    native, _ = cpu_bf16_support()
+    picks, why = choose_precision("cpu")
     out = {}
     cases = {
         "shapes_tiny": (shapes_tiny_model(), 64, 16),
@@ -205,10 +216,11 @@ def train_bf16_speedup(quick: bool) -> Result:
         steps = 2 if quick or name == "seed" else 5
         fp32 = _train_samples_per_s(model, batch, T, False, steps)
         bf16 = _train_samples_per_s(model, batch, T, True, steps)
-        out[f"train_bf16_speedup_{name}"] = entry(bf16 / fp32, "x",
-                                                  2.0 if name == "seed" else None)
+        target = 2.0 if name == "seed" and native is not False else None
+        out[f"train_bf16_speedup_{name}"] = entry(bf16 / fp32, "x", target)
         out[f"train_samples_per_s_fp32_{name}"] = entry(fp32, "samples/s", None)
         out[f"train_samples_per_s_bf16_{name}"] = entry(bf16, "samples/s", None)
+    out["train_bf16_speedup_seed"]["note"] = f"auto picks {picks}: {why}"
     return out
 
 
@@ -287,11 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     results: Result = {}
+    machine = machine_info()
+    print(f"machine: {machine}; {torch.get_num_threads()} torch threads", file=sys.stderr)
     for name in names:
         t0 = time.perf_counter()
         res = BENCHMARKS[name](args.quick)
         results.update(res)
         print(f"[{name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
+    print(f"machine: {machine}")
     print(f"{'benchmark':42s} {'value':>12s} {'unit':>9s} {'target':>8s}  ok")
     for name, r in results.items():
         target = r["target"]
@@ -300,9 +315,10 @@ def main(argv: list[str] | None = None) -> int:
             met = r["value"] <= target if r.get("lower_is_better") else r["value"] >= target
             ok = "yes" if met else "NO"
         tstr = "" if target is None else f"{target:g}"
-        print(f"{name:42s} {r['value']:12.3f} {r['unit']:>9s} {tstr:>8s}  {ok}")
+        note = f"  ({r['note']})" if r.get("note") else ""
+        print(f"{name:42s} {r['value']:12.3f} {r['unit']:>9s} {tstr:>8s}  {ok}{note}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
     return 0
 
 

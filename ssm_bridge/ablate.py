@@ -46,7 +46,6 @@ every run; `make_trainer` builds each run's model and Trainer exactly as
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import math
@@ -400,15 +399,14 @@ SUMMARY = [
 
 
 def machine_info() -> str:
-    """CPU model and cores, GPU, Python and torch versions: where the numbers were measured."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):  # Linux names the model; platform often does not
-        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                 if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
+    """CPU model, capability and cores, GPU, Python and torch versions: where the numbers
+    were measured."""
+    from .precision import cpu_description
+
     gpu = (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
-    return (f"{cpu}, {os.cpu_count()} logical cores{gpu}; Python {platform.python_version()}, "
-            f"torch {torch.__version__}, {platform.system()} {platform.release()}")
+    return (f"{cpu_description()}, {os.cpu_count()} logical cores{gpu}; Python "
+            f"{platform.python_version()}, torch {torch.__version__}, {platform.system()} "
+            f"{platform.release()}")
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:

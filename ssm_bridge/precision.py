@@ -10,7 +10,9 @@ capabilities are unknown it times a short matmul of each dtype once per process.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import platform
 import time
 
 import torch
@@ -36,6 +38,23 @@ def cpu_bf16_support() -> tuple[bool | None, str]:
     if caps.get("architecture", "").startswith(("x86", "i386", "i686", "AMD64")):
         return False, level
     return None, level
+
+
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (Linux), else what platform knows."""
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_description() -> str:
+    """CPU model, its vector capability and whether it computes bf16 natively: the line
+    every published speed figure is measured beside (bf16 figures flip between kinds)."""
+    native, level = cpu_bf16_support()
+    bf16 = {True: "native bf16", False: "no native bf16", None: "bf16 support unknown"}[native]
+    return f"{cpu_model()} ({level}; {bf16})"
 
 
 def matmul_seconds(dtype: torch.dtype, device: torch.device, n: int = 256,

@@ -54,6 +54,7 @@ cfg = build_train_config("test-tiny", dict(
     out_dir=str(root / "scenes-run"), seed=0, num_train=1000, batch_size=32,
     max_steps=400, lr=5e-3, warmup_steps=20, log_every=20, eval_every=100, eval_num=100,
     save_every=200, threads=1, progress=False,
+    precision="fp32",  # not "auto": the same arithmetic on every CPU, so the same claims hold
     model=dict(patch_size=4), scenes=scenes))
 for key in ("preset", "num_train", "batch_size", "max_steps", "lr", "eval_every", "eval_num"):
     print(f"{key:<12} {getattr(cfg, key)}")
