@@ -113,7 +113,15 @@ class EnhancedVLM(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike,
                         map_location: str | torch.device = "cpu") -> EnhancedVLM:
-        model = cls(checkpoint.read_config(directory))
+        """The model saved in `directory`. Nothing is allocated before config.json (types,
+        bounds) and the weights file's header (names, shapes, dtypes, checked against
+        the model built on the meta device) pass; NaN or Inf weights are refused. Every
+        problem raises checkpoint.CheckpointError (a ValueError) naming the file."""
+        config = checkpoint.read_config(directory)
+        with torch.device("meta"):  # free: parameters without storage
+            skeleton = cls(config)
+        checkpoint.check_weights(skeleton, directory)
+        model = cls(config)
         checkpoint.load_weights(model, directory)
         return model.to(map_location).eval()
 
