@@ -51,11 +51,11 @@ def resolve(name_or_dir: str | os.PathLike) -> Path:
         return path
     if (path / "checkpoints").is_dir():
         return _latest(path)
+    if (SHIPPED_DIR / str(name_or_dir) / CONFIG_NAME).is_file():
+        return SHIPPED_DIR / str(name_or_dir)
     if path.is_dir():
         raise CheckpointNotFoundError(f"{path} holds no {CONFIG_NAME}: it is not a checkpoint "
                                       "folder (written by save_pretrained or a training run)")
-    if (SHIPPED_DIR / str(name_or_dir) / CONFIG_NAME).is_file():
-        return SHIPPED_DIR / str(name_or_dir)
     raise CheckpointNotFoundError(
         f"no checkpoint {str(name_or_dir)!r}: not a folder with {CONFIG_NAME}, nor a shipped "
         f"name (shipped: {shipped_names() or 'none'})"
