@@ -48,6 +48,8 @@ from ssm_bridge.app_support import (
     truth_markdown,
     word_spans,
 )
+from ssm_bridge.checkpoint import CheckpointError
+from ssm_bridge.cli import Parser, float_in, int_at_least
 from ssm_bridge.data import split_seeds
 from ssm_bridge.scan import prepare_extension
 
@@ -290,27 +292,54 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860,
                        state_session_capacity=MAX_SESSIONS, run_history=False, **kwargs)
 
 
+def device_arg(text: str) -> str:
+    """argparse type: cpu, cuda, cuda:N or mps, and present on this machine."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"must be cpu, cuda, cuda:N or mps, got {text!r}") from None
+    present = {"cpu": lambda: True,
+               "cuda": lambda: torch.cuda.is_available()
+               and (dev.index or 0) < torch.cuda.device_count(),
+               "mps": lambda: torch.backends.mps.is_available()}
+    if dev.type not in present:
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or mps, got {text!r}")
+    if not present[dev.type]():
+        raise argparse.ArgumentTypeError(f"{text} is not available on this machine; use cpu")
+    return text
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description="ssm-bridge captioning demo (Gradio)")
+    ap = Parser(prog="app.py", description="ssm-bridge captioning demo (Gradio)")
     ap.add_argument("--checkpoint", default="shapes-tiny", help="shipped name or folder")
     ap.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve the network")
-    ap.add_argument("--port", type=int, default=7860)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB)
-    ap.add_argument("--concurrency", type=int, default=2, help="events run in parallel")
-    ap.add_argument("--seed", type=int, default=None, help="seed of the random-scene button")
+    ap.add_argument("--port", type=int_at_least(1), default=7860, help="1 to 65535")
+    ap.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda[:N] or mps")
+    ap.add_argument("--max-upload-mb", type=float_in(0, lo_open=True),
+                    default=DEFAULT_MAX_UPLOAD_MB)
+    ap.add_argument("--concurrency", type=int_at_least(1), default=2,
+                    help="events run in parallel")
+    ap.add_argument("--seed", type=int_at_least(0), default=None,
+                    help="seed of the random-scene button")
     ap.add_argument("--share", action="store_true", help="public gradio.live link (online)")
     args = ap.parse_args(argv)
-    if args.max_upload_mb <= 0 or args.concurrency < 1:
-        ap.error("--max-upload-mb must be > 0 and --concurrency >= 1")
+    if args.port > 65535:
+        ap.error(f"argument --port: must be an integer in [1, 65535], got {args.port}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        demo = build_app(args.checkpoint, args.device, args.max_upload_mb, args.concurrency,
+                         seed=args.seed)
+    except CheckpointError as e:  # one line, not a traceback
+        print(f"app.py: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     prepare_extension()  # before the server says it is running: no 1-minute first caption
-    demo = build_app(args.checkpoint, args.device, args.max_upload_mb, args.concurrency,
-                     seed=args.seed)
     launch(demo, args.host, args.port, args.share, args.max_upload_mb)
     return 0
 

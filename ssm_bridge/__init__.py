@@ -1,6 +1,7 @@
 """ssm-bridge: State Space Models as the bridge between a vision encoder and a language
 decoder, built to be looked inside."""
 
+from .checkpoint import CheckpointError
 from .config import PRESETS, VLMConfig
 from .generation import GenerationTraces
 from .hooks import ActivationCache, HookPoint
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PRESETS",
     "ActivationCache",
+    "CheckpointError",
     "CrossModalAttention",
     "EnhancedSSMBridge",
     "EnhancedVLM",

@@ -10,9 +10,9 @@ Uploads are checked before they are decoded: empty files, files over the size li
 formats outside SAFE_FORMATS (PIL would run Ghostscript on EPS), images declaring more
 than `max_pixels` pixels (decompression bombs: a few KB of PNG that inflate to GBs) and
 truncated or corrupt data each raise an `UploadError` whose message says what to do.
-Model calls run one at a time under the analyser's lock (hooks are module-global, so two
-concurrent hooked passes would record each other's activations), without autograd
-except for attributions.
+Model calls run one at a time under the analyser's lock (hooks are per thread, but
+explain_mode and train/eval switch the shared model itself), without autograd except for
+attributions.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +28,24 @@ VISION_STEMS = ("patch", "conv")
 # Bridges between the ViT and the decoder (ssm_bridge/bridges.py builds them; the
 # ablation study ssm_bridge/ablate.py compares them under one training budget).
 BRIDGE_TYPES = ("ssm", "ssm_lti", "seed_ssm", "mlp", "resampler", "linear")
+# Upper bounds on every size. A config.json is checked against them before anything is
+# built, so a hostile or mistyped one (a width of 10^9, 10^6 layers) is refused at once
+# instead of allocating terabytes or building modules for minutes. Each is far above this
+# package's largest preset ("advanced": 1024 wide, 24 layers, 4096 tokens) and above the
+# sizes of common public models.
+MAX_SIZES = {
+    "img_size": 4096, "patch_size": 1024, "in_channels": 16, "vision_stem_depth": 16,
+    "vision_embed_dim": 16384, "text_embed_dim": 16384, "ssm_hidden_dim": 16384,
+    "vision_num_layers": 256, "text_num_layers": 256, "ssm_num_layers": 256,
+    "cross_attn_layers": 256, "resampler_layers": 256,
+    "vision_num_heads": 256, "text_num_heads": 256, "text_kv_heads": 256,
+    "cross_attn_heads": 256, "cross_attn_kv_heads": 256,
+    "vocab_size": 1_048_576, "max_seq_length": 131_072, "text_ffn_dim": 131_072,
+    "ssm_state_dim": 1024, "ssm_dt_rank": 16384, "ssm_conv_kernel": 64,
+    "resampler_latents": 4096,
+}
+MAX_PATCHES = 65_536  # (img_size / patch_size)^2: a 4096-px image in 16-px patches
+MAX_MLP_RATIO = 64.0  # vision_mlp_ratio
 
 
 @dataclass
@@ -163,11 +184,63 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def check_types(cls: type, values: Mapping[str, Any], where: str) -> None:
+    """ValueError("{where}: {field} must be ...") when a value does not have its dataclass
+    field's annotated type: bool fields take only true/false (not "no", not 0), int fields
+    integers (not floats, not bools), float fields finite numbers, str fields strings,
+    tuple fields lists or tuples of the element type, `X | None` also None. Values read
+    from JSON are checked this way before the class is built."""
+    hints = typing.get_type_hints(cls)
+    for name, v in values.items():
+        if name in hints and not _has_type(v, hints[name]):
+            raise ValueError(f"{where}: {name} must be {_type_name(hints[name])}, got {v!r} "
+                             f"({type(v).__name__})")
+
+
+def _has_type(v: Any, tp: Any) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(v, a) for a in args)
+    if origin is tuple:
+        if not isinstance(v, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_has_type(x, args[0]) for x in v)
+        return len(v) == len(args) and all(_has_type(x, a) for x, a in zip(v, args))
+    if tp is type(None):
+        return v is None
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return (isinstance(v, (int, float)) and not isinstance(v, bool)
+                and math.isfinite(v))
+    if tp is str:
+        return isinstance(v, str)
+    return True  # a type these configs do not use: not checked here
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of ({_type_name(args[0])})"
+        return f"a list of {len(args)}: ({', '.join(_type_name(a) for a in args)})"
+    names = {bool: "true or false", int: "an integer", float: "a finite number",
+             str: "a string", type(None): "null (None)"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
 def _validate(c: VLMConfig) -> None:
     def need(ok: bool, msg: str) -> None:
         if not ok:
             raise ValueError(f"VLMConfig: {msg}")
 
+    check_types(VLMConfig, {f.name: getattr(c, f.name) for f in dataclasses.fields(c)},
+                "VLMConfig")
     positive = [
         "img_size", "patch_size", "vision_embed_dim", "vision_num_layers", "vision_num_heads",
         "vocab_size", "text_embed_dim", "text_num_layers", "text_num_heads", "text_kv_heads",
@@ -210,7 +283,11 @@ def _validate(c: VLMConfig) -> None:
         v = getattr(c, name)
         need(0.0 <= v < 1.0, f"{name} must be in [0, 1), got {v}")
     need(c.layer_norm_eps > 0, f"layer_norm_eps must be > 0, got {c.layer_norm_eps}")
-    need(c.vision_mlp_ratio > 0, f"vision_mlp_ratio must be > 0, got {c.vision_mlp_ratio}")
+    need(0 < c.vision_mlp_ratio <= MAX_MLP_RATIO,
+         f"vision_mlp_ratio must be in (0, {MAX_MLP_RATIO:g}], got {c.vision_mlp_ratio}")
+    need(c.num_patches <= MAX_PATCHES,
+         f"img_size / patch_size = {c.grid_size} gives {c.num_patches} patches, over the "
+         f"limit of {MAX_PATCHES}; raise patch_size or lower img_size")
     need(
         0 < c.ssm_dt_min < c.ssm_dt_max,
         f"need 0 < ssm_dt_min < ssm_dt_max, got {c.ssm_dt_min} and {c.ssm_dt_max}",
@@ -246,3 +323,7 @@ def _validate(c: VLMConfig) -> None:
             f"{name} ({v}) must be a token id in [0, vocab_size={c.vocab_size})",
         )
     need(len(set(ids.values())) == 3, f"pad, bos and eos token ids must differ, got {ids}")
+    for name, limit in MAX_SIZES.items():
+        v = getattr(c, name)
+        need(v is None or v <= limit, f"{name}={v} is over its limit of {limit} (limits keep "
+             "a damaged or hostile config from allocating terabytes; see config.MAX_SIZES)")

@@ -16,7 +16,7 @@ from torch import nn
 
 from .attention import KVCache
 from .config import VLMConfig
-from .hooks import HookPoint
+from .hooks import HookPoint, attached
 from .layers import maybe_checkpoint
 from .transformer import GatedCrossAttentionBlock, TransformerBlock
 
@@ -128,7 +128,7 @@ class LanguageDecoder(nn.Module):
             yield
             return
 
-        def route(module, args, pattern):  # pattern: (B, H, Tq, Tk)
+        def route(pattern):  # pattern: (B, H, Tq, Tk)
             part = pattern[..., -T:, :P]  # (B, H, T, P)
             patched = hook(part)
             if patched is part:
@@ -137,11 +137,8 @@ class LanguageDecoder(nn.Module):
             pattern[..., -T:, :P] = patched
             return pattern
 
-        handle = self.blocks[i].attn.hook_pattern.register_forward_hook(route)
-        try:
+        with attached(self.blocks[i].attn.hook_pattern, route):  # this thread only
             yield
-        finally:
-            handle.remove()
 
     def _cross_attend(self, x: torch.Tensor, media: torch.Tensor,
                       cache: DecoderCache | None) -> torch.Tensor:

@@ -16,7 +16,6 @@ import json
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -157,18 +156,20 @@ def format_table(metrics: dict[str, float], title: str = "") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .pretrained import load_pretrained
+    from .cli import Parser, int_at_least, load_or_exit, writable_file
+    from .data import SPLITS
 
-    p = argparse.ArgumentParser(prog="ssm-bridge eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="ssm-bridge eval", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="shapes-tiny", help="shipped name or folder")
-    p.add_argument("--split", default="test", choices=["train", "val", "test", "comp_test"])
-    p.add_argument("--num", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--num", type=int_at_least(1), default=1000)
+    p.add_argument("--batch-size", type=int_at_least(1), default=100)
     p.add_argument("--no-vqa", action="store_true")
-    p.add_argument("--json", type=Path)
+    p.add_argument("--json", type=writable_file, help="also write the metrics here (checked "
+                   "before the evaluation runs)")
     args = p.parse_args(argv)
-    bundle = load_pretrained(args.checkpoint)
+    bundle = load_or_exit(p, args.checkpoint)
     metrics = evaluate(bundle.model, bundle.tokenizer, bundle.transform, args.split, args.num,
                        bundle.scene_config, vqa=not args.no_vqa, batch_size=args.batch_size,
                        progress=sys.stderr.isatty())

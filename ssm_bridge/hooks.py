@@ -10,14 +10,22 @@ by its module path (e.g. ``bridge.layers.0.mixer.dirs.0.hook_delta``). On top:
 `EnhancedVLM` exposes both as methods. Hooks are always removed, even after an
 exception; a name or glob that matches no hook point raises, and so does a hook that
 never fired. Memory-heavy captures (the (B, L, D, N) tensors: Ā, B̄x and the state h)
-are computed only when a hook watches them (`HookPoint.active`), and `names_filter`
-leaves them out unless `heavy=True` or they are named explicitly.
+are computed only when a hook watches them (`HookPoint.active`); `hooks` and
+`run_with_cache` alike leave them out of globs and filters unless `heavy=True`, and a
+heavy hook named in full is always attached.
+
+Hooks belong to the thread that attached them: a hook added in one thread never fires
+for a forward pass run by another, so concurrent `generate(return_traces=True)` or
+`run_with_cache` calls on one model each see only their own activations. (The backward
+pass of a gradient-checkpointed block re-runs its forward with the hooks that were
+attached when the block first ran, whichever thread runs the backward.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
@@ -26,18 +34,86 @@ from torch import nn
 HEAVY_SUFFIXES = ("hook_A_bar", "hook_dBx", "hook_state")
 
 HookFn = Callable[[torch.Tensor, str], "torch.Tensor | None"]
+PointFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+
+# Hooks per thread: _local.hooks maps a HookPoint to the functions this thread attached
+# to it. _attached counts them over all threads, so that a HookPoint with none attached
+# anywhere costs one global read (benchmarks/run.py hook_overhead).
+_local = threading.local()
+_attached = 0
+_count_lock = threading.Lock()
+
+
+def _thread_hooks() -> dict[HookPoint, list[PointFn]]:
+    hooks_ = getattr(_local, "hooks", None)
+    if hooks_ is None:
+        hooks_ = _local.hooks = {}
+    return hooks_
 
 
 class HookPoint(nn.Module):
-    """Identity on the forward pass; a named place to attach hooks."""
+    """Identity on the forward pass; a named place to attach hooks (per thread)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _attached:
+            for fn in getattr(_local, "hooks", {}).get(self, ()):
+                new = fn(x)
+                if new is not None:
+                    x = new
         return x
 
     @property
     def active(self) -> bool:
-        """True when a forward hook is attached (opt-in captures check this)."""
-        return bool(self._forward_hooks) or bool(self._forward_pre_hooks)
+        """True when this thread attached a hook here, or a torch forward hook is
+        registered (opt-in captures check this)."""
+        return (bool(self._forward_hooks) or bool(self._forward_pre_hooks)
+                or bool(_attached and getattr(_local, "hooks", {}).get(self)))
+
+
+@contextlib.contextmanager
+def attached(point: HookPoint, fn: PointFn) -> Iterator[None]:
+    """Run `fn(x) -> replacement | None` at `point` in this thread's forward passes until
+    exit (the building block of `hooks`)."""
+    fns = _thread_hooks().setdefault(point, [])
+    fns.append(fn)
+    try:
+        with _counted():
+            yield
+    finally:
+        fns.remove(fn)
+        if not fns:
+            _thread_hooks().pop(point, None)
+
+
+def checkpoint_contexts():
+    """context_fn for torch.utils.checkpoint: the recomputation in backward (possibly on
+    autograd's device thread) sees the hooks this thread had when the forward ran."""
+    snapshot = {p: list(fns) for p, fns in _thread_hooks().items()}
+    return contextlib.nullcontext(), _installed(snapshot)
+
+
+@contextlib.contextmanager
+def _installed(snapshot: dict[HookPoint, list[PointFn]]) -> Iterator[None]:
+    before = getattr(_local, "hooks", None)
+    _local.hooks = snapshot
+    try:
+        with _counted():
+            yield
+    finally:
+        _local.hooks = before
+
+
+@contextlib.contextmanager
+def _counted() -> Iterator[None]:
+    """Keep _attached above zero while inside, so that HookPoints look for hooks."""
+    global _attached
+    with _count_lock:
+        _attached += 1
+    try:
+        yield
+    finally:
+        with _count_lock:
+            _attached -= 1
 
 
 def hook_points(model: nn.Module) -> dict[str, HookPoint]:
@@ -84,33 +160,31 @@ def _suggest(pattern: str, names: list[str]) -> str:
 
 @contextlib.contextmanager
 def hooks(model: nn.Module, fwd_hooks: Iterable[tuple[str, HookFn]] = (), *,
-          heavy: bool = True, check_fired: bool = True) -> Iterator[nn.Module]:
-    """Attach `fn(tensor, name) -> tensor | None` at each (name or glob, fn) pair.
+          heavy: bool = False, check_fired: bool = True) -> Iterator[nn.Module]:
+    """Attach `fn(tensor, name) -> tensor | None` at each (name or glob, fn) pair, for
+    forward passes of the calling thread only.
 
-    A returned tensor replaces the activation (it must keep its shape). All hooks are
-    removed on exit, exception or not; on a normal exit a hook that never fired raises
-    RuntimeError (pass check_fired=False for runs that skip parts of the model).
+    A returned tensor replaces the activation (it must keep its shape). Globs skip the
+    heavy (B, L, D, N) hook points unless heavy=True; one named in full is attached. All
+    hooks are removed on exit, exception or not; on a normal exit a hook that never fired
+    raises RuntimeError (pass check_fired=False for runs that skip parts of the model).
     """
     points = hook_points(model)
     fired: dict[str, bool] = {}
-    handles = []
-    try:
+    with contextlib.ExitStack() as stack:
         for pattern, fn in fwd_hooks:
             for name in resolve_names(model, pattern, heavy=heavy):
                 fired.setdefault(name, False)
-                handles.append(points[name].register_forward_hook(_wrap(fn, name, fired)))
+                stack.enter_context(attached(points[name], _wrap(fn, name, fired)))
         yield model
-    finally:
-        for h in handles:
-            h.remove()
     missed = [n for n, ok in fired.items() if not ok]
     if check_fired and missed:
         raise RuntimeError(f"hooks never fired at {', '.join(missed)}: the forward pass did "
                            f"not reach them (e.g. encode_image alone skips the decoder)")
 
 
-def _wrap(fn: HookFn, name: str, fired: dict[str, bool]):
-    def hook(module, args, out):
+def _wrap(fn: HookFn, name: str, fired: dict[str, bool]) -> PointFn:
+    def hook(out):
         fired[name] = True
         new = fn(out, name)
         if new is None:

@@ -14,7 +14,6 @@ per (word, object) pair, scored the same way, is the baseline.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -154,28 +153,33 @@ def write_outputs(rows: list[dict], json_path=None, csv_path=None, plot_path=Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="ssm-bridge interpret", description=__doc__.split("\n")[0])
+    from .cli import Parser, int_at_least, load_or_exit, writable_file
+    from .data import SPLITS
+
+    p = Parser(prog="ssm-bridge interpret", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default="shapes-tiny", help="shipped name or folder")
-    p.add_argument("--num", type=int, default=100, help="scenes to caption and score")
-    p.add_argument("--split", default="test")
+    p.add_argument("--num", type=int_at_least(1), default=100,
+                   help="scenes to caption and score")
+    p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--maps", default=",".join(MAP_KINDS_DEFAULT),
                    help=f"comma-separated kinds from {','.join(MAP_KINDS)}")
     p.add_argument("--role", default="shape", choices=loc.ROLES,
                    help="which word of each object phrase is scored")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random-map baseline")
-    p.add_argument("--json", help="write the rows as JSON")
-    p.add_argument("--csv", help="write the rows as CSV")
-    p.add_argument("--plot", help="write a bar chart of the pointing game (PNG)")
+    p.add_argument("--seed", type=int_at_least(0), default=0,
+                   help="seed of the random-map baseline")
+    p.add_argument("--json", type=writable_file, help="write the rows as JSON")
+    p.add_argument("--csv", type=writable_file, help="write the rows as CSV")
+    p.add_argument("--plot", type=writable_file,
+                   help="write a bar chart of the pointing game (PNG)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
         maps = _check_maps([m.strip() for m in args.maps.split(",") if m.strip()])
-        rows = localisation_table(args.checkpoint, args.num, args.split, maps, args.seed,
-                                  not args.no_progress and sys.stderr.isatty(),
-                                  role=args.role)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"ssm-bridge interpret: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:
+        p.error(f"argument --maps: {e}")
+    bundle = load_or_exit(p, args.checkpoint)
+    rows = localisation_table(bundle, args.num, args.split, maps, args.seed,
+                              not args.no_progress and sys.stderr.isatty(), role=args.role)
     print(format_table(rows))
     write_outputs(rows, args.json, args.csv, args.plot)
     return 0

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .hooks import checkpoint_contexts
+
 
 class Swish(nn.Module):
     """Swish / SiLU, x * sigmoid(x), numerically stable for any finite input."""
@@ -48,7 +50,9 @@ class GeluMLP(nn.Module):
 def maybe_checkpoint(module: nn.Module, x: torch.Tensor, enabled: bool, **kw) -> torch.Tensor:
     """Run `module(x, **kw)`, recomputing it in backward when `enabled` (saves activations)."""
     if enabled and torch.is_grad_enabled():
-        return checkpoint(module, x, use_reentrant=False, **kw)
+        # the recomputation in backward sees the hooks attached now (hooks are per thread)
+        return checkpoint(module, x, use_reentrant=False, context_fn=checkpoint_contexts,
+                          **kw)
     return module(x, **kw)
 
 

@@ -77,6 +77,9 @@ class EnhancedVLM(nn.Module):
         positions (padding, the prompt)."""
         check_images(images, self.config)
         check_tokens(tokens, self.config)
+        if images.shape[0] != tokens.shape[0]:
+            raise ValueError(f"images and tokens must have the same batch size, got "
+                             f"{images.shape[0]} images and {tokens.shape[0]} token rows")
         logits = self.forward_head(self.encode_image(images), tokens)
         if targets is None:
             return logits
@@ -100,10 +103,12 @@ class EnhancedVLM(nn.Module):
         """-> (logits, ActivationCache). See `ssm_bridge.hooks.run_with_cache`."""
         return _hooks.run_with_cache(self, images, tokens, names_filter, heavy=heavy, grad=grad)
 
-    def hooks(self, fwd_hooks=(), *, check_fired: bool = True):
+    def hooks(self, fwd_hooks=(), *, heavy: bool = False, check_fired: bool = True):
         """Context manager: `with model.hooks([(name_or_glob, fn)]): ...`; fn(tensor, name)
-        returns a replacement or None. Hooks are removed on exit, even on error."""
-        return _hooks.hooks(self, fwd_hooks, check_fired=check_fired)
+        returns a replacement or None. Hooks fire for this thread's forward passes only
+        and are removed on exit, even on error. Globs skip the heavy (B, L, D, N) points
+        unless heavy=True. See `ssm_bridge.hooks.hooks`."""
+        return _hooks.hooks(self, fwd_hooks, heavy=heavy, check_fired=check_fired)
 
     # ---- checkpoints (safetensors + JSON) ----
     def save_pretrained(self, directory: str | os.PathLike):
@@ -113,7 +118,15 @@ class EnhancedVLM(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike,
                         map_location: str | torch.device = "cpu") -> EnhancedVLM:
-        model = cls(checkpoint.read_config(directory))
+        """The model saved in `directory`. Nothing is allocated before config.json (types,
+        bounds) and the weights file's header (names, shapes, dtypes, checked against
+        the model built on the meta device) pass; NaN or Inf weights are refused. Every
+        problem raises checkpoint.CheckpointError (a ValueError) naming the file."""
+        config = checkpoint.read_config(directory)
+        with torch.device("meta"):  # free: parameters without storage
+            skeleton = cls(config)
+        checkpoint.check_weights(skeleton, directory)
+        model = cls(config)
         checkpoint.load_weights(model, directory)
         return model.to(map_location).eval()
 

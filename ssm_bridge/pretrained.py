@@ -5,11 +5,18 @@
 
 A checkpoint folder holds config.json + model.safetensors (the model), tokenizer.json,
 preprocess.json (image size, mean, std, fit) and, for scene-world models, scenes.json
-(the SceneConfig it was trained on). Shipped ones live in ssm_bridge/checkpoints/.
+(the SceneConfig it was trained on). Shipped ones live in ssm_bridge/checkpoints/; a
+training run's folder (runs/NAME) stands for its newest complete checkpoint.
+
+Every file is checked before it is used (sizes, types, and agreement with the model's
+config); any problem raises checkpoint.CheckpointError, a ValueError whose one-line
+message names the file (CheckpointNotFoundError, also a FileNotFoundError, when a file
+or folder is missing).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -17,7 +24,15 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write
+from .checkpoint import (
+    CONFIG_NAME,
+    CheckpointError,
+    CheckpointNotFoundError,
+    atomic_write,
+    read_config,
+    read_json,
+)
+from .config import MAX_SIZES, VLMConfig, check_types
 from .data import ImageTransform, SceneConfig, Tokenizer
 from .model import EnhancedVLM
 
@@ -29,28 +44,127 @@ def shipped_names() -> list[str]:
 
 
 def resolve(name_or_dir: str | os.PathLike) -> Path:
-    """A shipped name ('shapes-tiny') or a folder -> the checkpoint folder."""
+    """A shipped name ('shapes-tiny'), a checkpoint folder, or a training run's folder (its
+    checkpoints/latest) -> the checkpoint folder; CheckpointNotFoundError otherwise."""
     path = Path(name_or_dir)
-    if (path / "config.json").is_file():
+    if (path / CONFIG_NAME).is_file():
         return path
-    if (SHIPPED_DIR / str(name_or_dir) / "config.json").is_file():
+    if (path / "checkpoints").is_dir():
+        return _latest(path)
+    if (SHIPPED_DIR / str(name_or_dir) / CONFIG_NAME).is_file():
         return SHIPPED_DIR / str(name_or_dir)
-    raise FileNotFoundError(
-        f"no checkpoint {str(name_or_dir)!r}: not a folder with config.json, nor a shipped "
+    if path.is_dir():
+        raise CheckpointNotFoundError(f"{path} holds no {CONFIG_NAME}: it is not a checkpoint "
+                                      "folder (written by save_pretrained or a training run)")
+    raise CheckpointNotFoundError(
+        f"no checkpoint {str(name_or_dir)!r}: not a folder with {CONFIG_NAME}, nor a shipped "
         f"name (shipped: {shipped_names() or 'none'})"
     )
+
+
+def _latest(run_dir: Path) -> Path:
+    """A run folder's newest complete checkpoint (trainer.latest_checkpoint)."""
+    from .trainer import latest_checkpoint
+
+    try:
+        ckpt = latest_checkpoint(run_dir)
+    except FileNotFoundError as e:  # `latest` names a folder a killed save left incomplete
+        raise CheckpointNotFoundError(f"{e}; pass one of the complete checkpoint folders in "
+                                      f"{run_dir / 'checkpoints'}") from e
+    if ckpt is None:
+        raise CheckpointNotFoundError(f"{run_dir} is a training run without a complete "
+                                      "checkpoint (no checkpoints/latest): train it further "
+                                      "or pass a checkpoint folder")
+    return ckpt
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What preprocess.json holds: ImageTransform's arguments."""
+
+    img_size: int
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    fit: str = "stretch"
 
 
 def write_extras(directory: str | os.PathLike, transform: ImageTransform,
                  scene_config: SceneConfig | None) -> None:
     """preprocess.json (and scenes.json) beside a saved model."""
     d = Path(directory)
-    pre = {"img_size": transform.img_size, "mean": transform.mean.flatten().tolist(),
-           "std": transform.std.flatten().tolist(), "fit": transform.fit}
-    atomic_write(d / "preprocess.json", lambda p: Path(p).write_text(json.dumps(pre, indent=2)))
+    pre = Preprocess(transform.img_size, tuple(transform.mean.flatten().tolist()),
+                     tuple(transform.std.flatten().tolist()), transform.fit)
+    atomic_write(d / "preprocess.json",
+                 lambda p: Path(p).write_text(json.dumps(asdict(pre), indent=2)))
     if scene_config is not None:
         atomic_write(d / "scenes.json",
                      lambda p: Path(p).write_text(json.dumps(asdict(scene_config), indent=2)))
+
+
+def _fields(path: Path, cls: type, what: str) -> dict:
+    """The JSON object in `path`, its keys known fields of dataclass `cls` and its values
+    of their types; CheckpointError naming the file otherwise."""
+    d = read_json(path, what)
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path} must hold a JSON object ({what}), got "
+                              f"{type(d).__name__}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise CheckpointError(f"{path}: unknown field(s) {unknown}; known: {known}")
+    try:
+        check_types(cls, d, str(path))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
+    return d
+
+
+def read_preprocess(path: Path, config: VLMConfig) -> ImageTransform:
+    """preprocess.json -> ImageTransform; its img_size must be the model's (the model takes
+    no other size). Without the file: the defaults at the model's size."""
+    if not path.is_file():
+        return ImageTransform(config.img_size)
+    d = _fields(path, Preprocess, "the image preprocessing: img_size, mean, std, fit")
+    if d.get("img_size") != config.img_size:
+        raise CheckpointError(f"{path}: img_size is {d.get('img_size')!r} but the model takes "
+                              f"{config.img_size} x {config.img_size} images; fix the file")
+    try:
+        return ImageTransform(**d)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+
+
+def read_scenes(path: Path) -> SceneConfig | None:
+    """scenes.json -> the SceneConfig the model was trained on (None without the file)."""
+    if not path.is_file():
+        return None
+    d = _fields(path, SceneConfig, "the scene world's SceneConfig")
+    limit = MAX_SIZES["img_size"]
+    if d.get("img_size", 0) > limit:
+        raise CheckpointError(f"{path}: img_size={d['img_size']} is over its limit of {limit}")
+    try:
+        return SceneConfig(**d)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: {e}") from e
+
+
+def read_tokenizer(path: Path, config: VLMConfig) -> Tokenizer:
+    """tokenizer.json, which must have the model's vocab_size ids."""
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"{path} not found: a checkpoint for captioning holds "
+                                      "its tokenizer (Tokenizer.save)")
+    limit = 64 * config.vocab_size + 4096  # JSON of words of up to ~60 characters each
+    if path.stat().st_size > limit:
+        raise CheckpointError(f"{path} is {path.stat().st_size} bytes, far too big for a "
+                              f"vocabulary of {config.vocab_size} words (limit {limit})")
+    try:
+        tokenizer = Tokenizer.load(path)
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(" ".join(str(e).split())) from e
+    if len(tokenizer) != config.vocab_size:
+        raise CheckpointError(f"{path} has {len(tokenizer)} ids but the model's vocab_size is "
+                              f"{config.vocab_size}: they come from different runs")
+    return tokenizer
 
 
 @dataclass
@@ -74,20 +188,15 @@ class Pretrained:
 
 def load_pretrained(name_or_dir: str | os.PathLike = "shapes-tiny",
                     device: str | torch.device = "cpu") -> Pretrained:
-    """Model, tokenizer, image preprocessing (and scene config) of a checkpoint, offline."""
+    """Model, tokenizer, image preprocessing (and scene config) of a checkpoint, offline.
+    The small files are checked first, then the model (see EnhancedVLM.from_pretrained);
+    any problem raises CheckpointError with a one-line message naming the file."""
     path = resolve(name_or_dir)
+    config = read_config(path)
+    tokenizer = read_tokenizer(path / "tokenizer.json", config)
+    transform = read_preprocess(path / "preprocess.json", config)
+    scene_config = read_scenes(path / "scenes.json")
     model = EnhancedVLM.from_pretrained(path, map_location=device)
-    tokenizer = Tokenizer.load(path / "tokenizer.json")
-    if len(tokenizer) != model.config.vocab_size:
-        raise ValueError(f"{path / 'tokenizer.json'} has {len(tokenizer)} ids but the model's "
-                         f"vocab_size is {model.config.vocab_size}: they come from different runs")
-    pre_path = path / "preprocess.json"
-    pre = json.loads(pre_path.read_text()) if pre_path.is_file() else {
-        "img_size": model.config.img_size}
-    transform = ImageTransform(**pre)
-    scenes_path = path / "scenes.json"
-    scene_config = (SceneConfig(**json.loads(scenes_path.read_text()))
-                    if scenes_path.is_file() else None)
     return Pretrained(model, tokenizer, transform, scene_config, path)
 
 

@@ -61,6 +61,17 @@ def test_config_has_every_original_field_and_default():
         (dict(vocab_size=2), ["eos_token_id", "vocab_size"]),
         (dict(vision_num_layers=0), ["vision_num_layers", "positive"]),
         (dict(vision_num_heads=1000, vision_embed_dim=64), ["vision_num_heads", "at least one"]),
+        (dict(tie_word_embeddings="no"), ["tie_word_embeddings", "true or false"]),
+        (dict(gradient_checkpointing=1), ["gradient_checkpointing", "true or false"]),
+        (dict(img_size=224.0), ["img_size", "an integer"]),
+        (dict(text_num_layers=True), ["text_num_layers", "an integer"]),
+        (dict(layer_norm_eps=float("inf")), ["layer_norm_eps", "finite number"]),
+        (dict(text_ffn_dim="512"), ["text_ffn_dim", "an integer or null"]),
+        (dict(attn_impl=["sdpa"]), ["attn_impl", "a string"]),
+        (dict(vocab_size=2_000_000), ["vocab_size", "limit of 1048576"]),
+        (dict(vision_mlp_ratio=100.0), ["vision_mlp_ratio", "(0, 64]"]),
+        (dict(img_size=8192, patch_size=256), ["img_size", "limit of 4096"]),
+        (dict(img_size=4096, patch_size=8), ["262144 patches", "limit of 65536"]),
     ],
 )
 def test_config_validation_names_the_fix(kwargs, words):

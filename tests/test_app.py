@@ -5,6 +5,7 @@ what the server refuses to serve."""
 from __future__ import annotations
 
 import io
+import shutil
 import struct
 import urllib.error
 import urllib.request
@@ -200,6 +201,36 @@ def test_parse_args():
         app.parse_args(["--max-upload-mb", "0"])
 
 
+@pytest.mark.parametrize("argv, words", [
+    (["--max-upload-mb", "0"], ["--max-upload-mb", "> 0"]),
+    (["--concurrency", "0"], ["--concurrency", ">= 1"]),
+    (["--port", "70000"], ["--port", "[1, 65535]"]),
+    (["--port", "0"], ["--port", ">= 1"]),
+    (["--device", "tpu"], ["--device", "cpu, cuda, cuda:N or mps"]),
+    (["--device", "cuda:99"], ["--device", "not available"]),
+    (["--checkpoint", "/nonexistent"], ["no checkpoint '/nonexistent'", "shipped"]),
+])
+def test_bad_arguments_and_checkpoints_are_one_line(argv, words, capsys, tmp_path):
+    try:
+        code = app.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err
+
+
+def test_a_run_folder_without_weights_is_one_line(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(ROOT / "ssm_bridge" / "checkpoints" / "shapes-tiny", ckpt)
+    (ckpt / "model.safetensors").unlink()  # the save was killed
+    assert app.main(["--checkpoint", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "model.safetensors not found" in err
+
+
 # ---------------------------------------------------------------- the launched app
 @pytest.fixture(scope="module")
 def server():
@@ -277,4 +308,4 @@ def test_main_readies_the_scan_kernel_before_serving(monkeypatch):
     monkeypatch.setattr(app, "build_app", lambda *a, **k: calls.append("build"))
     monkeypatch.setattr(app, "launch", lambda *a, **k: calls.append("launch"))
     assert app.main([]) == 0
-    assert calls == ["kernel", "build", "launch"]
+    assert calls == ["build", "kernel", "launch"]  # a bad checkpoint fails before the build

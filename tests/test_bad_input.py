@@ -81,3 +81,13 @@ def test_bad_sampling_arguments(model, good, kwargs, words):
         model.generate(good[0], **{"max_length": 8, **kwargs})
     for w in words:
         assert w in str(e.value)
+
+
+def test_images_and_tokens_must_have_one_batch_size(model, good):
+    images, tokens = good  # batch 2
+    for imgs, toks, words in [(images, tokens[:1], ["2 images", "1 token rows"]),
+                              (images[:1], tokens, ["1 images", "2 token rows"])]:
+        with pytest.raises(ValueError) as e:
+            model(imgs, toks)
+        for w in ["same batch size", *words]:
+            assert w in str(e.value)

@@ -1,10 +1,13 @@
 """The `ssm-bridge` command: caption (bad files reported, the rest captioned) and eval."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from ssm_bridge.cli import main
 from ssm_bridge.data import make_scene
@@ -68,3 +71,76 @@ def test_caption_metrics_and_parser():
              else s.caption.replace("large", "small", 1) for s in scenes]
     m = caption_metrics(wrong, scenes)
     assert m["exact_match"] == 0 and m["size"] < 1 and m["colour"] == 1 and m["count"] == 1
+
+
+# ---------------------------------------------------------------- bad checkpoints, bad fields
+def run_cli(argv, capsys):
+    """(exit status, stdout, stderr) of one command; argparse's exits count as statuses."""
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def damaged(checkpoint, tmp_path, kind):
+    """A copy of `checkpoint` with one kind of damage; returns the path to pass."""
+    if kind == "nonexistent":
+        return tmp_path / "nonexistent"
+    path = Path(shutil.copytree(checkpoint, tmp_path / "ckpt"))
+    if kind == "nan_weights":
+        weights = path / "model.safetensors"
+        tensors = load_file(weights)
+        tensors["decoder.tok_embed.weight"][3, 0] = float("nan")
+        save_file(tensors, weights)
+    elif kind == "no_weights":  # the last save of a run was killed
+        (path / "model.safetensors").unlink()
+    elif kind == "dangling_latest":  # a run folder whose `latest` names a missing folder
+        run = tmp_path / "run"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "latest").write_text("step-0000099")
+        return run
+    return path
+
+
+@pytest.mark.parametrize("kind", ["nonexistent", "nan_weights", "no_weights",
+                                  "dangling_latest"])
+@pytest.mark.parametrize("command", ["caption", "eval", "interpret", "train"])
+def test_checkpoint_problems_are_one_line_and_exit_2(checkpoint, tmp_path, capsys, kind,
+                                                      command):
+    path = str(damaged(checkpoint, tmp_path, kind))
+    image = tmp_path / "scene.png"
+    Image.fromarray(make_scene("test", 0).image).save(image)
+    argv = {"caption": ["caption", str(image), "--checkpoint", path],
+            "eval": ["eval", "--checkpoint", path, "--num", "2"],
+            "interpret": ["interpret", "--checkpoint", path, "--num", "2"],
+            "train": ["train", "--preset=test-tiny", f"--init_from={path}", "--num_train=8",
+                      f"--out_dir={tmp_path / 'out'}", "--eval_num=0"]}[command]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "error" in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["eval", "--num", "0"], ["--num", ">= 1", "'0'"]),
+    (["eval", "--num", "-5"], ["--num", ">= 1"]),
+    (["eval", "--batch-size", "0"], ["--batch-size", ">= 1"]),
+    (["eval", "--split", "dev"], ["--split", "comp_test"]),
+    (["eval", "--json", "/nonexistent-dir/m.json"], ["--json", "does not exist"]),
+    (["eval", "--json", "."], ["--json", "is a folder"]),
+    (["interpret", "--num", "0"], ["--num", ">= 1"]),
+    (["interpret", "--split", "dev"], ["--split", "comp_test"]),
+    (["interpret", "--maps", "nope"], ["--maps", "cross_attention"]),
+    (["interpret", "--csv", "/nonexistent-dir/t.csv"], ["--csv", "does not exist"]),
+    (["caption", "x.png", "--temperature", "-1"], ["--temperature", ">= 0"]),
+    (["caption", "x.png", "--temperature", "nan"], ["--temperature", "finite"]),
+])
+def test_bad_fields_are_named_with_their_allowed_values(argv, words, capsys):
+    """Checked before any checkpoint is loaded or any scene evaluated."""
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    for w in words:
+        assert w in err

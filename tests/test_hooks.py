@@ -1,11 +1,14 @@
 """The hook API: names and shapes, run_with_cache, patching, cleanup, heavy captures,
 explain mode and generation traces."""
 
+import threading
+
 import pytest
 import torch
 from conftest import batch, make_model, open_gates
 
 from ssm_bridge import explain_mode
+from ssm_bridge import hooks as hooks_module
 from ssm_bridge.scan import selective_scan_ref
 
 
@@ -15,6 +18,12 @@ def setup(tiny_config):
     model = open_gates(make_model(cfg))
     images, tokens = batch(cfg)
     return cfg, model, images, tokens
+
+
+def no_hooks_left(model) -> bool:
+    """Neither torch forward hooks nor this thread's hook-point hooks remain."""
+    return (not any(m._forward_hooks for m in model.modules())
+            and not hooks_module._thread_hooks() and hooks_module._attached == 0)
 
 
 def expected_shapes(cfg, B=2, T=6):
@@ -96,7 +105,7 @@ def test_unknown_name_and_unfired_hook_raise(setup):
     with pytest.raises(RuntimeError, match=r"never fired at decoder\.hook_logits"):
         with model.hooks([("decoder.hook_logits", lambda t, n: None)]):
             model.encode_image(images)
-    assert not any(m._forward_hooks for m in model.modules())
+    assert no_hooks_left(model)
 
 
 def test_hooks_are_removed_even_after_an_exception(setup):
@@ -108,12 +117,12 @@ def test_hooks_are_removed_even_after_an_exception(setup):
     with pytest.raises(KeyError):
         with model.hooks([("bridge.*hook_delta", boom)]):
             model(images, tokens)
-    assert not any(m._forward_hooks for m in model.modules())
+    assert no_hooks_left(model)
     with pytest.raises(ZeroDivisionError):
         with model.hooks([("decoder.hook_logits", lambda t, n: None)]):
             model(images, tokens)
             raise ZeroDivisionError("after the forward")
-    assert not any(m._forward_hooks for m in model.modules())
+    assert no_hooks_left(model)
 
 
 def test_patching_changes_logits_and_shape_is_checked(setup):
@@ -216,7 +225,7 @@ def test_generate_traces_per_word(setup):
                                tr.cross_attention[:, :, 0], rtol=1e-4, atol=1e-5)
     logp = model(images, ids[:, :-1]).log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
     torch.testing.assert_close(tr.logprobs, logp, rtol=1e-4, atol=1e-4)
-    assert not any(m._forward_hooks for m in model.modules())
+    assert no_hooks_left(model)
 
 
 def test_generate_traces_without_cross_attention_layers(tiny_config):
@@ -226,3 +235,132 @@ def test_generate_traces_without_cross_attention_layers(tiny_config):
     _, tr = model.generate(images, max_length=5, temperature=0, return_traces=True)
     assert tr.cross_attention.shape == (2, tr.steps, 0, 1, cfg.num_image_tokens)
     assert tr.prefix_attention.shape[:3] == (2, tr.steps, cfg.text_num_layers)
+
+
+# ---------------------------------------------------------------- heavy opt-in, threads
+def test_heavy_hooks_are_opt_in_everywhere(setup):
+    _, model, images, tokens = setup
+    seen = []
+    with model.hooks([("bridge.*", lambda t, n: seen.append(n))]):
+        model(images, tokens)
+    assert seen and not any(n.endswith(("hook_state", "hook_A_bar", "hook_dBx")) for n in seen)
+    seen.clear()
+    with model.hooks([("bridge.*", lambda t, n: seen.append(n))], heavy=True):
+        model(images, tokens)
+    assert any(n.endswith("hook_state") for n in seen)
+    seen.clear()
+    full = "bridge.layers.0.mixer.dirs.0.hook_state"  # named in full: attached
+    with model.hooks([(full, lambda t, n: seen.append(n))]):
+        model(images, tokens)
+    assert seen == [full]
+    with pytest.raises(ValueError, match="heavy=True"):  # a glob of heavy points only
+        with model.hooks([("bridge.*.hook_state", lambda t, n: None)]):
+            pass
+
+
+def in_thread(fn):
+    """Start fn in a thread; join() re-raises its exception and returns its result."""
+    box = {}
+
+    def target():
+        try:
+            box["out"] = fn()
+        except BaseException as e:  # handed to the joining thread
+            box["err"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+
+    def join():
+        t.join(60)
+        if "err" in box:
+            raise box["err"]
+        return box.get("out")
+    return join
+
+
+def test_a_hook_never_fires_for_another_threads_forward(setup):
+    """Thread A holds a hook that zeroes the logits; thread B's generate and run_with_cache
+    run meanwhile and must see none of it, nor A's hook see B's batch."""
+    _, model, images, tokens = setup
+    plain_ids = model.generate(images, max_length=8, temperature=0)
+    _, plain_cache = model.run_with_cache(images, tokens, "bridge.hook_out")
+    other = torch.randn_like(images[:1])
+    attached, done, seen_by_a = threading.Event(), threading.Event(), []
+
+    def zero(t, name):
+        seen_by_a.append(t.shape[0])
+        return torch.zeros_like(t)
+
+    def thread_a():
+        with model.hooks([("decoder.hook_logits", zero), ("bridge.hook_out", zero)],
+                         check_fired=False):
+            attached.set()
+            assert done.wait(60)
+            return model(other, tokens[:1])
+
+    join = in_thread(thread_a)
+    assert attached.wait(60)
+    try:
+        ids = model.generate(images, max_length=8, temperature=0)
+        _, cache = model.run_with_cache(images, tokens, "bridge.hook_out")
+    finally:
+        done.set()
+    a_logits = join()
+    assert torch.equal(ids, plain_ids)
+    assert torch.equal(cache["bridge.hook_out"], plain_cache["bridge.hook_out"])
+    assert seen_by_a == [1, 1] and not a_logits.any()  # A's own forward (batch 1) only
+
+
+def test_concurrent_generate_traces_are_each_their_own(setup):
+    """Thread A's generate(return_traces=True) pauses inside its first decoder pass (its
+    attention rows recorded, not yet read) while thread B runs a whole traced generate on
+    another image; each must get the traces of a call made alone."""
+    _, model, images, _ = setup
+    inputs = [images[:1], torch.randn_like(images[:1])]
+    alone = [model.generate(x, max_length=6, temperature=0, return_traces=True)
+             for x in inputs]
+    a_paused, b_done = threading.Event(), threading.Event()
+
+    def pause_once(t, name):
+        if not a_paused.is_set():
+            a_paused.set()
+            assert b_done.wait(60)
+
+    def thread_a():
+        with model.hooks([("decoder.hook_logits", pause_once)]):
+            return model.generate(inputs[0], max_length=6, temperature=0, return_traces=True)
+
+    join = in_thread(thread_a)
+    assert a_paused.wait(60)
+    try:
+        got_b = model.generate(inputs[1], max_length=6, temperature=0, return_traces=True)
+    finally:
+        b_done.set()
+    for (ids, tr), (ref_ids, ref) in zip([join(), got_b], alone):
+        assert torch.equal(ids, ref_ids)
+        torch.testing.assert_close(tr.cross_attention, ref.cross_attention)
+        torch.testing.assert_close(tr.prefix_attention, ref.prefix_attention)
+
+
+def test_checkpointed_backward_in_another_thread_keeps_the_hooks(setup):
+    """Gradient checkpointing re-runs blocks in backward, possibly on another thread
+    (autograd's device threads): the recomputation must see the forward's hooks."""
+    cfg, model, images, _ = setup
+    model = make_model(cfg.replace(gradient_checkpointing=True)).train()
+    patch = [("bridge.layers.0.mixer.hook_gate", lambda t, n: t * 0.5)]
+
+    def grads(backward_in_thread: bool, hooked: bool = True):
+        model.zero_grad()
+        with model.hooks(patch if hooked else []):
+            loss = model.encode_image(images).square().sum()  # the bridge's output
+            if backward_in_thread:
+                in_thread(loss.backward)()
+            else:
+                loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.bridge.parameters()
+                          if p.grad is not None])
+
+    same_thread, other_thread = grads(False), grads(True)
+    assert (same_thread - grads(False, hooked=False)).norm() > 1e-3 * same_thread.norm()
+    torch.testing.assert_close(other_thread, same_thread)

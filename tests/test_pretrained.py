@@ -1,0 +1,95 @@
+"""load_pretrained on damaged checkpoint folders: every file is checked before use and
+every problem is a one-line CheckpointError naming the file."""
+
+import json
+import shutil
+
+import pytest
+from conftest import make_model
+
+from ssm_bridge import VLMConfig, load_pretrained
+from ssm_bridge.checkpoint import CheckpointError, CheckpointNotFoundError
+from ssm_bridge.data import ImageTransform, SceneConfig, Tokenizer
+from ssm_bridge.pretrained import write_extras
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    """A complete tiny checkpoint folder (model, tokenizer, preprocess.json, scenes.json)."""
+    path = tmp_path_factory.mktemp("ckpt")
+    scenes = SceneConfig(img_size=32)
+    tokenizer = Tokenizer.for_scenes(scenes)
+    make_model(VLMConfig.from_preset("tiny", vocab_size=len(tokenizer))).save_pretrained(path)
+    tokenizer.save(path / "tokenizer.json")
+    write_extras(path, ImageTransform(32), scenes)
+    return path
+
+
+@pytest.fixture
+def ckpt(good, tmp_path):
+    return shutil.copytree(good, tmp_path / "ckpt")
+
+
+def test_a_good_folder_loads(ckpt):
+    p = load_pretrained(ckpt)
+    assert p.transform.img_size == 32 and p.scene_config == SceneConfig(img_size=32)
+
+
+def edit_json(path, **changes):
+    d = json.loads(path.read_text())
+    d.update(changes)
+    path.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize("name, damage, words", [
+    ("preprocess.json", lambda p: p.write_text("{not json"), ["not valid JSON"]),
+    ("preprocess.json", lambda p: edit_json(p, img_size=10**5),
+     ["img_size is 100000", "32 x 32"]),
+    ("preprocess.json", lambda p: edit_json(p, img_size="32"), ["img_size", "an integer"]),
+    ("preprocess.json", lambda p: edit_json(p, mean=[0.5, "x", 0.5]), ["mean", "list of 3"]),
+    ("preprocess.json", lambda p: edit_json(p, std=[0.5, 0.0, 0.5]), ["std > 0"]),
+    ("preprocess.json", lambda p: edit_json(p, resize="fast"), ["unknown field", "resize"]),
+    ("preprocess.json", lambda p: p.write_text("[1, 2]"), ["JSON object", "list"]),
+    ("preprocess.json", lambda p: p.write_text("[" * 100_000), ["not valid JSON"]),
+    ("scenes.json", lambda p: p.write_text("\x00\xff garbage"), ["not valid JSON"]),
+    ("scenes.json", lambda p: edit_json(p, min_objects="1"), ["min_objects", "an integer"]),
+    ("scenes.json", lambda p: edit_json(p, shapes="circle"), ["shapes", "a list of"]),
+    ("scenes.json", lambda p: edit_json(p, img_size=10**5), ["img_size", "limit of 4096"]),
+    ("scenes.json", lambda p: edit_json(p, colour="red"), ["unknown field", "colour"]),
+    ("scenes.json", lambda p: edit_json(p, max_objects=99), ["max_objects"]),
+    ("tokenizer.json", lambda p: p.write_text("{"), ["not valid JSON"]),
+    ("tokenizer.json", lambda p: p.write_text(" " * 10**6), ["bytes", "far too big"]),
+    ("tokenizer.json", lambda p: p.unlink(), ["not found"]),
+])
+def test_damaged_extra_files_name_the_file(ckpt, name, damage, words):
+    damage(ckpt / name)
+    with pytest.raises(CheckpointError) as e:
+        load_pretrained(ckpt)
+    msg = str(e.value)
+    assert name in msg and "\n" not in msg
+    for w in words:
+        assert w in msg
+
+
+def test_run_folders_follow_latest_or_say_what_is_missing(ckpt, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointNotFoundError, match="without a complete checkpoint"):
+        load_pretrained(run)
+    shutil.copytree(ckpt, run / "checkpoints" / "step-0000010")
+    (run / "checkpoints" / "step-0000010" / "trainer_state.json").write_text("{}")
+    (run / "checkpoints" / "latest").write_text("step-0000010")
+    assert load_pretrained(run).path == run / "checkpoints" / "step-0000010"
+    (run / "checkpoints" / "latest").write_text("step-0000020")  # a save killed mid-way
+    with pytest.raises(CheckpointNotFoundError, match=r"step-0000020.*complete checkpoint"):
+        load_pretrained(run)
+
+
+@pytest.mark.parametrize("where", ["nonexistent", "empty"])
+def test_missing_checkpoints_are_one_line(tmp_path, where):
+    path = tmp_path / where
+    if where == "empty":
+        path.mkdir()
+    with pytest.raises(CheckpointNotFoundError) as e:
+        load_pretrained(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
