@@ -96,11 +96,11 @@ def selective_scan_step(h, x_t, delta_t, A, B_t, C_t, D=None):
         hf = h.to(_compute_dtype(x_t))
         x_t, delta_t, A, B_t, C_t, D = _upcast(x_t, delta_t, A, B_t, C_t, D)
         A_bar = torch.exp(delta_t[..., None] * A)  # (B, D, N)
-        Bx = (delta_t * x_t)[..., None] * B_t[:, None, :]  # (B, D, N)
-        h_new = A_bar * hf + Bx  # (B, D, N)
-        y = einsum(h_new, C_t, "b d n, b n -> b d")  # (B, D)
+        # h = Ā h + (Δ x) B, fused; y = C · h as a batched matrix-vector product
+        h_new = torch.addcmul(A_bar * hf, (delta_t * x_t)[..., None], B_t[:, None, :])
+        y = torch.bmm(h_new, C_t[..., None])[..., 0]  # (B, D)
         if D is not None:
-            y = y + x_t * D
+            y = torch.addcmul(y, x_t, D)
     return y.to(dtype), h_new.to(h.dtype)
 
 
