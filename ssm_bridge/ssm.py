@@ -33,6 +33,11 @@ direction runs `ssm_explicit`, which materialises them and runs the recurrence
 down the scan (Ā_t = 0 resets the state at t); patching h changes only the read-out
 y_t = C_t · h_t + D x_t. Otherwise the fused kernel runs and nothing is materialised.
 
+A direction can also carry a decoding state, its conv window (B, D, K-1) and h (B, D, N):
+`forward(x, state=...)` runs a prompt from a fresh state, then one token per call, with the
+same hooks (length-1 tensors). `SSMLayer.step` and the Mamba language model
+(ssm_bridge/mamba_lm.py, whose mixer is a ScanDirection read in token order) decode so.
+
 `explain_mode(model)` switches the bridge to MambaLRP-style gradients (same forward
 values): Δ, Ā, B, C act as constants, SiLU uses the identity rule, the gate product
 the half rule and LayerNorm a constant standard deviation, so gradient x input is a
