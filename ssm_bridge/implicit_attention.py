@@ -152,6 +152,31 @@ def rebuild_output(alpha: torch.Tensor, x: torch.Tensor,
     return y if Dskip is None else y + x * Dskip.to(alpha.dtype)
 
 
+def direction_alpha(act: Mapping[str, torch.Tensor], direction,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """α (batch, D, L, L) of one scan direction (a `ScanDirection`, e.g. a bridge direction
+    or a MambaLM mixer) from its captured hook_delta, hook_B, hook_C (keys as in SCAN_HOOKS)."""
+    A = -torch.exp(direction.A_log.detach().to(dtype))  # (D, N)
+    return hidden_attention(act["hook_delta"], A, act["hook_B"], act["hook_C"], dtype=dtype)
+
+
+def rebuild_error(act: Mapping[str, torch.Tensor], direction,
+                  dtype: torch.dtype = torch.float64) -> float:
+    """max |rebuild_output(α, hook_conv, D) - hook_ssm_out| / max |hook_ssm_out| of one scan
+    direction from its captured hooks: how exactly α reproduces what the scan computed."""
+    alpha = direction_alpha(act, direction, dtype)
+    y = rebuild_output(alpha, act["hook_conv"], direction.D.detach())  # (B, L, D)
+    target = act["hook_ssm_out"].to(dtype)
+    scale = target.abs().max().clamp_min(torch.finfo(dtype).tiny)
+    return ((y - target).abs().max() / scale).item()
+
+
+def scan_activations(cache: Mapping[str, torch.Tensor], prefix: str,
+                     hooks: Sequence[str] = SCAN_HOOKS) -> dict[str, torch.Tensor]:
+    """{hook: cache[f"{prefix}.{hook}"]} for one scan direction's hook points."""
+    return {h: cache[f"{prefix}.{h}"] for h in hooks}
+
+
 def _check_scan_shapes(delta, A, B, C) -> None:
     if delta.dim() != 3 or A.dim() != 2:
         raise ValueError(f"delta must be (batch, L, D) and A (D, N), got {tuple(delta.shape)} "
@@ -240,10 +265,8 @@ def from_cache(cache: Mapping[str, torch.Tensor], model, layer: int, *,
                          "or use layer_attention(model, images, layer)")
     alphas, xs, perms = [], [], []
     for k, (name, d) in enumerate(zip(mixer.direction_names, mixer.dirs)):
-        act = {h: cache[f"{_dir_path(layer, k)}.{h}"] for h in SCAN_HOOKS}
-        A = -torch.exp(d.A_log.detach().to(dtype))  # (D, N)
-        alphas.append(hidden_attention(act["hook_delta"], A, act["hook_B"], act["hook_C"],
-                                       dtype=dtype))
+        act = scan_activations(cache, _dir_path(layer, k))
+        alphas.append(direction_alpha(act, d, dtype))  # (B, D, L, L)
         xs.append(act["hook_conv"].detach().to(dtype))
         perms.append(direction_perm(name, xs[-1].shape[1], xs[-1].device))
     alpha_scan = torch.stack(alphas, 1)  # (B, K, D, L, L)
@@ -296,14 +319,8 @@ def verify(model, images: torch.Tensor, rtol: float = 1e-4, *, dtype: torch.dtyp
     errors = {}
     for layer, block in enumerate(model.bridge.layers):
         for k, (name, d) in enumerate(zip(block.mixer.direction_names, block.mixer.dirs)):
-            act = {h: cache[f"{_dir_path(layer, k)}.{h}"] for h in (*SCAN_HOOKS, "hook_ssm_out")}
-            A = -torch.exp(d.A_log.detach().to(dtype))  # (D, N)
-            alpha = hidden_attention(act["hook_delta"], A, act["hook_B"], act["hook_C"],
-                                     dtype=dtype)
-            y = rebuild_output(alpha, act["hook_conv"], d.D.detach())  # (B, L, D)
-            target = act["hook_ssm_out"].to(dtype)
-            scale = target.abs().max().clamp_min(torch.finfo(dtype).tiny)
-            errors[(layer, name)] = ((y - target).abs().max() / scale).item()
+            act = scan_activations(cache, _dir_path(layer, k), (*SCAN_HOOKS, "hook_ssm_out"))
+            errors[(layer, name)] = rebuild_error(act, d, dtype)
     bad = {key: err for key, err in errors.items() if err > rtol}
     if strict and bad:
         raise RuntimeError(f"hidden attention does not rebuild the scan output within "
