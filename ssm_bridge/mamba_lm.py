@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ from .generation import sample_next
 from .hooks import HookPoint
 from .layers import gate_product, silu
 from .ssm import ScanDirection
+
+# Per thread: {id(model): position of the current call's first token}. A module-level
+# thread-local rather than an attribute, so models still deep-copy.
+_OFFSETS = threading.local()
 
 
 # ---------------------------------------------------------------- config
@@ -203,7 +208,13 @@ class MambaLM(nn.Module):
                 c.hidden_size, c.vocab_size, bias=False)
         self.hook_resid_final = HookPoint()  # (B, L, H) after norm_f
         self.hook_logits = HookPoint()  # (B, L, vocab)
-        self.token_offset = 0  # position of the first token of the current call
+
+    @property
+    def token_offset(self) -> int:
+        """Position of the first token of this thread's current call (what intervention
+        hooks read while decoding). Kept per thread, so two threads decoding with one
+        model never read each other's position."""
+        return _OFFSETS.__dict__.get("by_model", {}).get(id(self), 0)
 
     # ------------------------------------------------------------ forward
     @property
@@ -217,7 +228,8 @@ class MambaLM(nn.Module):
         state (from `new_state`): continue decoding from it and update it in place: a fresh
         state takes a whole prompt, after that one token per call."""
         self._check_ids(input_ids, state)
-        self.token_offset = 0 if state is None else state.position
+        _OFFSETS.__dict__.setdefault("by_model", {})[id(self)] = (
+            0 if state is None else state.position)
         x = self.hook_embed(self.embeddings(input_ids))  # (B, L, H)
         for i, layer in enumerate(self.layers):
             x = layer(x, None if state is None else state.layers[i])

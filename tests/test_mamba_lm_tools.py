@@ -139,3 +139,33 @@ def test_probes_read_the_current_token():
 def test_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
         call(tiny_mamba())
+
+
+def test_the_decoding_position_is_per_thread():
+    """A thread decoding at position 7 never moves the position another thread's
+    intervention hooks read (it was one attribute shared by every thread)."""
+    import threading
+
+    model = tiny_mamba()
+    state = model.new_state(1)
+    inside, seen = threading.Event(), []
+
+    def hold(x, name):
+        inside.set()
+        release.wait(timeout=30)  # keep thread A inside its call while B reads
+
+    release = threading.Event()
+    with torch.no_grad():
+        model(random_ids(1, 7), state)  # state now at position 7
+
+        def decode():
+            with model.hooks([("layers.0.mixer.hook_delta", hold)]):
+                model(random_ids(1, 1), state)
+
+        worker = threading.Thread(target=decode)
+        worker.start()
+        assert inside.wait(timeout=30)
+        seen.append(model.token_offset)  # this thread: no call in flight, position 0
+        release.set()
+        worker.join(timeout=30)
+    assert seen == [0]
