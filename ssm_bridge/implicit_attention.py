@@ -288,9 +288,7 @@ def capture_bridge(model, images: torch.Tensor, layers: Iterable[int] | None = N
 
     check_images(images, model.config)
     names = bridge_hook_names(model, layers, ssm_out=ssm_out)
-    if hasattr(model, "run_with_cache"):
-        return model.run_with_cache(images, None, names_filter=names)[1]
-    return _capture(model, images, names)
+    return model.run_with_cache(images, None, names_filter=names)[1]
 
 
 def layer_attention(model, images: torch.Tensor, layer: int = -1, *,
@@ -419,25 +417,3 @@ def _grid(alpha_avg: torch.Tensor) -> tuple[int, int]:
         raise ValueError(f"length {alpha_avg.shape[-1]} is not a square patch grid (g*g, or "
                          "g*g + 1 with cls); these maps need the bridge's image tokens")
     return prefix, side
-
-
-def _capture(model, images: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
-    """Forward hooks on the named modules around one no-grad encode_image, removed after
-    (for models without run_with_cache)."""
-    cache: dict[str, torch.Tensor] = {}
-
-    def saver(name):
-        def hook(module, inputs, output):
-            cache[name] = output.detach()
-        return hook
-
-    handles = []
-    try:
-        for name in names:
-            handles.append(model.get_submodule(name).register_forward_hook(saver(name)))
-        with torch.no_grad():
-            model.encode_image(images)
-    finally:
-        for h in handles:
-            h.remove()
-    return cache
