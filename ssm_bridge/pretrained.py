@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -64,18 +65,19 @@ def resolve(name_or_dir: str | os.PathLike) -> Path:
 
 
 def _latest(run_dir: Path) -> Path:
-    """A run folder's newest complete checkpoint (trainer.latest_checkpoint)."""
-    from .trainer import latest_checkpoint
+    """A run folder's newest complete checkpoint: the one `latest` names, else the newest
+    complete one (a killed save can leave `latest` naming an incomplete folder), said on
+    stderr; none complete is one CheckpointNotFoundError."""
+    from .trainer import find_resumable
 
-    try:
-        ckpt = latest_checkpoint(run_dir)
-    except FileNotFoundError as e:  # `latest` names a folder a killed save left incomplete
-        raise CheckpointNotFoundError(f"{e}; pass one of the complete checkpoint folders in "
-                                      f"{run_dir / 'checkpoints'}") from e
+    ckpt, note = find_resumable(run_dir)
     if ckpt is None:
+        why = note or f"{run_dir / 'checkpoints'} holds none"
         raise CheckpointNotFoundError(f"{run_dir} is a training run without a complete "
-                                      "checkpoint (no checkpoints/latest): train it further "
-                                      "or pass a checkpoint folder")
+                                      f"checkpoint ({why}): train it further or pass a "
+                                      "checkpoint folder")
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     return ckpt
 
 

@@ -142,7 +142,9 @@ def test_cli_writes_json_and_csv(tmp_path, capsys):
     assert [r["map"] for r in rows] == ["cross_attention", "gate"]
     assert "pointing" in capsys.readouterr().out
     assert (tmp_path / "rows.csv").read_text().startswith("map,pointing_game")
-    assert main(["--num", "1", "--maps", "nope", "--no-progress"]) == 2
+    with pytest.raises(SystemExit) as bad:  # one line from the argument parser, exit 2
+        main(["--num", "1", "--maps", "nope", "--no-progress"])
+    assert bad.value.code == 2 and "unknown map kinds ['nope']" in capsys.readouterr().err
     png = tmp_path / "bars.png"
     assert cli_main(["interpret", "--num", "1", "--maps", "implicit", "--plot", str(png),
                      "--no-progress"]) == 0

@@ -11,6 +11,7 @@ from ssm_bridge import VLMConfig, load_pretrained
 from ssm_bridge.checkpoint import CheckpointError, CheckpointNotFoundError
 from ssm_bridge.data import ImageTransform, SceneConfig, Tokenizer
 from ssm_bridge.pretrained import training_record, write_extras
+from ssm_bridge.trainer import CHECKPOINT_FILES, rng_name
 
 
 @pytest.fixture(scope="module")
@@ -71,17 +72,23 @@ def test_damaged_extra_files_name_the_file(ckpt, name, damage, words):
         assert w in msg
 
 
-def test_run_folders_follow_latest_or_say_what_is_missing(ckpt, tmp_path):
+def test_run_folders_follow_latest_or_say_what_is_missing(ckpt, tmp_path, capsys):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     with pytest.raises(CheckpointNotFoundError, match="without a complete checkpoint"):
         load_pretrained(run)
-    shutil.copytree(ckpt, run / "checkpoints" / "step-0000010")
-    (run / "checkpoints" / "step-0000010" / "trainer_state.json").write_text("{}")
+    step = run / "checkpoints" / "step-0000010"
+    shutil.copytree(ckpt, step)
+    for name in (*CHECKPOINT_FILES, rng_name(0)):  # what a training save writes beside it
+        if not (step / name).exists():
+            (step / name).write_text("{}")
     (run / "checkpoints" / "latest").write_text("step-0000010")
     assert load_pretrained(run).path == run / "checkpoints" / "step-0000010"
     (run / "checkpoints" / "latest").write_text("step-0000020")  # a save killed mid-way
-    with pytest.raises(CheckpointNotFoundError, match=r"step-0000020.*complete checkpoint"):
+    assert load_pretrained(run).path == step  # the newest complete one, and it says so
+    assert "latest names step-0000020, which is incomplete" in capsys.readouterr().err
+    shutil.rmtree(step)
+    with pytest.raises(CheckpointNotFoundError, match=r"step-0000020.*no other checkpoint"):
         load_pretrained(run)
 
 
