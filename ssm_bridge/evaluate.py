@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .data import SceneConfig, make_scene
 from .data.captions import PHRASE_ORDER, parse_caption
 from .data.captions import ParsedCaption as ParsedCaption  # re-exported: the parse result
+from .layers import eval_mode
 
 
 def caption_metrics(preds: list[str], scenes) -> dict[str, float]:
@@ -99,17 +100,13 @@ def evaluate(model, tokenizer, transform, split: str = "test", num: int = 1000,
              batch_size: int = 64, progress: bool = False) -> dict[str, float]:
     """All metrics on scenes 0..num-1 of `split`."""
     scenes = [make_scene(split, i, scene_config) for i in range(num)]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         preds = generate_captions(model, tokenizer, transform, scenes, batch_size, progress)
         metrics = caption_metrics(preds, scenes)
         metrics.update(text_metrics(preds, [[s.caption, *s.paraphrases] for s in scenes]))
         if vqa:
             metrics.update(vqa_accuracy(model, tokenizer, transform, scenes, batch_size,
                                         progress))
-    finally:
-        model.train(was_training)
     metrics["num"] = num
     return metrics
 

@@ -44,6 +44,7 @@ from einops import rearrange, reduce
 from . import attribution as attr_mod
 from . import implicit_attention as ia
 from .bridges import require_ssm_bridge
+from .layers import eval_mode
 from .ssm import direction_perm, grid_layout
 
 ATTENTION_KINDS = ("cross_attention", "prefix_attention", "implicit")
@@ -107,17 +108,13 @@ def analyse(model, image: torch.Tensor, *, tokenizer=None, max_length: int | Non
     (else shown as ids)."""
     require_ssm_bridge(model, "maps.analyse")
     image = _one_image(image, model)  # (1, 3, H, W)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         ids, traces = model.generate(
             image, max_length=max_length or model.config.max_seq_length,
             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, prompt=prompt,
             return_traces=True)
         updates = gated_update(model, image, ids[:, :-1])  # (1, cross_layers, S - 1)
         bridge = _bridge_maps(model, image)
-    finally:
-        model.train(was_training)
     ids = ids[0]  # (S,)
     steps = _word_steps(ids, traces.start, model.config)
     g = bridge["side"]
