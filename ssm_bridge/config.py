@@ -21,7 +21,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SCAN_ORDERS = ("raster", "bidirectional", "cross")
+# The orders the bridge can read the patch grid in, and the scan directions each runs
+# (ssm.SSMLayer runs one ScanDirection per name; ssm.direction_perm defines them). Kept
+# here, not in ssm.py, so that config validation needs no torch.
+SCAN_DIRECTIONS = {
+    "raster": ("row",),
+    "bidirectional": ("row", "row_rev"),
+    "cross": ("row", "col", "row_rev", "col_rev"),
+}
+SCAN_ORDERS = tuple(SCAN_DIRECTIONS)
+# The selective-scan implementations (scan.selective_scan's `backend`, described there).
 SCAN_BACKENDS = ("auto", "torch", "cpp", "ref")
 ATTN_IMPLS = ("sdpa", "eager")
 VISION_STEMS = ("patch", "conv")
