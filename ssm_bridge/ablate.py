@@ -72,7 +72,7 @@ from .model import EnhancedVLM
 from .pretrained import write_extras
 from .train import init_weights
 from .train_config import TRAIN_PRESETS, TrainConfig, build_train_config, parse_overrides
-from .trainer import Trainer
+from .trainer import Trainer, read_metrics
 
 # The study's defaults, chosen so that every variant leaves the language-prior plateau
 # within the budget on 2 CPU cores (docs/ablation.md, "Choosing the budget"): the full
@@ -236,10 +236,7 @@ def measure_latency(model: EnhancedVLM, data: StudyData, repeats: int) -> dict[s
 
 
 def _train_records(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("kind") == "train"]
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "train"]
 
 
 def throughput(records: list[dict[str, Any]], trainer: Trainer) -> float:

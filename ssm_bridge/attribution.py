@@ -56,6 +56,7 @@ from einops import reduce, repeat
 from torch import nn
 
 from .checks import check_images, check_tokens
+from .hooks import hooks
 from .layers import eval_mode
 from .ssm import explain_mode
 
@@ -371,25 +372,20 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _bridge_ratio(target: WordLogit, images: torch.Tensor, explain: bool) -> torch.Tensor:
     """(B,) sum(grad × activation) at bridge.hook_in over the same at bridge.hook_out."""
-    bridge, seen = target.model.bridge, {}
+    seen = {}
 
-    def keep(name):
-        def hook(module, args, out):
-            seen[name] = out  # (B, L, D)
-        return hook
+    def keep(t, name):
+        seen[name] = t  # (B, L, D)
 
-    handles = [bridge.hook_in.register_forward_hook(keep("in")),
-               bridge.hook_out.register_forward_hook(keep("out"))]
+    names = ("bridge.hook_in", "bridge.hook_out")
     mode = explain_mode(target.model) if explain else contextlib.nullcontext()
-    try:
-        with mode, torch.enable_grad():
-            value = target(images)  # (B,)
-            grads = torch.autograd.grad(value.sum(), [seen["in"], seen["out"]])
-    finally:
-        for h in handles:
-            h.remove()
-    r_in, r_out = ((g * seen[k]).flatten(1).sum(1).detach()  # (B,)
-                   for g, k in zip(grads, ("in", "out")))
+    # hooks() attaches for this thread only: another thread's forward meanwhile must not
+    # overwrite `seen` (issue 14)
+    with hooks(target.model, [(n, keep) for n in names]), mode, torch.enable_grad():
+        value = target(images)  # (B,)
+        grads = torch.autograd.grad(value.sum(), [seen[n] for n in names])
+    r_in, r_out = ((g * seen[n]).flatten(1).sum(1).detach()  # (B,)
+                   for g, n in zip(grads, names))
     return r_in / r_out
 
 

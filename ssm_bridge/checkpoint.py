@@ -12,6 +12,8 @@ a one-line message naming the file.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -64,22 +66,39 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+# A full disk or an exhausted quota: train stops on either with one line, not a traceback.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def naming(path: Path):
+    """Re-raise a full disk while writing `path` as an OSError naming it (a failed write()
+    or close() names no file, and a temporary file's name is not the one to report)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in NO_SPACE and e.filename != str(path):
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+
+
 def atomic_write(path: Path, write) -> None:
     """Call write(tmp_path), fsync it, rename it over `path`, then sync the folder."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            write(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, _FILE_MODE)
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def _unique_entries(model: torch.nn.Module) -> dict[str, torch.Tensor]:

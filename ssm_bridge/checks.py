@@ -68,6 +68,11 @@ def check_sampling(c: VLMConfig, max_length: int, temperature: float, top_k: int
             f"max_length must be an integer in [1, max_seq_length={c.max_seq_length}], "
             f"got {max_length!r}"
         )
+    check_sampling_params(temperature, top_k, top_p)
+
+
+def check_sampling_params(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """temperature >= 0 (0 = greedy), top_k >= 1 or None, top_p in (0, 1] or None."""
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
             and temperature >= 0):
         raise ValueError(

@@ -152,6 +152,37 @@ def rebuild_output(alpha: torch.Tensor, x: torch.Tensor,
     return y if Dskip is None else y + x * Dskip.to(alpha.dtype)
 
 
+def direction_alpha(act: Mapping[str, torch.Tensor], direction,
+                    dtype: torch.dtype = torch.float32, *, chunked: bool = False) -> torch.Tensor:
+    """α (batch, D, L, L) of one scan direction (a `ScanDirection`, e.g. a bridge direction
+    or a MambaLM mixer) from its captured hook_delta, hook_B, hook_C (keys as in SCAN_HOOKS).
+    chunked=True: by `hidden_attention_chunked` (float64, from A as the scan computes it, in
+    the parameter's dtype), then cast to `dtype`."""
+    if chunked:
+        A = -torch.exp(direction.A_log.detach())  # (D, N)
+        return hidden_attention_chunked(act["hook_delta"], A, act["hook_B"],
+                                        act["hook_C"]).to(dtype)
+    A = -torch.exp(direction.A_log.detach().to(dtype))  # (D, N)
+    return hidden_attention(act["hook_delta"], A, act["hook_B"], act["hook_C"], dtype=dtype)
+
+
+def rebuild_error(act: Mapping[str, torch.Tensor], direction,
+                  dtype: torch.dtype = torch.float64) -> float:
+    """max |rebuild_output(α, hook_conv, D) - hook_ssm_out| / max |hook_ssm_out| of one scan
+    direction from its captured hooks: how exactly α reproduces what the scan computed."""
+    alpha = direction_alpha(act, direction, dtype)
+    y = rebuild_output(alpha, act["hook_conv"], direction.D.detach())  # (B, L, D)
+    target = act["hook_ssm_out"].to(dtype)
+    scale = target.abs().max().clamp_min(torch.finfo(dtype).tiny)
+    return ((y - target).abs().max() / scale).item()
+
+
+def scan_activations(cache: Mapping[str, torch.Tensor], prefix: str,
+                     hooks: Sequence[str] = SCAN_HOOKS) -> dict[str, torch.Tensor]:
+    """{hook: cache[f"{prefix}.{hook}"]} for one scan direction's hook points."""
+    return {h: cache[f"{prefix}.{h}"] for h in hooks}
+
+
 def _check_scan_shapes(delta, A, B, C) -> None:
     if delta.dim() != 3 or A.dim() != 2:
         raise ValueError(f"delta must be (batch, L, D) and A (D, N), got {tuple(delta.shape)} "
@@ -244,15 +275,8 @@ def from_cache(cache: Mapping[str, torch.Tensor], model, layer: int, *,
                          "or use layer_attention(model, images, layer)")
     alphas, xs, perms = [], [], []
     for k, (name, d) in enumerate(zip(mixer.direction_names, mixer.dirs)):
-        act = {h: cache[f"{_dir_path(layer, k)}.{h}"] for h in SCAN_HOOKS}
-        if chunked:
-            A = -torch.exp(d.A_log.detach())  # (D, N)
-            alphas.append(hidden_attention_chunked(act["hook_delta"], A, act["hook_B"],
-                                                   act["hook_C"]).to(dtype))
-        else:
-            A = -torch.exp(d.A_log.detach().to(dtype))  # (D, N)
-            alphas.append(hidden_attention(act["hook_delta"], A, act["hook_B"], act["hook_C"],
-                                           dtype=dtype))
+        act = scan_activations(cache, _dir_path(layer, k))
+        alphas.append(direction_alpha(act, d, dtype, chunked=chunked))  # (B, D, L, L)
         xs.append(act["hook_conv"].detach().to(dtype))
         perms.append(direction_perm(name, xs[-1].shape[1], xs[-1].device))
     alpha_scan = torch.stack(alphas, 1)  # (B, K, D, L, L)
@@ -274,9 +298,7 @@ def capture_bridge(model, images: torch.Tensor, layers: Iterable[int] | None = N
 
     check_images(images, model.config)
     names = bridge_hook_names(model, layers, ssm_out=ssm_out)
-    if hasattr(model, "run_with_cache"):
-        return model.run_with_cache(images, None, names_filter=names)[1]
-    return _capture(model, images, names)
+    return model.run_with_cache(images, None, names_filter=names)[1]
 
 
 def layer_attention(model, images: torch.Tensor, layer: int = -1, *,
@@ -305,14 +327,8 @@ def verify(model, images: torch.Tensor, rtol: float = 1e-4, *, dtype: torch.dtyp
     errors = {}
     for layer, block in enumerate(model.bridge.layers):
         for k, (name, d) in enumerate(zip(block.mixer.direction_names, block.mixer.dirs)):
-            act = {h: cache[f"{_dir_path(layer, k)}.{h}"] for h in (*SCAN_HOOKS, "hook_ssm_out")}
-            A = -torch.exp(d.A_log.detach().to(dtype))  # (D, N)
-            alpha = hidden_attention(act["hook_delta"], A, act["hook_B"], act["hook_C"],
-                                     dtype=dtype)
-            y = rebuild_output(alpha, act["hook_conv"], d.D.detach())  # (B, L, D)
-            target = act["hook_ssm_out"].to(dtype)
-            scale = target.abs().max().clamp_min(torch.finfo(dtype).tiny)
-            errors[(layer, name)] = ((y - target).abs().max() / scale).item()
+            act = scan_activations(cache, _dir_path(layer, k), (*SCAN_HOOKS, "hook_ssm_out"))
+            errors[(layer, name)] = rebuild_error(act, d, dtype)
     bad = {key: err for key, err in errors.items() if err > rtol}
     if strict and bad:
         raise RuntimeError(f"hidden attention does not rebuild the scan output within "
@@ -411,25 +427,3 @@ def _grid(alpha_avg: torch.Tensor) -> tuple[int, int]:
         raise ValueError(f"length {alpha_avg.shape[-1]} is not a square patch grid (g*g, or "
                          "g*g + 1 with cls); these maps need the bridge's image tokens")
     return prefix, side
-
-
-def _capture(model, images: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
-    """Forward hooks on the named modules around one no-grad encode_image, removed after
-    (for models without run_with_cache)."""
-    cache: dict[str, torch.Tensor] = {}
-
-    def saver(name):
-        def hook(module, inputs, output):
-            cache[name] = output.detach()
-        return hook
-
-    handles = []
-    try:
-        for name in names:
-            handles.append(model.get_submodule(name).register_forward_hook(saver(name)))
-        with torch.no_grad():
-            model.encode_image(images)
-    finally:
-        for h in handles:
-            h.remove()
-    return cache

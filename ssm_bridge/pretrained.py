@@ -35,6 +35,7 @@ from .checkpoint import (
 from .config import MAX_SIZES, VLMConfig, check_types
 from .data import ImageTransform, SceneConfig, Tokenizer
 from .model import EnhancedVLM
+from .trainer import read_metrics
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints"
 
@@ -207,8 +208,11 @@ INFERENCE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "prepro
 def training_record(run_dir: str | os.PathLike) -> dict:
     """What a run's metrics.jsonl says about its speed: minutes of training (optimizer steps
     only, evaluation excluded) until val exact-match first reached 90/95/98 %, and the end."""
-    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines if line]
+    path = Path(run_dir) / "metrics.jsonl"
+    records = read_metrics(path)
+    if not records:
+        raise ValueError(f"{path} holds no complete record (missing, empty or torn); "
+                         "give the run folder of a training run that logged")
     evals = [r for r in records if r["kind"] == "eval" and "exact_match" in r]
     record = {"steps": records[-1]["step"], "samples": records[-1]["samples"],
               "train_minutes": round(records[-1]["train_seconds"] / 60, 2)}

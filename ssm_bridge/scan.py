@@ -97,16 +97,18 @@ def selective_scan_step(h, x_t, delta_t, A, B_t, C_t, D=None):
         hf = h.to(_compute_dtype(x_t))
         x_t, delta_t, A, B_t, C_t, D = _upcast(x_t, delta_t, A, B_t, C_t, D)
         A_bar = torch.exp(delta_t[..., None] * A)  # (B, D, N)
-        Bx = (delta_t * x_t)[..., None] * B_t[:, None, :]  # (B, D, N)
-        h_new = A_bar * hf + Bx  # (B, D, N)
-        y = einsum(h_new, C_t, "b d n, b n -> b d")  # (B, D)
+        # h = Ā h + (Δ x) B, fused; y = C · h as a batched matrix-vector product
+        h_new = torch.addcmul(A_bar * hf, (delta_t * x_t)[..., None], B_t[:, None, :])
+        y = torch.bmm(h_new, C_t[..., None])[..., 0]  # (B, D)
         if D is not None:
-            y = y + x_t * D
+            y = torch.addcmul(y, x_t, D)
     return y.to(dtype), h_new.to(h.dtype)
 
 
-def linear_recurrence(A_bar: torch.Tensor, Bx: torch.Tensor) -> torch.Tensor:
-    """h_t = Ā_t ⊙ h_{t-1} + B̄x_t from explicit (B, L, D, N) tensors, h_{-1} = 0.
+def linear_recurrence(A_bar: torch.Tensor, Bx: torch.Tensor,
+                      h0: torch.Tensor | None = None) -> torch.Tensor:
+    """h_t = Ā_t ⊙ h_{t-1} + B̄x_t from explicit (B, L, D, N) tensors, h_{-1} = h0 (default 0;
+    a carried state (B, D, N) when decoding continues a sequence).
 
     The interpretability path: Ā and B̄x arrive materialised (and maybe patched: Ā_t = 0
     resets the state at t), so any edit propagates down the scan. Returns h (B, L, D, N).
@@ -114,7 +116,7 @@ def linear_recurrence(A_bar: torch.Tensor, Bx: torch.Tensor) -> torch.Tensor:
     if A_bar.shape != Bx.shape or A_bar.dim() != 4:
         raise ValueError(f"A_bar and Bx must both be (B, L, D, N); got {tuple(A_bar.shape)} "
                          f"and {tuple(Bx.shape)}")
-    h = torch.zeros_like(Bx[:, 0])  # (B, D, N)
+    h = torch.zeros_like(Bx[:, 0]) if h0 is None else h0.to(Bx.dtype)  # (B, D, N)
     hs = []
     for a_t, u_t in zip(A_bar.unbind(1), Bx.unbind(1)):
         h = a_t * h + u_t  # (B, D, N)

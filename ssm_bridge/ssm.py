@@ -33,6 +33,11 @@ direction runs `ssm_explicit`, which materialises them and runs the recurrence
 down the scan (Ā_t = 0 resets the state at t); patching h changes only the read-out
 y_t = C_t · h_t + D x_t. Otherwise the fused kernel runs and nothing is materialised.
 
+A direction can also carry a decoding state, its conv window (B, D, K-1) and h (B, D, N):
+`forward(x, state=...)` runs a prompt from a fresh state, then one token per call, with the
+same hooks (length-1 tensors). `SSMLayer.step` and the Mamba language model
+(ssm_bridge/mamba_lm.py, whose mixer is a ScanDirection read in token order) decode so.
+
 `explain_mode(model)` switches the bridge to MambaLRP-style gradients (same forward
 values): Δ, Ā, B, C act as constants, SiLU uses the identity rule, the gate product
 the half rule and LayerNorm a constant standard deviation, so gradient x input is a
@@ -104,13 +109,14 @@ class ScanDirection(nn.Module):
 
     def __init__(self, dim: int, state_dim: int, *, conv_kernel: int = 4,
                  dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1,
-                 backend: str = "auto", selective: bool = True) -> None:
+                 backend: str = "auto", selective: bool = True, conv_bias: bool = True) -> None:
         super().__init__()
         self.dim, self.state_dim = dim, state_dim
         self.dt_rank = dt_rank or math.ceil(dim / 16)
         self.backend = backend
         self.selective = selective
-        self.conv1d = nn.Conv1d(dim, dim, conv_kernel, groups=dim, padding=conv_kernel - 1)
+        self.conv1d = nn.Conv1d(dim, dim, conv_kernel, groups=dim, padding=conv_kernel - 1,
+                                bias=conv_bias)
         # S4D-real init: A_n = -(n + 1) gives each channel timescales from 1 to 1/N.
         A = torch.arange(1, state_dim + 1, dtype=torch.float32).repeat(dim, 1)  # (D, N)
         self.A_log = nn.Parameter(torch.log(A))
@@ -137,34 +143,73 @@ class ScanDirection(nn.Module):
         with torch.no_grad():
             self.dt_proj.bias.copy_(_inv_softplus_dt(self.dim, dt_min, dt_max))
 
-    def forward(self, x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-        """x: (B, L, D) in patch order; perm: (L,) this direction's reading order."""
-        xs = x[:, perm]  # (B, L, D) in scan order
-        L = xs.shape[1]
-        xs = self.conv1d(rearrange(xs, "b l d -> b d l"))[..., :L]  # (B, D, L) causal
-        xs = self.hook_conv(silu(rearrange(xs, "b d l -> b l d"), self.explain))  # (B, L, D)
-        y = self.hook_ssm_out(self.ssm(xs))  # (B, L, D)
-        return self.hook_out(y[:, torch.argsort(perm)])  # (B, L, D) back in patch order
+    def forward(self, x: torch.Tensor, perm: torch.Tensor | None = None,
+                state: dict | None = None) -> torch.Tensor:
+        """x: (B, L, D) in patch order; perm: (L,) this direction's reading order (None: x's
+        own order, as in a language model). state: the recurrent state {"conv": (B, D, K-1),
+        "ssm": (B, D, N)} to continue from (see `SSMLayer.allocate_state`), updated in place:
+        from a fresh state a whole prompt, after it one token at a time (perm must be None)."""
+        xs = x if perm is None else x[:, perm]  # (B, L, D) in scan order
+        xs = self.hook_conv(silu(self.causal_conv(xs, state), self.explain))  # (B, L, D)
+        if state is None:
+            y = self.ssm(xs)  # (B, L, D)
+        else:
+            y, state["ssm"] = self.ssm(xs, state["ssm"], return_last=True)
+        y = self.hook_ssm_out(y)
+        return self.hook_out(y if perm is None else y[:, torch.argsort(perm)])  # (B, L, D)
 
-    def ssm(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, L, D) -> y: (B, L, D); Δ, B, C computed from x (the selection)."""
+    def causal_conv(self, xs: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """Depthwise causal conv over time: (B, L, D) -> (B, L, D). With a state its
+        window {"conv": (B, D, K-1)}, the K-1 inputs before xs, replaces the zero padding
+        and is moved on by L tokens."""
+        L = xs.shape[1]
+        xs = rearrange(xs, "b l d -> b d l")  # (B, D, L)
+        if state is None:
+            return rearrange(self.conv1d(xs)[..., :L], "b d l -> b l d")  # (B, L, D) causal
+        xs = torch.cat([state["conv"].to(xs.dtype), xs], dim=-1)  # (B, D, K-1+L)
+        state["conv"] = xs[..., xs.shape[-1] - state["conv"].shape[-1]:]  # (B, D, K-1)
+        if L == 1:  # a decoding step: one dot product per channel (5x cheaper than conv1d)
+            out = (xs * self.conv1d.weight[:, 0]).sum(-1, keepdim=True)  # (B, D, 1)
+            out = out if self.conv1d.bias is None else out + self.conv1d.bias[:, None]
+        else:
+            out = F.conv1d(xs, self.conv1d.weight, self.conv1d.bias, groups=self.dim)  # (B, D, L)
+        return rearrange(out, "b d l -> b l d")
+
+    def ssm(self, x: torch.Tensor, h0: torch.Tensor | None = None, *,
+            return_last: bool = False):
+        """x: (B, L, D) -> y: (B, L, D); Δ, B, C computed from x (the selection).
+
+        h0: the state before x (B, D, N), None for zeros; a non-zero h0 continues one token
+        at a time (decoding). With return_last=True returns (y, state after x (B, D, N))."""
         delta, B, C = self.dt_bc(x)
         A = -torch.exp(self.A_log.float())  # (D, N)
         if self.explain:
             delta, A, B, C = delta.detach(), A.detach(), B.detach(), C.detach()
         if any(getattr(self, name).active for name in self.HEAVY_HOOKS):
-            return self.ssm_explicit(x, delta, A, B, C)
-        return selective_scan(x, delta, A, B, C, self.D, backend=self.backend)
+            return self.ssm_explicit(x, delta, A, B, C, h0, return_last=return_last)
+        if x.shape[1] == 1 and h0 is not None:  # one decoding step
+            y, h = selective_scan_step(h0, x[:, 0], delta[:, 0], A, B[:, 0], C[:, 0], self.D)
+            return (y[:, None], h) if return_last else y[:, None]  # (B, 1, D)
+        if h0 is not None and bool(h0.any()):
+            raise ValueError("a carried SSM state continues one token at a time; run the "
+                             "whole prompt from a fresh state, then step")
+        if not return_last:
+            return selective_scan(x, delta, A, B, C, self.D, backend=self.backend)
+        y, h = selective_scan(x, delta, A, B, C, self.D, return_state=True, backend=self.backend)
+        return y, h[:, -1]  # (B, L, D), (B, D, N)
 
-    def ssm_explicit(self, x, delta, A, B, C) -> torch.Tensor:
+    def ssm_explicit(self, x, delta, A, B, C, h0=None, *, return_last=False):
         """The scan with Ā, B̄x and h materialised and hookable (float32). Same maths as
-        `selective_scan`: outputs agree to float rounding (~1e-6), not bit for bit."""
+        `selective_scan`: outputs agree to float rounding (~1e-6), not bit for bit.
+        h0, return_last: as in `ssm` (the returned last state is the one the recurrence
+        computed: a hook on h changes the read-out y only, never what is carried on)."""
         d = delta.float()[..., None]  # (B, L, D, 1)
         A_bar = self.hook_A_bar(torch.exp(d * A))  # (B, L, D, N)
         dBx = self.hook_dBx(d * B.float()[:, :, None, :] * x.float()[..., None])  # (B, L, D, N)
-        h = self.hook_state(linear_recurrence(A_bar, dBx))  # (B, L, D, N)
-        y = torch.einsum("bldn,bln->bld", h, C.float()) + x.float() * self.D  # (B, L, D)
-        return y.to(x.dtype)
+        h = linear_recurrence(A_bar, dBx, h0)  # (B, L, D, N)
+        y = torch.einsum("bldn,bln->bld", self.hook_state(h), C.float()) + x.float() * self.D
+        y = y.to(x.dtype)  # (B, L, D)
+        return (y, h[:, -1]) if return_last else y
 
     def dt_bc(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The selection mechanism: (Δ (B, L, D), B (B, L, N), C (B, L, N)) from x.
@@ -180,16 +225,9 @@ class ScanDirection(nn.Module):
         return delta, self.hook_B(B), self.hook_C(C)
 
     def step(self, x_t: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One token of the raster direction. x_t: (B, D); state updated in place."""
-        conv = torch.cat([state["conv"], x_t[..., None]], dim=-1)  # (B, D, K)
-        state["conv"] = conv[..., 1:]  # (B, D, K-1)
-        xc = torch.einsum("bdk,dk->bd", conv, self.conv1d.weight[:, 0]) + self.conv1d.bias
-        xc = F.silu(xc)  # (B, D)
-        delta, B, C = self.dt_bc(xc[:, None])  # (B, 1, D), (B, 1, N), (B, 1, N)
-        A = -torch.exp(self.A_log.float())  # (D, N)
-        y, state["ssm"] = selective_scan_step(state["ssm"], xc, delta[:, 0], A, B[:, 0], C[:, 0],
-                                              self.D)
-        return y  # (B, D)
+        """One token of the raster direction. x_t: (B, D); state updated in place. The
+        hooks fire as in `forward` on a length-1 sequence."""
+        return self.forward(x_t[:, None], state=state)[:, 0]  # (B, D)
 
 
 class SSMLayer(nn.Module):

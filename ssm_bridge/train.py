@@ -11,24 +11,32 @@ Options are TrainConfig fields as --key=value; model.<field> and scenes.<field> 
 VLMConfig and SceneConfig (see ssm_bridge/train_config.py for every field and preset).
 --precision=auto (the default) trains in bf16 only where the device computes it natively;
 run_info.json in the run folder says what it chose and why. A bad option is one line on
-stderr and exit status 2; a diverged loss or a checkpoint that cannot be written, 3.
+stderr and exit status 2; a diverged loss, a checkpoint that cannot be written or a full
+disk (any file of the run), one line and 3.
 """
 
 from __future__ import annotations
 
 import sys
 from functools import partial
+from pathlib import Path
 
 import torch
 
-from .checkpoint import load_weights
+from .checkpoint import NO_SPACE, load_weights
 from .config import VLMConfig
 from .data import ImageTransform, SceneCaptions, SceneConfig, Tokenizer, make_scene
 from .evaluate import caption_metrics, generate_captions
 from .model import EnhancedVLM
 from .pretrained import write_extras
 from .train_config import TrainConfig, build_train_config, parse_overrides
-from .trainer import CheckpointWriteError, NonFiniteLossError, Trainer, find_resumable
+from .trainer import (
+    CheckpointWriteError,
+    NonFiniteLossError,
+    Trainer,
+    find_resumable,
+    no_space_message,
+)
 
 
 def scene_eval(model, tokenizer, transform, scenes) -> dict:
@@ -142,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         metrics = trainer.fit()
     except (NonFiniteLossError, CheckpointWriteError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 3
+    except OSError as e:  # a full disk outside a save (metrics, run_info, the plot, ...)
+        if e.errno not in NO_SPACE:
+            raise
+        target = Path(e.filename) if e.filename else None
+        print(f"error: {no_space_message(trainer.run_dir, target)}", file=sys.stderr)
         return 3
     finally:
         if torch.distributed.is_initialized():

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import errno
 import json
 import math
 import os
@@ -44,9 +43,11 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (
     CONFIG_NAME,
+    NO_SPACE,
     WEIGHTS_NAME,
     atomic_write,
     fsync_dir,
+    naming,
     read_config,
     tensors_to_save,
 )
@@ -233,6 +234,22 @@ def clean_stale(ckpts: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
         else:
             stale.unlink(missing_ok=True)
+
+
+def no_space_message(run_dir: Path, target: Path | None, verb: str = "write",
+                     need: int | None = None) -> str:
+    """The one line for a full disk (or quota) while a run writes `target` (a file or a
+    checkpoint folder; None: some file of run_dir): where, what is free, what is kept."""
+    folder = run_dir if target is None else target.parent
+    what = "its files" if target is None else f"{verb} {target.name}"
+    present = next(p for p in (folder, *folder.parents) if p.exists())
+    free = shutil.disk_usage(present).free
+    needs = "" if need is None else f"{target.name} needs about {need / 1e6:.1f} MB and "
+    previous, _ = find_resumable(run_dir)
+    kept = f"{previous.name} is intact" if previous else "no earlier checkpoint exists"
+    return (f"no space left on the device of {folder} to {what}: {needs}"
+            f"{free / 1e6:.1f} MB are free; {kept}. Free space (or lower --keep_checkpoints, "
+            f"or move --out_dir), then rerun with --resume")
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -460,7 +477,8 @@ class Trainer:
         self._logged.add(key)
         record = {"step": self.step, "samples": self.samples_seen,
                   "train_seconds": round(self.train_seconds, 3), **record}
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
+        path = self.run_dir / "metrics.jsonl"
+        with naming(path), open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def plot(self) -> None:
@@ -509,7 +527,7 @@ class Trainer:
         return gathered
 
     def _save_error(self, error: Exception | None, final: Path) -> Exception:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(error, OSError) and error.errno in NO_SPACE:
             return CheckpointWriteError(self._no_space_message(final))
         return error or CheckpointWriteError(f"rank 0 could not write {final}; see its error")
 
@@ -552,13 +570,7 @@ class Trainer:
         if self.ema is not None:
             tensors += tensors_to_save(self.model).values()
         need = sum(t.numel() * t.element_size() for t in tensors)
-        free = shutil.disk_usage(final.parent).free
-        previous, _ = find_resumable(self.run_dir)
-        kept = f"{previous.name} is intact" if previous else "no earlier checkpoint exists"
-        return (f"no space left on the device of {final.parent} to save {final.name}: a "
-                f"checkpoint needs about {need / 1e6:.1f} MB and {free / 1e6:.1f} MB are free; "
-                f"{kept}. Free space (or lower --keep_checkpoints, or move --out_dir), then "
-                f"rerun with --resume")
+        return no_space_message(self.run_dir, final, "save", need)
 
     def _prune(self, ckpts: Path, keep: Path) -> None:
         """Delete all but the newest keep_checkpoints complete folders, each renamed out of

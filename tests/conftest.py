@@ -1,3 +1,5 @@
+import threading
+
 import pytest
 import torch
 
@@ -38,3 +40,47 @@ def batch(config: VLMConfig, B: int = 2, T: int = 6, seed: int = 0):
     images = torch.randn(B, config.in_channels, config.img_size, config.img_size, generator=g)
     tokens = torch.randint(0, config.vocab_size, (B, T), generator=g)
     return images, tokens
+
+
+def in_thread(fn):
+    """Start fn in a thread; join() re-raises its exception and returns its result."""
+    box = {}
+
+    def target():
+        try:
+            box["out"] = fn()
+        except BaseException as e:  # handed to the joining thread
+            box["err"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+
+    def join():
+        t.join(60)
+        if "err" in box:
+            raise box["err"]
+        return box.get("out")
+    return join
+
+
+def while_paused(model, first, second):
+    """Run first() in another thread, paused inside its first decoder pass
+    (decoder.hook_logits) while second() runs here: (first(), second())."""
+    a_paused, b_done = threading.Event(), threading.Event()
+
+    def pause_once(t, name):
+        if not a_paused.is_set():
+            a_paused.set()
+            assert b_done.wait(60)
+
+    def thread_a():
+        with model.hooks([("decoder.hook_logits", pause_once)]):
+            return first()
+
+    join = in_thread(thread_a)
+    assert a_paused.wait(60)
+    try:
+        got = second()
+    finally:
+        b_done.set()
+    return join(), got

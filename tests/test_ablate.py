@@ -151,3 +151,15 @@ def test_the_published_study_keeps_its_budget(tmp_path):
     saved["precision"] = "bf16"  # a budget that did change is not reused
     (run / "result.json").write_text(json.dumps({"budget": budget, "row": {"ok": 1}}))
     assert ablate.cached_row(cfg, study) is None
+
+
+def test_curve_rows_skip_a_torn_last_line(tmp_path):
+    """A run killed mid-write of metrics.jsonl: its curve is the complete lines (the torn
+    one raised a JSONDecodeError before)."""
+    run = tmp_path / "ssm-seed0"
+    run.mkdir()
+    train = {"kind": "train", "step": 1, "samples": 4, "train_seconds": 0.5, "loss": 3.0}
+    (run / "metrics.jsonl").write_text(json.dumps(train) + '\n{"kind": "train", "st')
+    rows = ablate.curve_rows([{"variant": "ssm", "seed": 0}], tmp_path)
+    assert rows == [{"variant": "ssm", "seed": 0, "step": 1, "samples": 4,
+                     "train_seconds": 0.5, "loss": 3.0}]

@@ -1,12 +1,13 @@
 import pytest
 import torch
-from conftest import make_model, open_gates
+from conftest import make_model, open_gates, while_paused
 from einops import reduce, repeat
 
 from ssm_bridge import VLMConfig
 from ssm_bridge.attribution import (
     METHODS,
     WordLogit,
+    _bridge_ratio,
     attribute,
     caption_attributions,
     compare_explain,
@@ -175,6 +176,24 @@ def test_compare_explain_reports_consistent_numbers(model, inputs):
     # 1.0007 and 1.0002 here; plain gradient x input gives 0.003 and 0.0003)
     assert ((r.bridge_explain - 1).abs() < 0.01).all()
     assert ((r.bridge_explain - 1).abs() < (r.bridge_plain - 1).abs()).all()
+
+
+def test_bridge_ratio_sees_only_its_own_threads_forward(model, inputs):
+    """Thread A's bridge ratio (compare_explain's bridge_*) pauses after its forward passed
+    the bridge while thread B runs a forward and a generate on another image: A's ratio and
+    B's results must equal those of calls made alone (A's captures are A's own)."""
+    images, tokens = inputs
+    target = WordLogit(model, tokens, POS, WORD)
+    alone = _bridge_ratio(target, images, False)
+    other = torch.randn_like(images[:1])
+
+    def thread_b():
+        return model(other, tokens[:1]), model.generate(other, max_length=6, temperature=0)
+
+    plain = thread_b()
+    ratio, got = while_paused(model, lambda: _bridge_ratio(target, images, False), thread_b)
+    assert torch.equal(ratio, alone)
+    assert all(torch.equal(g, p) for g, p in zip(got, plain))
 
 
 def test_caption_attributions_teacher_force_each_prefix(model, inputs):

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 import torch
-from conftest import batch, make_model, open_gates
+from conftest import batch, in_thread, make_model, open_gates, while_paused
 
 from ssm_bridge import explain_mode
 from ssm_bridge import hooks as hooks_module
@@ -270,27 +270,6 @@ def test_heavy_hooks_are_opt_in_everywhere(setup):
             pass
 
 
-def in_thread(fn):
-    """Start fn in a thread; join() re-raises its exception and returns its result."""
-    box = {}
-
-    def target():
-        try:
-            box["out"] = fn()
-        except BaseException as e:  # handed to the joining thread
-            box["err"] = e
-
-    t = threading.Thread(target=target)
-    t.start()
-
-    def join():
-        t.join(60)
-        if "err" in box:
-            raise box["err"]
-        return box.get("out")
-    return join
-
-
 def test_a_hook_never_fires_for_another_threads_forward(setup):
     """Thread A holds a hook that zeroes the logits; thread B's generate and run_with_cache
     run meanwhile and must see none of it, nor A's hook see B's batch."""
@@ -332,24 +311,11 @@ def test_concurrent_generate_traces_are_each_their_own(setup):
     inputs = [images[:1], torch.randn_like(images[:1])]
     alone = [model.generate(x, max_length=6, temperature=0, return_traces=True)
              for x in inputs]
-    a_paused, b_done = threading.Event(), threading.Event()
-
-    def pause_once(t, name):
-        if not a_paused.is_set():
-            a_paused.set()
-            assert b_done.wait(60)
-
-    def thread_a():
-        with model.hooks([("decoder.hook_logits", pause_once)]):
-            return model.generate(inputs[0], max_length=6, temperature=0, return_traces=True)
-
-    join = in_thread(thread_a)
-    assert a_paused.wait(60)
-    try:
-        got_b = model.generate(inputs[1], max_length=6, temperature=0, return_traces=True)
-    finally:
-        b_done.set()
-    for (ids, tr), (ref_ids, ref) in zip([join(), got_b], alone):
+    got = while_paused(
+        model, lambda: model.generate(inputs[0], max_length=6, temperature=0,
+                                      return_traces=True),
+        lambda: model.generate(inputs[1], max_length=6, temperature=0, return_traces=True))
+    for (ids, tr), (ref_ids, ref) in zip(got, alone):
         assert torch.equal(ids, ref_ids)
         torch.testing.assert_close(tr.cross_attention, ref.cross_attention)
         torch.testing.assert_close(tr.prefix_attention, ref.prefix_attention)

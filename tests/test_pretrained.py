@@ -10,7 +10,7 @@ from conftest import make_model
 from ssm_bridge import VLMConfig, load_pretrained
 from ssm_bridge.checkpoint import CheckpointError, CheckpointNotFoundError
 from ssm_bridge.data import ImageTransform, SceneConfig, Tokenizer
-from ssm_bridge.pretrained import write_extras
+from ssm_bridge.pretrained import training_record, write_extras
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +93,20 @@ def test_missing_checkpoints_are_one_line(tmp_path, where):
     with pytest.raises(CheckpointNotFoundError) as e:
         load_pretrained(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_training_record_skips_a_torn_last_line(tmp_path):
+    """A kill mid-write leaves half a line at the end of metrics.jsonl: the record is
+    read from the complete lines (it raised a JSONDecodeError before)."""
+    lines = [{"kind": "train", "step": 10, "samples": 40, "train_seconds": 60.0, "loss": 2.0},
+             {"kind": "eval", "step": 10, "samples": 40, "train_seconds": 60.0,
+              "exact_match": 0.96},
+             {"kind": "train", "step": 20, "samples": 80, "train_seconds": 120.0, "loss": 1.0}]
+    text = "".join(json.dumps(r) + "\n" for r in lines)
+    (tmp_path / "metrics.jsonl").write_text(text + '{"kind": "train", "step": 3')
+    record = training_record(tmp_path)
+    assert (record["steps"], record["samples"], record["train_minutes"]) == (20, 80, 2.0)
+    assert record["step_to_95"] == 10 and record["step_to_98"] is None
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "tra')
+    with pytest.raises(ValueError, match="no complete record"):
+        training_record(tmp_path)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from test_train import ROOT
@@ -76,9 +77,11 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def test_early_stop_and_rng_resume_under_torchrun(tmp_path):
+def torchrun(script_text: str, tmp_path: Path, timeout: float) -> tuple[int, str]:
+    """Run a script on 2 CPU ranks under torchrun: (exit status, log). A job still running
+    at `timeout` is killed (ranks first) and fails the test."""
     script = tmp_path / "ddp_script.py"
-    script.write_text(_SCRIPT.format(root=str(ROOT), out=str(tmp_path)))
+    script.write_text(script_text)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     log = tmp_path / "torchrun.log"
     with open(log, "w") as out:
@@ -86,14 +89,19 @@ def test_early_stop_and_rng_resume_under_torchrun(tmp_path):
             [sys.executable, "-m", "torch.distributed.run", "--standalone",
              "--nproc_per_node=2", str(script)], env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            proc.wait(timeout=180)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             for pid in [*descendants(proc.pid), proc.pid]:  # the ranks, then torchrun
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             proc.wait()
             raise AssertionError(f"torchrun hung (deadlock?):\n{log.read_text()[-3000:]}") from None
-    assert proc.returncode == 0, log.read_text()[-3000:]
+    return proc.returncode, log.read_text()
+
+
+def test_early_stop_and_rng_resume_under_torchrun(tmp_path):
+    code, log = torchrun(_SCRIPT.format(root=str(ROOT), out=str(tmp_path)), tmp_path, 180)
+    assert code == 0, log[-3000:]
     every = json.loads((tmp_path / "result.json").read_text())
     assert [r["stop_step"] for r in every] == [4, 4], every  # both ranks stopped together
     assert [r["restored"] for r in every] == [[True, True, True]] * 2, every
@@ -101,3 +109,32 @@ def test_early_stop_and_rng_resume_under_torchrun(tmp_path):
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step-0000004"]
     assert {p.name for p in (tmp_path / "rng" / "checkpoints" / "step-0000001").iterdir()} >= {
         "rng-rank0.safetensors", "rng-rank1.safetensors"}
+
+
+_CRASH = """
+import sys, time
+sys.path.insert(0, {root!r})
+from ssm_bridge import trainer
+from ssm_bridge.train import main
+
+step = trainer.Trainer.train_step
+
+def crash_on_rank_1(self):
+    if self.rank == 1 and self.step == 2:
+        open({out!r} + "/raised", "w").write(str(time.time()))
+        raise RuntimeError("boom on rank 1")
+    return step(self)
+
+trainer.Trainer.train_step = crash_on_rank_1
+sys.exit(main(["--preset=test-tiny", "--max_steps=1000", "--num_train=16", "--batch_size=2",
+               "--threads=1", "--eval_num=0", "--save_every=0", "--out_dir=" + {out!r}]))
+"""
+
+
+def test_a_rank_that_raises_ends_the_torchrun_job_in_seconds(tmp_path):
+    """Rank 1 raises mid-training (outside save()): rank 0's next collective fails on the
+    closed connection and torchrun stops the job, long before gloo's 30-minute timeout."""
+    code, log = torchrun(_CRASH.format(root=str(ROOT), out=str(tmp_path)), tmp_path, 150)
+    ended = time.time()
+    assert code != 0 and "boom on rank 1" in log, log[-3000:]
+    assert ended - float((tmp_path / "raised").read_text()) < 60, log[-3000:]

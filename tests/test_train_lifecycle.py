@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 from test_train import tiny
 
+from ssm_bridge import train_config as train_config_module
 from ssm_bridge import trainer as trainer_module
 from ssm_bridge.checkpoint import load_weights
 from ssm_bridge.train import build, main
@@ -276,6 +277,51 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_previous_checkpoint(
     model = build(tiny(run.parent, **RUN)).model
     load_weights(model, latest_checkpoint(run))
     monkeypatch.setattr(trainer_module, "save_file", real)
+    assert main([*ARGV, f"--out_dir={run}", "--resume"]) == 0
+    assert_clean_finished_run(run, 6)
+
+
+class FullFile:
+    """An open file on a full disk: every write raises ENOSPC (without a file name, as a
+    real write does)."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+    def write(self, text):
+        self.f.close()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("module, name, nth, kept", [
+    (trainer_module, "metrics.jsonl", 4, "step-0000003 is intact"),  # the log after step 4
+    (train_config_module, "train_config.json", 1, "no earlier checkpoint exists")])
+def test_a_full_disk_outside_a_save_stops_with_the_same_one_line(
+        tmp_path, monkeypatch, capsys, no_plot, module, name, nth, kept):
+    run, opened = tmp_path / "run", []
+
+    def full_open(file, mode="r", *args, **kwargs):
+        f = open(file, mode, *args, **kwargs)
+        if name in Path(file).name and "r" not in mode:
+            opened.append(file)
+            if len(opened) == nth:
+                return FullFile(f)
+        return f
+
+    monkeypatch.setattr(module, "open", full_open, raising=False)
+    capsys.readouterr()
+    assert main([*ARGV, f"--out_dir={run}"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no space left"), err
+    assert f"{run}" in err[0] and name in err[0] and " MB are free" in err[0]
+    assert kept in err[0]
+    monkeypatch.undo()
     assert main([*ARGV, f"--out_dir={run}", "--resume"]) == 0
     assert_clean_finished_run(run, 6)
 

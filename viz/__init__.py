@@ -8,6 +8,7 @@ example of a batch first (x[0]). Wrong shapes raise a ValueError naming the expe
     maps.py       overlay, layer_maps, attribution_overlay, map_panels
     attention.py  word_attention_grid, implicit_attention_matrix, implicit_attention_grid
     ssm.py        state_trajectory, state_pca, state_norm_map, delta_map, gate_map
+    tokens.py     token_heatmap (per-token Δ, gate, |h| of a language model's layers)
     scrubber.py   scan_scrubber_frame
     tables.py     localisation_table, localisation_bars, gate_values
     training.py   plot_training_curves
@@ -22,6 +23,7 @@ from .scrubber import scan_scrubber_frame
 from .ssm import delta_map, gate_map, state_norm_map, state_pca, state_trajectory
 from .style import add_colorbar, new_figure, overlay_map
 from .tables import gate_values, localisation_bars, localisation_table
+from .tokens import token_heatmap
 from .training import plot_training_curves
 
 __all__ = [
@@ -47,5 +49,6 @@ __all__ = [
     "state_pca",
     "state_trajectory",
     "to_numpy",
+    "token_heatmap",
     "word_attention_grid",
 ]

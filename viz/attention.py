@@ -32,6 +32,7 @@ from .style import (
     set_title,
     value_norm,
 )
+from .tokens import label_tokens
 
 
 def word_attention_grid(image, maps: Sequence[tuple[str, object]], ncols: int = 4, *,
@@ -55,11 +56,12 @@ def _as_square(alpha, name: str = "alpha") -> np.ndarray:
 
 
 def implicit_attention_matrix(alpha, title: str = "implicit attention", *, log: bool = False,
-                              floor: float = 1e-6) -> Figure:
+                              floor: float = 1e-6, tokens: Sequence | None = None) -> Figure:
     """The (L, L) implicit attention matrix of a scan: row t = query step, column s = source.
 
     `log=True` shows |alpha| on a log colour scale (entries below `floor` times the largest
-    are masked), which shows how fast the influence of older steps decays.
+    are masked), which shows how fast the influence of older steps decays. `tokens` (L
+    labels, e.g. a language model's words) labels both axes.
     """
     a = _as_square(alpha)
     fig, axes = new_figure(size=(3.6, 3.2), grid=False)
@@ -75,6 +77,7 @@ def implicit_attention_matrix(alpha, title: str = "implicit attention", *, log: 
         im = ax.imshow(a, cmap=cmap, norm=norm, interpolation="nearest")
     set_title(ax, title)
     set_labels(ax, "source step s", "query step t")
+    label_tokens(ax, tokens, a.shape[0], "xy")
     add_colorbar(fig, im, ax, "|α| (log)" if log else "α")
     return fig
 
