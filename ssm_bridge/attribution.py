@@ -57,6 +57,7 @@ from torch import nn
 
 from .checks import check_images, check_tokens
 from .hooks import hooks
+from .layers import eval_mode
 from .ssm import explain_mode
 
 METHODS = ("ig", "saliency", "noise_tunnel", "gradient_shap", "gradcam", "grad_x_input",
@@ -230,17 +231,6 @@ def make_baseline(images: torch.Tensor, baseline=None, sigma: float | None = Non
 
 # ---------------------------------------------------------------- helpers
 @contextlib.contextmanager
-def _eval(model: nn.Module):
-    """model.eval() for the duration (dropout off), then the previous mode back."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-@contextlib.contextmanager
 def _seeded(seed: int, device: torch.device):
     """Seed torch's RNG for the block without changing the caller's RNG streams."""
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -333,7 +323,7 @@ def attribute(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor, posi
     patch = model.config.patch_size
     opts = dict(steps=steps, nt_samples=nt_samples, stdevs=float(stdevs), seed=seed,
                 nt_base=nt_base, internal_batch_size=internal_batch_size)
-    with _eval(model):
+    with eval_mode(model):
         with torch.no_grad():
             value = target(images.detach(), *args)  # (B,)
         if method == "gradcam":
@@ -408,7 +398,7 @@ def compare_explain(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor
     target = WordLogit(model, torch.as_tensor(tokens).to(images.device),
                        torch.as_tensor(position).to(images.device),
                        torch.as_tensor(target_id).to(images.device), score=score)
-    with _eval(model):
+    with eval_mode(model):
         with torch.no_grad():
             reference = plain.score - target(torch.zeros_like(images))  # (B,)
         bridge = [_bridge_ratio(target, images.detach(), e) for e in (False, True)]

@@ -21,7 +21,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SCAN_ORDERS = ("raster", "bidirectional", "cross")
+# The orders the bridge can read the patch grid in, and the scan directions each runs
+# (ssm.SSMLayer runs one ScanDirection per name; ssm.direction_perm defines them). Kept
+# here, not in ssm.py, so that config validation needs no torch.
+SCAN_DIRECTIONS = {
+    "raster": ("row",),
+    "bidirectional": ("row", "row_rev"),
+    "cross": ("row", "col", "row_rev", "col_rev"),
+}
+SCAN_ORDERS = tuple(SCAN_DIRECTIONS)
+# The selective-scan implementations (scan.selective_scan's `backend`, described there).
 SCAN_BACKENDS = ("auto", "torch", "cpp", "ref")
 ATTN_IMPLS = ("sdpa", "eager")
 VISION_STEMS = ("patch", "conv")
@@ -78,8 +87,9 @@ class VLMConfig:
     # help transformers see better"): same tokens, much faster to learn small shapes.
     vision_stem: str = "patch"
     # 3x3 convs per stage of the "conv" stem: 1 = one stride-2 conv per halving; 2 adds a
-    # stride-1 conv after each (more local capacity, +10 % step time at shapes-tiny; it left
-    # colour at chance for 1250 steps there, docs/training-notes.md run 10, so 1 ships).
+    # stride-1 conv after each: more local capacity, but a slower step and, at shapes-tiny's
+    # size, a much slower start on colour, so 1 is the default (docs/training-notes.md,
+    # "Why the defaults are what they are").
     vision_stem_depth: int = 1
     vision_mlp_ratio: float = 4.0  # ViT MLP width = ratio * vision_embed_dim
     text_ffn_dim: int | None = None  # SwiGLU hidden width; None = 8/3 * width rounded up to 64

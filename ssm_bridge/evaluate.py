@@ -15,44 +15,14 @@ import argparse
 import json
 import sys
 from collections import defaultdict
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from .data import SceneConfig, make_scene
-from .data.captions import RELATIONS
-
-ATTRIBUTES = ("colour", "shape", "size", "relation", "count")
-
-
-@dataclass
-class ParsedCaption:
-    objects: list[tuple[str, str, str]]  # (size, colour, shape)
-    relations: list[str]
-
-
-def parse_caption(text: str) -> ParsedCaption:
-    """'a small red circle left of a large blue square' -> objects and relations.
-
-    Tolerant of garbage: anything unparsable simply yields fewer objects."""
-    words = text.split()
-    objects, relations, i = [], [], 0
-    while i < len(words):
-        if words[i] == "a":
-            obj = tuple(words[i + 1 : i + 4])
-            objects.append(obj + ("",) * (3 - len(obj)))  # (size, colour, shape)
-            i += 4
-            continue
-        for rel in sorted(RELATIONS, key=len, reverse=True):
-            n = len(rel.split())
-            if words[i : i + n] == rel.split():
-                relations.append(rel)
-                i += n
-                break
-        else:
-            i += 1
-    return ParsedCaption(objects, relations)
+from .data.captions import PHRASE_ORDER, parse_caption
+from .data.captions import ParsedCaption as ParsedCaption  # re-exported: the parse result
+from .layers import eval_mode
 
 
 def caption_metrics(preds: list[str], scenes) -> dict[str, float]:
@@ -64,7 +34,7 @@ def caption_metrics(preds: list[str], scenes) -> dict[str, float]:
         hits["count"].append(len(p.objects) == len(t.objects))
         for k, true_obj in enumerate(t.objects):
             pred_obj = p.objects[k] if k < len(p.objects) else ("", "", "")
-            for a, name in enumerate(("size", "colour", "shape")):
+            for a, name in enumerate(PHRASE_ORDER):
                 hits[name].append(pred_obj[a] == true_obj[a])
         for k, rel in enumerate(t.relations):
             hits["relation"].append(k < len(p.relations) and p.relations[k] == rel)
@@ -130,17 +100,13 @@ def evaluate(model, tokenizer, transform, split: str = "test", num: int = 1000,
              batch_size: int = 64, progress: bool = False) -> dict[str, float]:
     """All metrics on scenes 0..num-1 of `split`."""
     scenes = [make_scene(split, i, scene_config) for i in range(num)]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         preds = generate_captions(model, tokenizer, transform, scenes, batch_size, progress)
         metrics = caption_metrics(preds, scenes)
         metrics.update(text_metrics(preds, [[s.caption, *s.paraphrases] for s in scenes]))
         if vqa:
             metrics.update(vqa_accuracy(model, tokenizer, transform, scenes, batch_size,
                                         progress))
-    finally:
-        model.train(was_training)
     metrics["num"] = num
     return metrics
 

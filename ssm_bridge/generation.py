@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .checks import check_images, check_sampling
+from .layers import eval_mode
 
 if TYPE_CHECKING:
     from .model import EnhancedVLM
@@ -152,10 +153,8 @@ def generate(model: EnhancedVLM, images: torch.Tensor, max_length: int | None = 
             f"max_length={max_length} leaves no room to generate after BOS and a prompt of "
             f"{seq.shape[1]} tokens; raise max_length"
         )
-    was_training = model.training
-    model.eval()
     args = (model, images, seq, max_length, temperature, top_k, top_p, generator, use_cache)
-    try:
+    with eval_mode(model):
         if not return_traces:
             return _decode(*args)
         rec = _Recorder([f"decoder.cross_layers.{i}.attn.hook_pattern"
@@ -164,8 +163,6 @@ def generate(model: EnhancedVLM, images: torch.Tensor, max_length: int | None = 
         with model.hooks(rec.fwd_hooks()):
             out = _decode(*args, recorder=rec)
         return out, rec.traces(out, seq.shape[1])
-    finally:
-        model.train(was_training)
 
 
 def _decode(model, images, seq, max_length, temperature, top_k, top_p, generator, use_cache,

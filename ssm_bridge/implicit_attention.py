@@ -153,9 +153,15 @@ def rebuild_output(alpha: torch.Tensor, x: torch.Tensor,
 
 
 def direction_alpha(act: Mapping[str, torch.Tensor], direction,
-                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                    dtype: torch.dtype = torch.float32, *, chunked: bool = False) -> torch.Tensor:
     """α (batch, D, L, L) of one scan direction (a `ScanDirection`, e.g. a bridge direction
-    or a MambaLM mixer) from its captured hook_delta, hook_B, hook_C (keys as in SCAN_HOOKS)."""
+    or a MambaLM mixer) from its captured hook_delta, hook_B, hook_C (keys as in SCAN_HOOKS).
+    chunked=True: by `hidden_attention_chunked` (float64, from A as the scan computes it, in
+    the parameter's dtype), then cast to `dtype`."""
+    if chunked:
+        A = -torch.exp(direction.A_log.detach())  # (D, N)
+        return hidden_attention_chunked(act["hook_delta"], A, act["hook_B"],
+                                        act["hook_C"]).to(dtype)
     A = -torch.exp(direction.A_log.detach().to(dtype))  # (D, N)
     return hidden_attention(act["hook_delta"], A, act["hook_B"], act["hook_C"], dtype=dtype)
 
@@ -252,9 +258,13 @@ def bridge_hook_names(model, layers: Iterable[int] | None = None, *,
 
 
 def from_cache(cache: Mapping[str, torch.Tensor], model, layer: int, *,
-               dtype: torch.dtype = torch.float32) -> LayerAttention:
+               dtype: torch.dtype = torch.float32, chunked: bool = False) -> LayerAttention:
     """LayerAttention of bridge layer `layer` from an activation cache (any mapping of hook
-    name -> tensor holding `bridge_hook_names(model, [layer])`, e.g. an ActivationCache)."""
+    name -> tensor holding `bridge_hook_names(model, [layer])`, e.g. an ActivationCache).
+
+    chunked=True computes α with `hidden_attention_chunked` (float64, ~15x faster, for
+    interactive maps: ssm_bridge.maps, the app) from A as the scan computes it, in the
+    parameter's dtype; the result is then cast to `dtype`."""
     layer = _layer_index(model, layer)
     mixer = model.bridge.layers[layer].mixer
     names = bridge_hook_names(model, [layer])
@@ -266,7 +276,7 @@ def from_cache(cache: Mapping[str, torch.Tensor], model, layer: int, *,
     alphas, xs, perms = [], [], []
     for k, (name, d) in enumerate(zip(mixer.direction_names, mixer.dirs)):
         act = scan_activations(cache, _dir_path(layer, k))
-        alphas.append(direction_alpha(act, d, dtype))  # (B, D, L, L)
+        alphas.append(direction_alpha(act, d, dtype, chunked=chunked))  # (B, D, L, L)
         xs.append(act["hook_conv"].detach().to(dtype))
         perms.append(direction_perm(name, xs[-1].shape[1], xs[-1].device))
     alpha_scan = torch.stack(alphas, 1)  # (B, K, D, L, L)

@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 from . import localization as loc
 from .maps import MAP_KINDS, analyse, word_maps
 
-MAP_KINDS_DEFAULT = MAP_KINDS
 COLUMNS = ("map", "pointing_game", "random_pointing_game", "pointing_ratio",
            "energy_in_mask", "random_energy", "energy_ratio", "n", "images", "skipped")
 
@@ -60,7 +59,7 @@ def _check_maps(maps) -> list[str]:
 
 
 def collect_scores(pretrained_or_model, n: int = 100, split: str = "test",
-                   maps=MAP_KINDS_DEFAULT, progress: bool = True, *, role: str = "shape",
+                   maps=MAP_KINDS, progress: bool = True, *, role: str = "shape",
                    layer: int | None = None, **bundle_kwargs) -> dict:
     """Per-pair scores: {"hits": {kind: [bool]}, "energy": {kind: [float]}, "masks":
     [(H, W) bool], "grid": (g, g), "images": scored images, "skipped": mismatched ones}."""
@@ -90,7 +89,7 @@ def collect_scores(pretrained_or_model, n: int = 100, split: str = "test",
 
 
 def localisation_table(pretrained_or_model, n: int = 100, split: str = "test",
-                       maps=MAP_KINDS_DEFAULT, seed: int = 0, progress: bool = True,
+                       maps=MAP_KINDS, seed: int = 0, progress: bool = True,
                        **kwargs) -> list[dict]:
     """One row per map kind over the first `n` scenes of `split`: pointing_game,
     energy_in_mask, the random baseline's random_pointing_game / random_energy (one random
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num", type=int_at_least(1), default=100,
                    help="scenes to caption and score")
     p.add_argument("--split", default="test", choices=SPLITS)
-    p.add_argument("--maps", default=",".join(MAP_KINDS_DEFAULT),
+    p.add_argument("--maps", default=",".join(MAP_KINDS),
                    help=f"comma-separated kinds from {','.join(MAP_KINDS)}")
     p.add_argument("--role", default="shape", choices=loc.ROLES,
                    help="which word of each object phrase is scored")

@@ -36,6 +36,7 @@ import torch
 
 from .bridges import require_ssm_bridge
 from .hooks import HookFn
+from .layers import eval_mode
 from .ssm import direction_perm, grid_layout
 
 FwdHooks = list[tuple[str, HookFn]]
@@ -407,17 +408,13 @@ def compare(model, tokenizer, image: torch.Tensor, fwd_hooks: FwdHooks, *, capti
                          f"{tuple(image.shape)}")
     image = image.to(next(model.parameters()).device)
     max_length = max_length or model.config.max_seq_length
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         before = _greedy(model, image, [], max_length)
         after = _greedy(model, image, fwd_hooks, max_length)
         ids = _caption_ids(tokenizer, caption_ids, _trim(before, model.config),
                            model.config.bos_token_id)
         lp_before = _word_logprobs(model, image, ids, [])
         lp_after = _word_logprobs(model, image, ids, fwd_hooks)
-    finally:
-        model.train(was_training)
     words = [tokenizer.decode([i], skip_special=False) for i in ids[1:]]
     return InterventionResult(tokenizer.decode(before), tokenizer.decode(after), words,
                               lp_before, lp_after, before, after)

@@ -1,6 +1,10 @@
-"""Small building blocks: activations, feed-forward networks, gradient checkpointing."""
+"""Small building blocks: activations, feed-forward networks, gradient checkpointing, an
+eval-mode context."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +49,18 @@ class GeluMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.fc2(F.gelu(self.fc1(x))))
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """model.eval() for the duration (dropout off), then the mode it had before, also when
+    the body raises: analysis tools must not leave a model that was training in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def maybe_checkpoint(module: nn.Module, x: torch.Tensor, enabled: bool, **kw) -> torch.Tensor:

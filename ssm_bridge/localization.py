@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.captions import RELATIONS, SIZES
+from .data.captions import OBJECT_ATTRIBUTES, PHRASE_ORDER, parse_caption
 
-ROLES = ("shape", "colour", "size")
+ROLES = OBJECT_ATTRIBUTES  # the word of an object phrase a map may point from
 
 __all__ = ["energy_in_mask", "object_words", "parse_objects", "pointing_game", "random_map",
            "random_scores"]
@@ -104,25 +104,15 @@ def _mean(values) -> float:
 # ---------------------------------------------------------------- words -> objects
 def parse_objects(words: Sequence[str]) -> list[dict] | None:
     """Parse a caption in the scene grammar, `a SIZE COLOUR SHAPE (RELATION a SIZE COLOUR
-    SHAPE)*` (ssm_bridge.data.captions), into one dict per object phrase: size, colour,
-    shape (the words) and their positions in `words` (size_at, colour_at, shape_at).
-    None when the words do not follow the grammar."""
-    words = list(words)
-    objects, i = [], 0
-    relations = [r.split() for r in RELATIONS]
-    while True:
-        phrase = words[i:i + 4]
-        if len(phrase) < 4 or phrase[0] not in ("a", "an") or phrase[1] not in SIZES:
-            return None
-        objects.append({"size": phrase[1], "colour": phrase[2], "shape": phrase[3],
-                        "size_at": i + 1, "colour_at": i + 2, "shape_at": i + 3})
-        i += 4
-        if i == len(words):
-            return objects
-        rel = next((r for r in relations if words[i:i + len(r)] == r), None)
-        if rel is None:
-            return None
-        i += len(rel)
+    SHAPE)*` (ssm_bridge.data.captions.parse_caption: the article is always "a"), into one
+    dict per object phrase: size, colour, shape (the words) and their positions in `words`
+    (size_at, colour_at, shape_at). None when the words do not follow the grammar."""
+    parsed = parse_caption(list(words))
+    if not parsed.grammatical:
+        return None
+    return [{**dict(zip(PHRASE_ORDER, obj)),
+             **{f"{a}_at": start + 1 + k for k, a in enumerate(PHRASE_ORDER)}}
+            for obj, start in zip(parsed.objects, parsed.starts)]
 
 
 def _truth(scene_or_caption) -> list[tuple[str, str, str]]:

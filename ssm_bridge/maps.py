@@ -17,7 +17,7 @@ row-major, the cls token dropped) and follow MAP_KINDS:
                       included) @ the rollout of the bridge's hidden attention (L x L,
                       patch order): how that attention reaches the bridge's input patches
                       through the SSM (see ssm_bridge.implicit_attention; α here comes
-                      from `implicit_attention.hidden_attention_chunked`, ~15x faster)
+                      from `implicit_attention.from_cache(chunked=True)`, ~15x faster)
     delta, gate,      word-independent bridge maps per layer: Δ (mean over channels and
     state_norm        directions, patch order), SiLU(z) gate (mean over channels), |h| of
                       direction 0 per token (heavy hook_state); word_map averages layers
@@ -44,6 +44,7 @@ from einops import rearrange, reduce
 from . import attribution as attr_mod
 from . import implicit_attention as ia
 from .bridges import require_ssm_bridge
+from .layers import eval_mode
 from .ssm import direction_perm, grid_layout
 
 ATTENTION_KINDS = ("cross_attention", "prefix_attention", "implicit")
@@ -107,17 +108,13 @@ def analyse(model, image: torch.Tensor, *, tokenizer=None, max_length: int | Non
     (else shown as ids)."""
     require_ssm_bridge(model, "maps.analyse")
     image = _one_image(image, model)  # (1, 3, H, W)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         ids, traces = model.generate(
             image, max_length=max_length or model.config.max_seq_length,
             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, prompt=prompt,
             return_traces=True)
         updates = gated_update(model, image, ids[:, :-1])  # (1, cross_layers, S - 1)
         bridge = _bridge_maps(model, image)
-    finally:
-        model.train(was_training)
     ids = ids[0]  # (S,)
     steps = _word_steps(ids, traces.start, model.config)
     g = bridge["side"]
@@ -219,7 +216,8 @@ def _bridge_maps(model, image: torch.Tensor) -> dict:
     """One image-only pass: per-layer Δ, gate and |h| grids and the hidden-attention rollout."""
     _, cache = model.run_with_cache(image, None, names_filter=_bridge_names(model))
     layers = range(len(model.bridge.layers))
-    alphas = [_alpha_abs(cache, model, i) for i in layers]  # each (1, L, L)
+    alphas = [ia.from_cache(cache, model, i, dtype=torch.float64, chunked=True).alpha_abs
+              for i in layers]  # each (1, L, L)
     L = alphas[0].shape[-1]
     prefix, side = grid_layout(L)
     if prefix != 1 or side == 0:
@@ -230,19 +228,6 @@ def _bridge_maps(model, image: torch.Tensor) -> dict:
             "gate": {i: _token_grid(cache[f"bridge.layers.{i}.mixer.hook_gate"][0].mean(-1),
                                     side) for i in layers},
             "state_norm": {i: _state_grid(cache, model, i, side) for i in layers}}
-
-
-def _alpha_abs(cache, model, layer: int) -> torch.Tensor:
-    """LayerAttention.alpha_abs of one bridge layer (1, L, L), via hidden_attention_chunked."""
-    mixer = model.bridge.layers[layer].mixer
-    total = 0
-    for k, (name, d) in enumerate(zip(mixer.direction_names, mixer.dirs)):
-        pre = f"bridge.layers.{layer}.mixer.dirs.{k}."
-        alpha = ia.hidden_attention_chunked(cache[pre + "hook_delta"], -torch.exp(d.A_log.detach()),
-                              cache[pre + "hook_B"], cache[pre + "hook_C"])  # (1, D, L, L)
-        perm = direction_perm(name, alpha.shape[-1], alpha.device)  # (L,)
-        total = total + ia.to_patch_order(alpha, perm)
-    return total.abs().mean(1)  # (1, L, L)
 
 
 def _to_patch_order(values: torch.Tensor, name: str) -> torch.Tensor:

@@ -58,12 +58,10 @@ class EnhancedVLM(nn.Module):
             elif isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, std=0.02)
 
-    # ---- timm-style split: features, then head ----
+    # ---- the forward in two halves: image features (computed once when generating), head ----
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, C, H, W) -> media (B, 1 + P, text_embed_dim), the bridge outputs."""
         return self.bridge(self.vision(images))
-
-    forward_features = encode_image
 
     def forward_head(self, media: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """media (B, P, text_dim), tokens (B, T) -> logits (B, T, vocab)."""

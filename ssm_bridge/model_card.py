@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 
 from .checkpoint import atomic_write
-
-ATTRIBUTES = ("colour", "shape", "size", "relation", "count")
+from .data.captions import CAPTION_ATTRIBUTES
 
 
 def pct(x: float | None) -> str:
@@ -37,7 +36,7 @@ def targets(record: dict, test: dict) -> list[str]:
     def mark(ok: bool) -> str:
         return "met" if ok else "**not met**"
 
-    worst = min(ATTRIBUTES, key=lambda a: test.get(a, 1.0))
+    worst = min(CAPTION_ATTRIBUTES, key=lambda a: test.get(a, 1.0))
     m95 = record["minutes_to_95"]
     return [
         f"- exact-match >= {pct(TARGETS['exact_match'])}: {pct(test['exact_match'])}, "
@@ -54,7 +53,7 @@ def targets(record: dict, test: dict) -> list[str]:
 def render(name: str, command: str, machine: str, record: dict, metrics: dict,
            config: dict) -> str:
     test, comp = metrics["test"], metrics.get("comp_test")
-    rows = "\n".join(f"| {a} | {pct(test[a])} |" for a in ATTRIBUTES if a in test)
+    rows = "\n".join(f"| {a} | {pct(test[a])} |" for a in CAPTION_ATTRIBUTES if a in test)
     params = metrics.get("parameters")
     lines = [
         f"# Model card: `{name}`",

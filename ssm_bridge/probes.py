@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 
 from .bridges import require_ssm_bridge
 from .data import ImageTransform, Scene, SceneConfig, make_scene
+from .data.captions import OBJECT_ATTRIBUTES
 
-ATTRIBUTES = ("colour", "shape", "size")
 BACKGROUND = "background"
 
 
@@ -58,7 +58,8 @@ def patch_objects(scene: Scene, grid: int, min_coverage: float = 0.25) -> np.nda
     return np.where(cover.max(axis=1) >= min_coverage, best, -1)
 
 
-def patch_labels(scene: Scene, grid: int, attributes: Sequence[str] = ATTRIBUTES,
+def patch_labels(scene: Scene, grid: int,
+                 attributes: Sequence[str] = OBJECT_ATTRIBUTES,
                  min_coverage: float = 0.25) -> dict[str, np.ndarray]:
     """attribute -> (P,) labels of the patches (see the module docstring for the rule)."""
     _check_attributes(attributes)
@@ -68,9 +69,10 @@ def patch_labels(scene: Scene, grid: int, attributes: Sequence[str] = ATTRIBUTES
 
 
 def _check_attributes(attributes: Sequence[str]) -> None:
-    bad = [a for a in attributes if a not in ATTRIBUTES]
+    bad = [a for a in attributes if a not in OBJECT_ATTRIBUTES]
     if bad or not attributes:
-        raise ValueError(f"attributes must be among {ATTRIBUTES}, got {list(attributes)}")
+        raise ValueError(f"attributes must be among {OBJECT_ATTRIBUTES}, "
+                         f"got {list(attributes)}")
 
 
 # ---------------------------------------------------------------- features
@@ -132,7 +134,7 @@ def collect_patch_features(model, scenes: Sequence[Scene], layers="all", *, tran
     return {n: torch.cat(v) for n, v in out.items()}
 
 
-def scene_patch_labels(scenes: Sequence[Scene], grid: int, attributes=ATTRIBUTES,
+def scene_patch_labels(scenes: Sequence[Scene], grid: int, attributes=OBJECT_ATTRIBUTES,
                        min_coverage: float = 0.25) -> dict[str, np.ndarray]:
     """attribute -> (len(scenes) * P,) labels, aligned with `collect_patch_features`."""
     per = [patch_labels(s, grid, attributes, min_coverage) for s in scenes]
@@ -286,8 +288,8 @@ def format_rows(rows: list[dict]) -> str:
 
 
 __all__ = [
-    "ATTRIBUTES",
     "BACKGROUND",
+    "OBJECT_ATTRIBUTES",
     "Probe",
     "collect_patch_features",
     "feature_hooks",

@@ -49,7 +49,8 @@ import torch
 from einops import einsum, rearrange
 from torch.autograd.function import once_differentiable
 
-BACKENDS = ("auto", "torch", "cpp", "ref")
+from .config import SCAN_BACKENDS as BACKENDS  # the backends, named where config checks them
+
 CHUNK = 8  # time steps per chunk of the "torch" backend (its buffers are (CHUNK, B, D, N))
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan.cpp"

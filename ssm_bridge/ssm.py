@@ -54,15 +54,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .hooks import HookPoint
+from .config import SCAN_DIRECTIONS as DIRECTIONS  # scan order -> its directions
+from .hooks import HEAVY_SUFFIXES, HookPoint
 from .layers import gate_product, silu
 from .scan import linear_recurrence, selective_scan, selective_scan_step
-
-DIRECTIONS = {
-    "raster": ("row",),
-    "bidirectional": ("row", "row_rev"),
-    "cross": ("row", "col", "row_rev", "col_rev"),
-}
 
 
 def grid_layout(length: int) -> tuple[int, int]:
@@ -110,7 +105,7 @@ class ScanDirection(nn.Module):
     """
 
     explain = False  # MambaLRP rules (see `explain_mode`)
-    HEAVY_HOOKS = ("hook_A_bar", "hook_dBx", "hook_state")
+    HEAVY_HOOKS = HEAVY_SUFFIXES  # the per-step (B, L, D, N) tensors, off unless asked for
 
     def __init__(self, dim: int, state_dim: int, *, conv_kernel: int = 4,
                  dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1,

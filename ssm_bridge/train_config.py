@@ -48,9 +48,9 @@ class TrainConfig:
     # model.safetensors use the average, which smooths the last steps' noise away.
     ema_decay: float = 0.0
     # The step from which model.image_prefix_dropout applies (0 = from the first step).
-    # Blanking the prefix from the start stalls learning (docs/training-notes.md, run 6);
+    # Blanking the prefix before the model has learned to read the image stalls learning;
     # switched on once the prefix path has learned, it moves the model onto its
-    # cross-attention without costing accuracy (run 9).
+    # cross-attention without costing accuracy (docs/training-notes.md).
     prefix_dropout_start: int = 0
     # auto | fp32 | bf16 (autocast on CPU and CUDA). "auto" picks bf16 only where the device
     # computes it natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX) and fp32 elsewhere:
@@ -155,13 +155,13 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # The shipped checkpoint: 64 px scenes of 1-3 objects, 1.4 M parameters, ~35 min on
     # 2 cores (1.6 drawing the scenes, 33 training; docs/training-notes.md has the runs
     # behind each choice). The conv stem learns small shapes ~3x faster than a patch conv;
-    # batch 32 learns ~2x more per sample than 64 early on; bf16 autocast ran a step 1.2x
-    # faster than fp32 on the development CPU and learned as fast per step (run 11), but
-    # emulated on an AVX2 CPU it is 19x slower, so precision "auto" picks bf16 only where
-    # it is native; 200 000 scenes are seen ~2.4 times each (40 000 seen 7 times left a
-    # 3-point gap between training and test scenes); the weight average smooths the last
-    # steps' noise. Image-prefix dropout from the start stalled learning (run 6); over the
-    # last third it moves the decoder onto its cross-attention (run 9).
+    # batch 32 learns ~2x more per sample than 64 early on; bf16 autocast runs a step 1.2x
+    # faster than fp32 on a CPU with native bf16 and learns as fast per step, but emulated
+    # on an AVX2 CPU it is 19x slower, so precision "auto" picks bf16 only where it is
+    # native; 200 000 scenes are seen ~2.4 times each (40 000 seen 7 times left a 3-point
+    # gap between training and test scenes); the weight average smooths the last steps'
+    # noise. Image-prefix dropout from the start stalls learning; over the last third it
+    # moves the decoder onto its cross-attention.
     "shapes-tiny": dict(
         num_train=200_000, draw_workers=2, batch_size=32, warmup_steps=200, max_steps=15_000,
         precision="auto", ema_decay=0.998, prefix_dropout_start=10_000, eval_every=250,

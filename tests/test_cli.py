@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from ssm_bridge.cli import main
 from ssm_bridge.data import make_scene
+from ssm_bridge.data.captions import CAPTION_ATTRIBUTES
 from ssm_bridge.evaluate import caption_metrics, parse_caption
 from ssm_bridge.train import build
 from ssm_bridge.train_config import build_train_config
@@ -67,6 +68,7 @@ def test_caption_metrics_and_parser():
     scenes = [make_scene("test", i) for i in range(4)]
     perfect = caption_metrics([s.caption for s in scenes], scenes)
     assert all(v == 1.0 for v in perfect.values())
+    assert set(perfect) == {"exact_match", *CAPTION_ATTRIBUTES}  # what the model card lists
     wrong = [s.caption.replace("small", "large", 1) if "small" in s.caption
              else s.caption.replace("large", "small", 1) for s in scenes]
     m = caption_metrics(wrong, scenes)

@@ -20,6 +20,7 @@ from ssm_bridge.data import (
     scene_vocabulary,
     split_seeds,
 )
+from ssm_bridge.data.captions import parse_caption
 
 CFG = SceneConfig()
 S = CFG.img_size
@@ -218,6 +219,18 @@ def test_caption_lists_objects_left_to_right_with_true_relations(scenes):
         assert mx == sorted(mx), s.seed
         for p, q, rel in zip(s.objects, s.objects[1:], rels):
             assert rel == relation(p, q), (s.seed, s.caption)
+
+
+def test_captions_follow_the_one_grammar(scenes):
+    """captions.parse_caption's rule: 'a' SIZE COLOUR SHAPE (RELATION phrase)*; the scene
+    world never writes 'an' in a caption (sizes start with a consonant)."""
+    for s in scenes:
+        p = parse_caption(s.caption)
+        assert p.grammatical and "an" not in s.caption.split(), s.caption
+        assert p.objects == [(o.size, o.colour, o.shape) for o in s.objects]
+    for bad in ("an small red circle", "a small red circle left of", "a red small circle",
+                "the small red circle", "a small red circle above above a large blue star"):
+        assert not parse_caption(bad).grammatical, bad
 
 
 def test_no_ambiguous_scenes(scenes):

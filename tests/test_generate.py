@@ -5,6 +5,7 @@ import torch
 from conftest import batch, make_model, open_gates
 
 from ssm_bridge.generation import filter_logits
+from ssm_bridge.layers import eval_mode
 
 
 @pytest.fixture
@@ -118,6 +119,16 @@ def test_generate_restores_training_mode(model, tiny_config):
     model.train()
     model.generate(images, max_length=4, temperature=0)
     assert model.training
+
+
+def test_eval_mode_restores_either_mode_even_after_an_error(model):
+    for training in (True, False):
+        model.train(training)
+        with pytest.raises(RuntimeError, match="boom"), eval_mode(model) as m:
+            assert m is model and not model.training
+            assert not any(sub.training for sub in model.modules())
+            raise RuntimeError("boom")
+        assert all(sub.training == training for sub in model.modules())
 
 
 def test_filter_logits_top_k_and_top_p():

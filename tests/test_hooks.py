@@ -238,6 +238,18 @@ def test_generate_traces_without_cross_attention_layers(tiny_config):
 
 
 # ---------------------------------------------------------------- heavy opt-in, threads
+def test_heavy_suffixes_are_the_scan_directions_heavy_hook_points(setup):
+    """hooks.HEAVY_SUFFIXES is ScanDirection.HEAVY_HOOKS, and each names a hook point that
+    exists (a renamed hook would otherwise silently stop being opt-in)."""
+    from ssm_bridge.ssm import ScanDirection
+
+    _, model, _, _ = setup
+    assert ScanDirection.HEAVY_HOOKS is hooks_module.HEAVY_SUFFIXES
+    heavy = [n for n in hooks_module.hook_points(model) if hooks_module.is_heavy(n)]
+    assert {n.rsplit(".", 1)[-1] for n in heavy} == set(hooks_module.HEAVY_SUFFIXES)
+    assert all(".mixer.dirs." in n for n in heavy)
+
+
 def test_heavy_hooks_are_opt_in_everywhere(setup):
     _, model, images, tokens = setup
     seen = []

@@ -150,6 +150,12 @@ def test_from_cache_matches_layer_attention_and_names_missing_hooks(cross_model)
         ia.from_cache({}, cross_model, 0)
     with pytest.raises(ValueError, match="'abs' or 'signed'"):
         la.averaged("max")
+    # the chunked form (what ssm_bridge.maps uses) gives the same layer attention
+    fast = ia.from_cache(cache, cross_model, -1, dtype=torch.float64, chunked=True)
+    exact = ia.from_cache(cache, cross_model, -1, dtype=torch.float64)
+    assert fast.alpha_scan.dtype == torch.float64 and torch.equal(fast.perms, exact.perms)
+    scale = exact.alpha_patch.abs().max()
+    assert (fast.alpha_patch - exact.alpha_patch).abs().max() <= 1e-6 * scale
 
 
 @pytest.mark.parametrize("layer", [2, -3, 1.0, True])

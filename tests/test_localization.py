@@ -113,6 +113,7 @@ def test_parse_objects_reads_every_relation():
     assert [(o["shape"], o["shape_at"]) for o in objs] == [("circle", 3), ("square", 9),
                                                            ("star", 14)]
     assert loc.parse_objects("a small red circle right of".split()) is None
+    assert loc.parse_objects("an small red circle".split()) is None  # the grammar's article: a
 
 
 # ---------------------------------------------------------------- the shipped checkpoint

@@ -7,7 +7,8 @@ from conftest import batch, make_model, open_gates
 
 from ssm_bridge import EnhancedSSMBridge, SSMLayer, VLMConfig
 from ssm_bridge.attention import attend
-from ssm_bridge.ssm import direction_perm, grid_layout
+from ssm_bridge.config import SCAN_ORDERS
+from ssm_bridge.ssm import DIRECTIONS, direction_perm, grid_layout
 
 
 @pytest.mark.parametrize("groups", [1, 2, 4])
@@ -104,6 +105,16 @@ def test_scan_orders_are_permutations():
     assert direction_perm("row_rev", 10).tolist() == [0, 9, 8, 7, 6, 5, 4, 3, 2, 1]
     with pytest.raises(ValueError, match="square patch grid"):
         SSMLayer(8, 4, scan_order="cross")(torch.randn(1, 20, 8))
+
+
+@pytest.mark.parametrize("order", SCAN_ORDERS)
+def test_every_scan_order_builds_its_directions(order):
+    assert SCAN_ORDERS == tuple(DIRECTIONS)  # one registry: config's
+    layer = SSMLayer(8, 4, scan_order=order)
+    assert tuple(layer.direction_names) == DIRECTIONS[order] and len(layer.dirs) == len(
+        DIRECTIONS[order])
+    for name in DIRECTIONS[order]:
+        assert sorted(direction_perm(name, 10).tolist()) == list(range(10))
 
 
 @pytest.mark.parametrize("order, n", [("raster", 1), ("bidirectional", 2), ("cross", 4)])

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssm_bridge import scan
+from ssm_bridge.config import SCAN_BACKENDS
 from ssm_bridge.scan import selective_scan, selective_scan_ref, selective_scan_step
 
 NAMES = ("x", "delta", "A", "B", "C", "D")
@@ -43,6 +44,19 @@ def assert_close(actual, expected, rel=1e-5, name=""):
     scale = expected.abs().max().item() if expected.numel() else 1.0
     torch.testing.assert_close(actual, expected, rtol=rel, atol=rel * max(scale, 1e-6),
                                msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("backend", SCAN_BACKENDS)
+def test_every_configurable_backend_is_a_scan_backend(backend):
+    """VLMConfig.ssm_scan_backend accepts exactly what selective_scan dispatches on."""
+    assert scan.BACKENDS is SCAN_BACKENDS
+    inputs = [t.detach() for t in make_inputs()]
+    try:
+        y = selective_scan(*inputs, backend=backend)
+    except RuntimeError as e:  # "cpp" without a compiler: a known backend, unavailable
+        assert backend == "cpp" and "extension" in str(e)
+    else:
+        torch.testing.assert_close(y, selective_scan_ref(*inputs), rtol=1e-4, atol=1e-5)
 
 
 def assert_matches_ref(fn, inputs, rel=1e-5):

@@ -8,11 +8,19 @@ Relations compare centres, with y pointing down. For objects p and q:
     "left of" / "right of" p and q are level (|dy| <= level_max * img_size) and p is left/right
     anything in between is "unclear": such pairs are never described or asked about.
 Horizontal order is always clear: centres of neighbours differ by >= min_dx * img_size.
+
+The caption grammar (the one rule every reader of captions uses, see `parse_caption`):
+    caption := phrase (RELATION phrase)*      phrase := "a" SIZE COLOUR SHAPE
+The article is always "a", never "an": the first word after it is a size word and every
+size word starts with a consonant ("an" only appears in questions, "is there an orange
+star ?").
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -23,7 +31,14 @@ if TYPE_CHECKING:
 SIZES = ("small", "large")
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 RELATIONS = ("left of", "right of", "above", "below")
-QA_KINDS = ("colour", "shape", "size", "count", "relation", "yesno")
+# The attributes of one object, in the order the project reports them.
+OBJECT_ATTRIBUTES = ("colour", "shape", "size")
+# The order an object phrase names them, after its article: "a small red circle".
+PHRASE_ORDER = ("size", "colour", "shape")
+ARTICLE = "a"
+# What caption scoring reports: each object attribute, the relation words, the object count.
+CAPTION_ATTRIBUTES = (*OBJECT_ATTRIBUTES, "relation", "count")
+QA_KINDS = (*OBJECT_ATTRIBUTES, "count", "relation", "yesno")
 # Template words (besides attribute, number and relation words).
 _FUNCTION_WORDS = ("a", "an", "the", "there", "is", "are", "object", "objects", "and", ",", "?",
                    "to", "what", "colour", "shape", "size", "how", "many", "yes", "no")
@@ -49,7 +64,7 @@ def _article(word: str) -> str:
 
 def describe(o: Thing) -> str:
     """'a small red circle'."""
-    return f"a {o.size} {o.colour} {o.shape}"
+    return " ".join([ARTICLE, *(getattr(o, a) for a in PHRASE_ORDER)])
 
 
 def vertical(p: Thing, q: Thing, cfg: SceneConfig) -> str:
@@ -103,7 +118,7 @@ def paraphrases(objects: list[Thing], cfg: SceneConfig) -> list[str]:
 
 
 def _phrase(attrs: dict[str, str]) -> str:
-    words = [attrs[a] for a in ("size", "colour", "shape") if a in attrs]
+    words = [attrs[a] for a in PHRASE_ORDER if a in attrs]
     return " ".join(words if "shape" in attrs else [*words, "object"])
 
 
@@ -136,14 +151,12 @@ def referring(target: Thing, objects: list[Thing], rng: np.random.Generator,
 
 
 def _attribute_questions(objects, namer) -> dict[str, list[tuple[str, str]]]:
-    out = {"colour": [], "shape": [], "size": []}
+    out = {kind: [] for kind in OBJECT_ATTRIBUTES}
     for i, o in enumerate(objects):
-        for kind, template in (("colour", "what colour is the {} ?"),
-                               ("shape", "what shape is the {} ?"),
-                               ("size", "what size is the {} ?")):
+        for kind in OBJECT_ATTRIBUTES:
             ref = namer.name(i, exclude=kind)
             if ref is not None:
-                out[kind].append((template.format(ref), getattr(o, kind)))
+                out[kind].append((f"what {kind} is the {ref} ?", getattr(o, kind)))
     return out
 
 
@@ -247,3 +260,48 @@ def vocabulary(cfg: SceneConfig) -> list[str]:
     for rel in RELATIONS:
         words |= set(rel.split())
     return sorted(words)
+
+
+# ---------------------------------------------------------------- reading captions back
+@dataclass
+class ParsedCaption:
+    """A caption read back into the grammar: objects (size, colour, shape) and relation
+    words in order; starts[k]: the index of object k's article in the words; grammatical:
+    whether the words follow the grammar exactly (see the module docstring)."""
+
+    objects: list[tuple[str, str, str]]  # (size, colour, shape)
+    relations: list[str]
+    starts: list[int] = field(default_factory=list)
+    grammatical: bool = False
+
+
+def _relation_at(words: list[str], i: int) -> str | None:
+    return next((r for r in RELATIONS if words[i:i + len(r.split())] == r.split()), None)
+
+
+def parse_caption(text: str | Sequence[str]) -> ParsedCaption:
+    """'a small red circle left of a large blue square' (a string or its words) -> objects
+    and relations, tolerant of garbage: an "a" starts an object phrase of the next three
+    words (padded with "" at the end), relation words are collected, anything else is
+    skipped. `grammatical` says whether nothing was skipped, padded or out of place and
+    every phrase's first word is a size word."""
+    words = text.split() if isinstance(text, str) else list(text)
+    out = ParsedCaption([], [])
+    ok, want_object, i = True, True, 0
+    while i < len(words):
+        if words[i] == ARTICLE:
+            obj = tuple(words[i + 1:i + 4])
+            ok &= want_object and len(obj) == 3 and obj[0] in SIZES
+            out.objects.append(obj + ("",) * (3 - len(obj)))  # (size, colour, shape)
+            out.starts.append(i)
+            want_object, i = False, i + 4
+            continue
+        rel = _relation_at(words, i)
+        ok &= rel is not None and not want_object
+        if rel is None:
+            i += 1
+            continue
+        out.relations.append(rel)
+        want_object, i = True, i + len(rel.split())
+    out.grammatical = ok and not want_object
+    return out
