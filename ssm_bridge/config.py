@@ -244,13 +244,20 @@ def _type_name(tp: Any) -> str:
     return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
-def _validate(c: VLMConfig) -> None:
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            raise ValueError(f"VLMConfig: {msg}")
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(f"VLMConfig: {msg}")
 
+
+def _validate(c: VLMConfig) -> None:
     check_types(VLMConfig, {f.name: getattr(c, f.name) for f in dataclasses.fields(c)},
                 "VLMConfig")
+    _validate_sizes(c)
+    _validate_choices(c)
+
+
+def _validate_sizes(c: VLMConfig) -> None:
+    """Sizes, shapes that must divide, rates and the upper bounds of config.MAX_SIZES."""
     positive = [
         "img_size", "patch_size", "vision_embed_dim", "vision_num_layers", "vision_num_heads",
         "vocab_size", "text_embed_dim", "text_num_layers", "text_num_heads", "text_kv_heads",
@@ -260,11 +267,11 @@ def _validate(c: VLMConfig) -> None:
     ]
     for name in positive:
         v = getattr(c, name)
-        need(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}")
+        _need(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}")
     for name in ["ssm_num_layers", "cross_attn_layers"]:
         v = getattr(c, name)
-        need(isinstance(v, int) and v >= 0, f"{name} must be an integer >= 0, got {v!r}")
-    need(
+        _need(isinstance(v, int) and v >= 0, f"{name} must be an integer >= 0, got {v!r}")
+    _need(
         c.img_size % c.patch_size == 0,
         f"img_size ({c.img_size}) must be a multiple of patch_size ({c.patch_size}); "
         f"try img_size={c.grid_size * c.patch_size or c.patch_size}",
@@ -274,66 +281,70 @@ def _validate(c: VLMConfig) -> None:
         ("text_embed_dim", "text_num_heads"),
         ("text_embed_dim", "cross_attn_heads"),
     ]:
-        need(
+        _need(
             getattr(c, heads) <= getattr(c, dim),
             f"{heads} ({getattr(c, heads)}) must be <= {dim} ({getattr(c, dim)}) so that "
             "each head has at least one dimension",
         )
-    need(
+    _need(
         c.text_num_heads % c.text_kv_heads == 0,
         f"text_kv_heads ({c.text_kv_heads}) must divide text_num_heads ({c.text_num_heads}); "
         "use 1 for multi-query attention",
     )
-    need(
+    _need(
         c.cross_attn_heads % c.cross_attn_kv_heads == 0,
         f"cross_attn_kv_heads ({c.cross_attn_kv_heads}) must divide cross_attn_heads "
         f"({c.cross_attn_heads})",
     )
     for name in ["dropout", "ssm_dropout", "image_prefix_dropout"]:
         v = getattr(c, name)
-        need(0.0 <= v < 1.0, f"{name} must be in [0, 1), got {v}")
-    need(c.layer_norm_eps > 0, f"layer_norm_eps must be > 0, got {c.layer_norm_eps}")
-    need(0 < c.vision_mlp_ratio <= MAX_MLP_RATIO,
+        _need(0.0 <= v < 1.0, f"{name} must be in [0, 1), got {v}")
+    _need(c.layer_norm_eps > 0, f"layer_norm_eps must be > 0, got {c.layer_norm_eps}")
+    _need(0 < c.vision_mlp_ratio <= MAX_MLP_RATIO,
          f"vision_mlp_ratio must be in (0, {MAX_MLP_RATIO:g}], got {c.vision_mlp_ratio}")
-    need(c.num_patches <= MAX_PATCHES,
+    _need(c.num_patches <= MAX_PATCHES,
          f"img_size / patch_size = {c.grid_size} gives {c.num_patches} patches, over the "
          f"limit of {MAX_PATCHES}; raise patch_size or lower img_size")
-    need(
+    _need(
         0 < c.ssm_dt_min < c.ssm_dt_max,
         f"need 0 < ssm_dt_min < ssm_dt_max, got {c.ssm_dt_min} and {c.ssm_dt_max}",
     )
-    need(
+    _need(
         c.ssm_dt_rank is None or c.ssm_dt_rank >= 1,
         f"ssm_dt_rank must be None (auto) or >= 1, got {c.ssm_dt_rank}",
     )
-    need(c.text_ffn_dim is None or c.text_ffn_dim >= 1, "text_ffn_dim must be None or >= 1")
-    need(
+    _need(c.text_ffn_dim is None or c.text_ffn_dim >= 1, "text_ffn_dim must be None or >= 1")
+    for name, limit in MAX_SIZES.items():
+        v = getattr(c, name)
+        _need(v is None or v <= limit, f"{name}={v} is over its limit of {limit} (limits keep "
+             "a damaged or hostile config from allocating terabytes; see config.MAX_SIZES)")
+
+
+def _validate_choices(c: VLMConfig) -> None:
+    """Closed sets (scan order, backend, bridge, stem, attention) and the special tokens."""
+    _need(
         c.ssm_scan_order in SCAN_ORDERS,
         f"ssm_scan_order must be one of {SCAN_ORDERS}, got {c.ssm_scan_order!r}",
     )
-    need(
+    _need(
         c.ssm_scan_backend in SCAN_BACKENDS,
         f"ssm_scan_backend must be one of {SCAN_BACKENDS}, got {c.ssm_scan_backend!r}",
     )
-    need(c.bridge_type in BRIDGE_TYPES,
+    _need(c.bridge_type in BRIDGE_TYPES,
          f"bridge_type must be one of {BRIDGE_TYPES}, got {c.bridge_type!r}")
-    need(c.vision_stem in VISION_STEMS,
+    _need(c.vision_stem in VISION_STEMS,
          f"vision_stem must be one of {VISION_STEMS}, got {c.vision_stem!r}")
-    need(
+    _need(
         c.vision_stem != "conv" or c.patch_size & (c.patch_size - 1) == 0,
         f"vision_stem='conv' halves the image per conv, so patch_size must be a power of 2, "
         f"got {c.patch_size}; use vision_stem='patch'",
     )
-    need(c.attn_impl in ATTN_IMPLS, f"attn_impl must be one of {ATTN_IMPLS}, got {c.attn_impl!r}")
+    _need(c.attn_impl in ATTN_IMPLS, f"attn_impl must be one of {ATTN_IMPLS}, got {c.attn_impl!r}")
     ids = {"pad_token_id": c.pad_token_id, "bos_token_id": c.bos_token_id,
            "eos_token_id": c.eos_token_id}
     for name, v in ids.items():
-        need(
+        _need(
             0 <= v < c.vocab_size,
             f"{name} ({v}) must be a token id in [0, vocab_size={c.vocab_size})",
         )
-    need(len(set(ids.values())) == 3, f"pad, bos and eos token ids must differ, got {ids}")
-    for name, limit in MAX_SIZES.items():
-        v = getattr(c, name)
-        need(v is None or v <= limit, f"{name}={v} is over its limit of {limit} (limits keep "
-             "a damaged or hostile config from allocating terabytes; see config.MAX_SIZES)")
+    _need(len(set(ids.values())) == 3, f"pad, bos and eos token ids must differ, got {ids}")
