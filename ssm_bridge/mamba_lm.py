@@ -40,6 +40,7 @@ from torch import nn
 
 from . import hooks as hk
 from .checks import check_sampling_params
+from .config import SCAN_BACKENDS, check_types
 from .generation import sample_next
 from .hooks import HookPoint
 from .layers import gate_product, silu
@@ -101,7 +102,19 @@ class MambaConfig:
         return cls(**{"num_hidden_layers": 24, **overrides})
 
 
+# Upper bounds, so that a damaged or hostile config.json fails before anything is built
+# (even on the meta device, a million layers takes minutes): 4x and more the largest
+# published Mamba-1 (2.8b: width 2560, 64 layers).
+MAX_SIZES = {"vocab_size": 1_048_576, "hidden_size": 16384, "state_size": 1024,
+             "num_hidden_layers": 256, "conv_kernel": 64, "expand": 64}
+
+
 def _validate(c: MambaConfig) -> None:
+    check_types(MambaConfig, dataclasses.asdict(c), "MambaConfig")
+    for name, limit in MAX_SIZES.items():
+        if getattr(c, name) > limit:
+            raise ValueError(f"MambaConfig.{name}={getattr(c, name)} is over its limit of "
+                             f"{limit} (see mamba_lm.MAX_SIZES)")
     for name in ("vocab_size", "hidden_size", "state_size", "num_hidden_layers", "conv_kernel"):
         v = getattr(c, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -122,9 +135,8 @@ def _validate(c: MambaConfig) -> None:
     if not 0 < c.time_step_min <= c.time_step_max:
         raise ValueError(f"MambaConfig needs 0 < time_step_min <= time_step_max, got "
                          f"{c.time_step_min} and {c.time_step_max}")
-    backends = ("auto", "torch", "cpp", "ref")
-    if c.scan_backend not in backends:
-        raise ValueError(f"MambaConfig.scan_backend must be one of {backends}, got "
+    if c.scan_backend not in SCAN_BACKENDS:
+        raise ValueError(f"MambaConfig.scan_backend must be one of {SCAN_BACKENDS}, got "
                          f"{c.scan_backend!r}")
 
 

@@ -207,6 +207,12 @@ def edit(folder, tmp_path, config=None, tensors=None):
     (dict(config=lambda c: {**c, "model_type": "mamba2", "architectures": ["Mamba2ForCausalLM"]}),
      r"holds a 'mamba2' model \(Mamba2ForCausalLM\), not Mamba-1"),
     (dict(config=lambda c: {**c, "hidden_size": 0}), "hidden_size must be an integer >= 1"),
+    # a hostile config fails on its types and sizes before anything is built
+    (dict(config=lambda c: {**c, "tie_word_embeddings": "no"}),
+     "tie_word_embeddings must be true or false"),
+    (dict(config=lambda c: {**c, "num_hidden_layers": 10**6}),
+     "num_hidden_layers=1000000 is over its limit of 256"),
+    (dict(config=lambda c: {**c, "hidden_size": 10**9}), "hidden_size=1000000000 is over"),
 ])
 def test_bad_folder_errors(good_folder, tmp_path, change, message):
     with pytest.raises(ValueError, match=message) as e:
