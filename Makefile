@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/python -c "import sys; from ssm_bridge.scan import main; sys.exit(main(['--build']))" || echo "fused C++ scan not built: the PyTorch scan is used"
+	$(BIN)/python -c "import sys; from ssm_bridge.core.scan import main; sys.exit(main(['--build']))" || echo "fused C++ scan not built: the PyTorch scan is used"
 	touch $(STAMP)
 
 venv: $(STAMP)

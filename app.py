@@ -32,7 +32,7 @@ import gradio as gr
 import numpy as np
 
 from ssm_bridge import load_pretrained
-from ssm_bridge.app_support import (
+from ssm_bridge.app.support import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
     MB,
@@ -48,10 +48,10 @@ from ssm_bridge.app_support import (
     truth_markdown,
     word_spans,
 )
-from ssm_bridge.checkpoint import CheckpointError
 from ssm_bridge.cli import Parser, float_in, int_at_least
+from ssm_bridge.core.scan import prepare_extension
 from ssm_bridge.data import split_seeds
-from ssm_bridge.scan import prepare_extension
+from ssm_bridge.training.checkpoint import CheckpointError
 
 INTRO = ("# ssm-bridge\nA ViT reads the image, a stack of selective state-space layers "
          "(the bridge) carries it to a transformer decoder. Caption an image, click a word, "

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ssm_bridge import load_pretrained  # noqa: E402
-from ssm_bridge.app_support import (  # noqa: E402
+from ssm_bridge.app.support import (  # noqa: E402
     Analyser,
     Decoding,
     default_word,

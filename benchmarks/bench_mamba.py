@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssm_bridge.mamba_lm import MambaConfig, MambaLM
+from ssm_bridge.mamba.lm import MambaConfig, MambaLM
 
 BANDWIDTH_BYTES = 2**29  # 512 MiB: far past every cache, about the 130M model's weights
 
@@ -94,7 +94,7 @@ def mamba_lm_forward_vs_hf(quick: bool, config: MambaConfig | None = None,
     except ImportError:
         raise RuntimeError("mamba_lm_forward_vs_hf needs transformers (the dev extra: "
                            "pip install -e '.[dev]')") from None
-    from ssm_bridge.mamba_hf import config_to_hf
+    from ssm_bridge.mamba.hf import config_to_hf
 
     c = config or MambaConfig.mamba_130m()
     hf_cfg = {k: v for k, v in config_to_hf(c).items() if k not in ("model_type", "architectures")}

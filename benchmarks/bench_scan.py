@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssm_bridge.scan import selective_scan, selective_scan_ref
+from ssm_bridge.core.scan import selective_scan, selective_scan_ref
 
 SHAPE = dict(batch=8, length=197, dim=256, state=64)
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssm_bridge import EnhancedVLM, VLMConfig
-from ssm_bridge.ablate import machine_info
+from ssm_bridge.tools.ablate import machine_info
 
 Result = dict[str, dict]
 
@@ -138,7 +138,7 @@ _STEP = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
 from ssm_bridge import EnhancedVLM, VLMConfig
-from ssm_bridge.ablate import machine_info
+from ssm_bridge.tools.ablate import machine_info
 torch.manual_seed(0)
 model = EnhancedVLM(VLMConfig(gradient_checkpointing={ckpt})).train()
 images, tokens = torch.randn(4, 3, 224, 224), torch.randint(0, 32000, (4, 32))
@@ -192,7 +192,7 @@ def _train_samples_per_s(model: EnhancedVLM, batch: int, T: int, bf16: bool, ste
 def shapes_tiny_model() -> dict:
     """VLMConfig overrides of the shipped shapes-tiny preset (scene-world vocabulary)."""
     from ssm_bridge.data import Tokenizer
-    from ssm_bridge.train_config import TRAIN_PRESETS
+    from ssm_bridge.training.train_config import TRAIN_PRESETS
 
     return dict(TRAIN_PRESETS["shapes-tiny"]["model"], vocab_size=len(Tokenizer.for_scenes()))
 
@@ -202,7 +202,7 @@ def train_bf16_speedup(quick: bool) -> Result:
     vocabulary of the scene world) and at seed defaults (batch 8). The >= 2x target holds
     only where the CPU computes bf16 natively; elsewhere bf16 is emulated, the ratio is
     far below 1, and precision="auto" picks fp32 (the note says which it picks here)."""
-    from ssm_bridge.precision import choose_precision, cpu_bf16_support
+    from ssm_bridge.training.precision import choose_precision, cpu_bf16_support
 
     native, _ = cpu_bf16_support()
     picks, why = choose_precision("cpu")
@@ -227,8 +227,8 @@ def train_bf16_speedup(quick: bool) -> Result:
 def minutes_to_95(quick: bool) -> Result:
     """Training minutes (2 cores, evaluation excluded) until the shipped shapes-tiny run first
     reached 95 % val exact-match, read from the record its training run left beside it
-    (re-measuring means re-training: `python -m ssm_bridge.train --preset=shapes-tiny`)."""
-    from ssm_bridge.pretrained import SHIPPED_DIR
+    (re-measuring means re-training: `python -m ssm_bridge.training.train --preset=shapes-tiny`)."""
+    from ssm_bridge.training.pretrained import SHIPPED_DIR
 
     rec = json.loads((SHIPPED_DIR / "shapes-tiny" / "training_record.json").read_text())
     out = {"minutes_to_95": entry(rec["minutes_to_95"], "min", 15.0)}
@@ -242,7 +242,7 @@ def hook_overhead(quick: bool) -> Result:
     hook points are bypassed entirely (no nn.Module call): the cost of being hookable.
     Seed defaults at batch 2 (the target), and the shipped shapes-tiny size at batch 8,
     where the ~60 identity calls weigh most. Interleaved rounds, median of each."""
-    from ssm_bridge.hooks import HookPoint
+    from ssm_bridge.core.hooks import HookPoint
 
     class _Bypassed(HookPoint):
         def __call__(self, x):

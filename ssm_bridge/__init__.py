@@ -1,10 +1,19 @@
 """ssm-bridge: State Space Models as the bridge between a vision encoder and a language
-decoder, built to be looked inside."""
+decoder, built to be looked inside.
 
-from .checkpoint import CheckpointError
+Layout: `model` and `config` (the full model and its settings) assemble `core/` (layers,
+scan, SSM, attention, encoders, bridges, decoder, generation); `mamba/` is a hooked Mamba
+language model; `data/` the scene world, COCO and the tokenizer; `training/` training and
+evaluation; `interp/` the interpretability tools; `app/` the demo's analysis layer;
+`tools/` the ablation study and model-card tooling. The 0.1 flat names still import
+(see `_moved`)."""
+
+
+from ._moved import install as _install_moved
 from .config import PRESETS, VLMConfig
-from .generation import GenerationTraces
-from .hooks import ActivationCache, HookPoint
+from .core.generation import GenerationTraces
+from .core.hooks import ActivationCache, HookPoint
+from .core.ssm import explain_mode
 from .model import (
     CrossModalAttention,
     EnhancedSSMBridge,
@@ -16,8 +25,10 @@ from .model import (
     Swish,
     TransformerBlock,
 )
-from .pretrained import Pretrained, load_pretrained
-from .ssm import explain_mode
+from .training.checkpoint import CheckpointError
+from .training.pretrained import Pretrained, load_pretrained
+
+_install_moved()  # the 0.1 flat module names import as aliases
 
 __version__ = "0.1.0"
 

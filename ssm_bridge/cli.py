@@ -68,8 +68,8 @@ def writable_file(text: str) -> Path:
 def load_or_exit(parser: argparse.ArgumentParser, checkpoint: str, **kwargs):
     """load_pretrained(checkpoint), or one line on stderr and exit status 2 when the
     checkpoint is missing, damaged or inconsistent (checkpoint.CheckpointError)."""
-    from .checkpoint import CheckpointError
-    from .pretrained import load_pretrained
+    from .training.checkpoint import CheckpointError
+    from .training.pretrained import load_pretrained
 
     try:
         return load_pretrained(checkpoint, **kwargs)
@@ -114,14 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "caption":
         return caption_main(rest)
     if cmd == "interpret":
-        from .interpret import main as interpret_main
+        from .interp.interpret import main as interpret_main
 
         return interpret_main(rest)
     if cmd == "train":
-        from .train import main as train_main
+        from .training.train import main as train_main
 
         return train_main(rest)
-    from .evaluate import main as eval_main
+    from .training.evaluate import main as eval_main
 
     return eval_main(rest)
 

@@ -34,8 +34,8 @@ SCAN_ORDERS = tuple(SCAN_DIRECTIONS)
 SCAN_BACKENDS = ("auto", "torch", "cpp", "ref")
 ATTN_IMPLS = ("sdpa", "eager")
 VISION_STEMS = ("patch", "conv")
-# Bridges between the ViT and the decoder (ssm_bridge/bridges.py builds them; the
-# ablation study ssm_bridge/ablate.py compares them under one training budget).
+# Bridges between the ViT and the decoder (ssm_bridge/core/bridge_variants.py builds them; the
+# ablation study ssm_bridge/tools/ablate.py compares them under one training budget).
 BRIDGE_TYPES = ("ssm", "ssm_lti", "seed_ssm", "mlp", "resampler", "linear")
 # Upper bounds on every size. A config.json is checked against them before anything is
 # built, so a hostile or mistyped one (a width of 10^9, 10^6 layers) is refused at once
@@ -99,7 +99,7 @@ class VLMConfig:
     # a model can learn to read the image through the prefix alone and leave the
     # cross-attention gates near zero, and its cross-attention maps then mean little.
     image_prefix_dropout: float = 0.0
-    # The bridge (ssm_bridge/bridges.py): "ssm" the selective SSM (Mamba S6, the default);
+    # The bridge (core/bridge_variants.py): "ssm" the selective SSM (Mamba S6, the default);
     # "ssm_lti" the same blocks with Δ, B, C independent of the input (S4D-style, LTI);
     # "seed_ssm" the original package's dense-A, non-selective recurrent loop (a slow
     # baseline); "mlp" LLaVA-1.5's Linear-GELU-Linear projector; "resampler" a Perceiver

@@ -18,19 +18,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint
-from . import hooks as _hooks
-from .attention import CrossModalAttention, MultiQueryAttention
-from .bridge import EnhancedSSMBridge
-from .bridges import build_bridge
-from .checks import check_images, check_tokens
 from .config import VLMConfig
-from .decoder import LanguageDecoder
-from .generation import generate
-from .layers import SwiGLU, Swish
-from .ssm import SSMLayer
-from .transformer import TransformerBlock
-from .vision import EnhancedVisionTransformer
+from .core import hooks as _hooks
+from .core.attention import CrossModalAttention, MultiQueryAttention
+from .core.bridge import EnhancedSSMBridge
+from .core.bridge_variants import build_bridge
+from .core.checks import check_images, check_tokens
+from .core.decoder import LanguageDecoder
+from .core.generation import generate
+from .core.layers import SwiGLU, Swish
+from .core.ssm import SSMLayer
+from .core.transformer import TransformerBlock
+from .core.vision import EnhancedVisionTransformer
+from .training import checkpoint
 
 __all__ = [
     "CrossModalAttention", "EnhancedSSMBridge", "EnhancedVLM", "EnhancedVisionTransformer",
@@ -91,21 +91,21 @@ class EnhancedVLM(nn.Module):
 
     generate = generate
 
-    # ---- interpretability (TransformerLens-style; see ssm_bridge/hooks.py) ----
+    # ---- interpretability (TransformerLens-style; see ssm_bridge/core/hooks.py) ----
     def hook_names(self, heavy: bool = True) -> list[str]:
         """Every hook point by module path (heavy (B, L, D, N) ones unless heavy=False)."""
         return _hooks.hook_names(self, heavy)
 
     def run_with_cache(self, images, tokens=None, names_filter=None, *, heavy: bool = False,
                        grad: bool = False):
-        """-> (logits, ActivationCache). See `ssm_bridge.hooks.run_with_cache`."""
+        """-> (logits, ActivationCache). See `ssm_bridge.core.hooks.run_with_cache`."""
         return _hooks.run_with_cache(self, images, tokens, names_filter, heavy=heavy, grad=grad)
 
     def hooks(self, fwd_hooks=(), *, heavy: bool = False, check_fired: bool = True):
         """Context manager: `with model.hooks([(name_or_glob, fn)]): ...`; fn(tensor, name)
         returns a replacement or None. Hooks fire for this thread's forward passes only
         and are removed on exit, even on error. Globs skip the heavy (B, L, D, N) points
-        unless heavy=True. See `ssm_bridge.hooks.hooks`."""
+        unless heavy=True. See `ssm_bridge.core.hooks.hooks`."""
         return _hooks.hooks(self, fwd_hooks, heavy=heavy, check_fired=check_fired)
 
     # ---- checkpoints (safetensors + JSON) ----

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssm_bridge.mamba_lm import MambaConfig, MambaLM
+from ssm_bridge.mamba.lm import MambaConfig, MambaLM
 
 TINY = dict(vocab_size=37, hidden_size=16, state_size=4, num_hidden_layers=2)
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from matplotlib.container import BarContainer
 
-from ssm_bridge import ablate
-from ssm_bridge.ablate import COLUMNS, Study, make_trainer, prepare_data, run_config
-from ssm_bridge.train import build
+from ssm_bridge.tools import ablate as ablate
+from ssm_bridge.tools.ablate import COLUMNS, Study, make_trainer, prepare_data, run_config
+from ssm_bridge.training.train import build
 from viz.ablation import plot_ablation, plot_ablation_curves
 
 TINY = ["--preset", "test-tiny", "--num_train=16", "--scenes.min_objects=1",
@@ -39,7 +39,7 @@ def test_study_end_to_end_writes_csv_md_png_and_reuses_finished_runs(tmp_path, c
             assert 0 <= float(r[k]) <= 1
     assert [r["media_tokens"] for r in rows] == ["17", "4"]  # 1 + P, then the latents
     md = (out / "results.md").read_text()
-    assert "python -m ssm_bridge.ablate --variants ssm_lti,resampler" in md
+    assert "python -m ssm_bridge.tools.ablate --variants ssm_lti,resampler" in md
     assert "| ssm_lti | 0 |" in md and "| resampler | 0 |" in md and "Machine:" in md
     assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(out / "curves.csv") as f:
@@ -47,7 +47,7 @@ def test_study_end_to_end_writes_csv_md_png_and_reuses_finished_runs(tmp_path, c
     assert {(c["variant"], c["step"]) for c in curves} >= {("ssm_lti", "3"), ("resampler", "3")}
     assert all(math.isfinite(float(c["loss"])) for c in curves)
     meta = json.loads((out / "study.json").read_text())
-    assert meta["command"].startswith("python -m ssm_bridge.ablate --variants ssm_lti")
+    assert meta["command"].startswith("python -m ssm_bridge.tools.ablate --variants ssm_lti")
     assert "3 steps of batch 8" in meta["budget"] and meta["train_config"]["num_train"] == 16
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     run = runs / "ssm_lti-seed0"
@@ -92,7 +92,7 @@ ROWS = [
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():
-    study = Study(preset="test-tiny", command="python -m ssm_bridge.ablate --seeds 0,1")
+    study = Study(preset="test-tiny", command="python -m ssm_bridge.tools.ablate --seeds 0,1")
     cfg = run_config(study, "ssm", 0)
     md = ablate.results_markdown(ROWS, study, cfg)
     ssm_line = next(line for line in md.splitlines() if line.startswith("| ssm |"))

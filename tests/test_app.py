@@ -1,4 +1,4 @@
-"""The Gradio app: its helpers (ssm_bridge.app_support) and, through gradio_client, a
+"""The Gradio app: its helpers (ssm_bridge.app.support) and, through gradio_client, a
 launched app on loopback: captions of generated scenes, every kind of bad upload, and
 what the server refuses to serve."""
 
@@ -23,7 +23,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from apputil import ROOT, app, launched  # noqa: E402
 
 from ssm_bridge import load_pretrained  # noqa: E402
-from ssm_bridge.app_support import (  # noqa: E402
+from ssm_bridge.app.support import (  # noqa: E402
     TABS,
     Analyser,
     Decoding,

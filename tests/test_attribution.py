@@ -4,7 +4,9 @@ from conftest import make_model, open_gates, while_paused
 from einops import reduce, repeat
 
 from ssm_bridge import VLMConfig
-from ssm_bridge.attribution import (
+from ssm_bridge.core.ssm import explain_mode
+from ssm_bridge.data import Tokenizer
+from ssm_bridge.interp.attribution import (
     METHODS,
     WordLogit,
     _bridge_ratio,
@@ -13,8 +15,6 @@ from ssm_bridge.attribution import (
     compare_explain,
     make_baseline,
 )
-from ssm_bridge.data import Tokenizer
-from ssm_bridge.ssm import explain_mode
 
 POS, WORD = 3, 7  # explain logits[:, 3, 7]: the id 7 predicted after tokens[:, :4]
 

@@ -8,14 +8,14 @@ import torch
 from conftest import batch, make_model, open_gates
 
 from ssm_bridge import EnhancedVLM, VLMConfig
-from ssm_bridge.bridge import EnhancedSSMBridge
-from ssm_bridge.bridges import (
+from ssm_bridge.config import BRIDGE_TYPES
+from ssm_bridge.core.bridge import EnhancedSSMBridge
+from ssm_bridge.core.bridge_variants import (
     BUILDERS,
     SeedSSMLayer,
     build_bridge,
     require_ssm_bridge,
 )
-from ssm_bridge.config import BRIDGE_TYPES
 
 LATENTS = 5  # != 1 + P = 17, so the resampler's media length differs from the ViT's
 
@@ -210,7 +210,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(bridge_type):
 
 
 def test_implicit_attention_rebuilds_the_lti_scan():
-    from ssm_bridge.implicit_attention import verify
+    from ssm_bridge.interp.implicit_attention import verify
 
     model = make_model(config("ssm_lti", ssm_scan_order="bidirectional"))
     errors = verify(model, batch(model.config)[0][:1], strict=True)
@@ -219,7 +219,8 @@ def test_implicit_attention_rebuilds_the_lti_scan():
 
 @pytest.mark.parametrize("kind", ["mlp", "linear", "resampler", "seed_ssm"])
 def test_ssm_only_tools_say_so_for_other_bridges(kind):
-    from ssm_bridge import implicit_attention, interventions, maps
+    from ssm_bridge.interp import implicit_attention as implicit_attention
+    from ssm_bridge.interp import interventions, maps
 
     cfg = VLMConfig.from_preset("tiny", bridge_type=kind)
     model = EnhancedVLM(cfg).eval()

@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ssm_bridge import EnhancedVLM, VLMConfig
-from ssm_bridge.checkpoint import CheckpointError, CheckpointNotFoundError
+from ssm_bridge.training.checkpoint import CheckpointError, CheckpointNotFoundError
 
 
 def test_roundtrip_gives_identical_logits(tmp_path, tiny_config):

@@ -12,9 +12,9 @@ from safetensors.torch import load_file, save_file
 from ssm_bridge.cli import main
 from ssm_bridge.data import make_scene
 from ssm_bridge.data.captions import CAPTION_ATTRIBUTES
-from ssm_bridge.evaluate import caption_metrics, parse_caption
-from ssm_bridge.train import build
-from ssm_bridge.train_config import build_train_config
+from ssm_bridge.training.evaluate import caption_metrics, parse_caption
+from ssm_bridge.training.train import build
+from ssm_bridge.training.train_config import build_train_config
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import batch, make_model, open_gates
 
-from ssm_bridge.generation import filter_logits
-from ssm_bridge.layers import eval_mode
+from ssm_bridge.core.generation import filter_logits
+from ssm_bridge.core.layers import eval_mode
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import torch
 from conftest import batch, in_thread, make_model, open_gates, while_paused
 
 from ssm_bridge import explain_mode
-from ssm_bridge import hooks as hooks_module
-from ssm_bridge.scan import selective_scan_ref
+from ssm_bridge.core import hooks as hooks_module
+from ssm_bridge.core.scan import selective_scan_ref
 
 
 @pytest.fixture
@@ -241,7 +241,7 @@ def test_generate_traces_without_cross_attention_layers(tiny_config):
 def test_heavy_suffixes_are_the_scan_directions_heavy_hook_points(setup):
     """hooks.HEAVY_SUFFIXES is ScanDirection.HEAVY_HOOKS, and each names a hook point that
     exists (a renamed hook would otherwise silently stop being opt-in)."""
-    from ssm_bridge.ssm import ScanDirection
+    from ssm_bridge.core.ssm import ScanDirection
 
     _, model, _, _ = setup
     assert ScanDirection.HEAVY_HOOKS is hooks_module.HEAVY_SUFFIXES

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from conftest import batch, make_model
 
 from ssm_bridge import VLMConfig
-from ssm_bridge import implicit_attention as ia
-from ssm_bridge.scan import selective_scan_ref
+from ssm_bridge.core.scan import selective_scan_ref
+from ssm_bridge.interp import implicit_attention as ia
 
 
 def scan_inputs(b=2, L=9, dim=5, N=4, seed=0):
@@ -150,7 +150,7 @@ def test_from_cache_matches_layer_attention_and_names_missing_hooks(cross_model)
         ia.from_cache({}, cross_model, 0)
     with pytest.raises(ValueError, match="'abs' or 'signed'"):
         la.averaged("max")
-    # the chunked form (what ssm_bridge.maps uses) gives the same layer attention
+    # the chunked form (what ssm_bridge.interp.maps uses) gives the same layer attention
     fast = ia.from_cache(cache, cross_model, -1, dtype=torch.float64, chunked=True)
     exact = ia.from_cache(cache, cross_model, -1, dtype=torch.float64)
     assert fast.alpha_scan.dtype == torch.float64 and torch.equal(fast.perms, exact.perms)

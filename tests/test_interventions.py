@@ -6,7 +6,7 @@ import torch
 from conftest import batch, make_model, open_gates
 
 from ssm_bridge.data import Tokenizer
-from ssm_bridge.interventions import (
+from ssm_bridge.interp.interventions import (
     ablate_gate,
     compare,
     patch_activation,

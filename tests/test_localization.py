@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from ssm_bridge import localization as loc
 from ssm_bridge.cli import main as cli_main
 from ssm_bridge.data import SceneConfig, make_scene
-from ssm_bridge.interpret import format_table, localisation_table, main
+from ssm_bridge.interp import localization as loc
+from ssm_bridge.interp.interpret import format_table, localisation_table, main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,8 +11,8 @@ import torch
 from mambautil import max_rel, random_ids, tiny_mamba
 from safetensors.torch import load_file, save_file
 
-from ssm_bridge.mamba_lm import MambaConfig, MambaLM, MambaMixer
-from ssm_bridge.ssm import ScanDirection
+from ssm_bridge.core.ssm import ScanDirection
+from ssm_bridge.mamba.lm import MambaConfig, MambaLM, MambaMixer
 
 DECODE_SHAPES = [dict(), dict(conv_kernel=2, state_size=1, expand=1, use_conv_bias=False),
                  dict(num_hidden_layers=3, use_bias=True, tie_word_embeddings=False,

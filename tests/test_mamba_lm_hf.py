@@ -13,8 +13,8 @@ import pytest
 import torch
 from mambautil import max_rel, perturb, random_ids
 
-from ssm_bridge.mamba_hf import config_to_hf
-from ssm_bridge.mamba_lm import MambaConfig, MambaLM
+from ssm_bridge.mamba.hf import config_to_hf
+from ssm_bridge.mamba.lm import MambaConfig, MambaLM
 
 transformers = pytest.importorskip("transformers")
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 from mambautil import random_ids, tiny_mamba
 
-from ssm_bridge import mamba_tools as mt
-from ssm_bridge.implicit_attention import (
+from ssm_bridge.interp.implicit_attention import (
     SCAN_HOOKS,
     hidden_attention_ref,
     rebuild_error,
     scan_activations,
 )
+from ssm_bridge.mamba import tools as mt
 
 K = 4  # conv_kernel of the tiny models: the conv window reads K-1 tokens back
 

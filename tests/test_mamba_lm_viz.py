@@ -10,7 +10,7 @@ import pytest
 from mambautil import random_ids, tiny_mamba
 
 import viz
-from ssm_bridge import mamba_tools as mt
+from ssm_bridge.mamba import tools as mt
 
 
 def test_token_heatmap_draws_delta_per_layer_and_token():

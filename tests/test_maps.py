@@ -1,4 +1,4 @@
-"""Per-word maps (ssm_bridge.maps): every map has its documented shape and belongs to the
+"""Per-word maps (ssm_bridge.interp.maps): every map has its documented shape and belongs to the
 query that produced its word, the bridge maps are in patch order, the fast hidden
 attention equals the reference, attribution kinds run on demand and are cached."""
 
@@ -9,10 +9,11 @@ import torch
 from conftest import make_model, open_gates
 
 from ssm_bridge import VLMConfig
-from ssm_bridge import implicit_attention as ia
-from ssm_bridge.attribution import attribute
+from ssm_bridge.core.ssm import direction_perm
 from ssm_bridge.data import Tokenizer
-from ssm_bridge.maps import (
+from ssm_bridge.interp import implicit_attention as ia
+from ssm_bridge.interp.attribution import attribute
+from ssm_bridge.interp.maps import (
     MAP_KINDS,
     analyse,
     attribute_words,
@@ -20,7 +21,6 @@ from ssm_bridge.maps import (
     word_map,
     word_maps,
 )
-from ssm_bridge.ssm import direction_perm
 
 TOK = Tokenizer.for_scenes()
 G = 4  # 32 px images, 8 px patches

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from conftest import batch, make_model, open_gates
 
 from ssm_bridge import EnhancedSSMBridge, SSMLayer, VLMConfig
-from ssm_bridge.attention import attend
 from ssm_bridge.config import SCAN_ORDERS
-from ssm_bridge.ssm import DIRECTIONS, direction_perm, grid_layout
+from ssm_bridge.core.attention import attend
+from ssm_bridge.core.ssm import DIRECTIONS, direction_perm, grid_layout
 
 
 @pytest.mark.parametrize("groups", [1, 2, 4])

@@ -8,10 +8,10 @@ import pytest
 from conftest import make_model
 
 from ssm_bridge import VLMConfig, load_pretrained
-from ssm_bridge.checkpoint import CheckpointError, CheckpointNotFoundError
 from ssm_bridge.data import ImageTransform, SceneConfig, Tokenizer
-from ssm_bridge.pretrained import training_record, write_extras
-from ssm_bridge.trainer import CHECKPOINT_FILES, rng_name
+from ssm_bridge.training.checkpoint import CheckpointError, CheckpointNotFoundError
+from ssm_bridge.training.pretrained import training_record, write_extras
+from ssm_bridge.training.trainer import CHECKPOINT_FILES, rng_name
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 from conftest import make_model
 
 from ssm_bridge.data import Scene, SceneObject
-from ssm_bridge.probes import (
+from ssm_bridge.interp.probes import (
     BACKGROUND,
     majority_baseline,
     patch_labels,

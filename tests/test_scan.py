@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssm_bridge import scan
 from ssm_bridge.config import SCAN_BACKENDS
-from ssm_bridge.scan import selective_scan, selective_scan_ref, selective_scan_step
+from ssm_bridge.core import scan as scan
+from ssm_bridge.core.scan import selective_scan, selective_scan_ref, selective_scan_step
 
 NAMES = ("x", "delta", "A", "B", "C", "D")
 
@@ -261,7 +261,7 @@ def test_another_checkout_of_the_same_source_does_not_rebuild(tmp_path):
     before = built.stat().st_mtime_ns
     checkout = tmp_path / "selective_scan.cpp"
     checkout.write_bytes(scan._SOURCE.read_bytes())
-    code = ("from pathlib import Path; from ssm_bridge import scan; "
+    code = ("from pathlib import Path; from ssm_bridge.core import scan as scan; "
             f"scan._SOURCE = Path({str(checkout)!r}); print(scan.build_extension().__file__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300, check=True).stdout

@@ -11,9 +11,9 @@ from PIL import Image
 from ssm_bridge import load_pretrained
 from ssm_bridge.data import make_scene
 from ssm_bridge.data.captions import CAPTION_ATTRIBUTES
-from ssm_bridge.evaluate import caption_metrics
-from ssm_bridge.model_card import render
-from ssm_bridge.pretrained import SHIPPED_DIR
+from ssm_bridge.tools.model_card import render
+from ssm_bridge.training.evaluate import caption_metrics
+from ssm_bridge.training.pretrained import SHIPPED_DIR
 
 DIR = SHIPPED_DIR / "shapes-tiny"
 
@@ -55,7 +55,7 @@ def test_exact_match_on_200_test_scenes_does_not_regress(first_200):
 
 def test_metrics_meet_the_shipped_targets():
     """metrics.json (1000 test scenes) and the training record meet the card's targets."""
-    from ssm_bridge.model_card import TARGETS
+    from ssm_bridge.tools.model_card import TARGETS
 
     test = json.loads((DIR / "metrics.json").read_text())["test"]
     record = json.loads((DIR / "training_record.json").read_text())
@@ -74,7 +74,7 @@ def test_model_card_quotes_the_measured_record():
     expected = render(DIR.name, command, machine.removeprefix("- Machine: "), record, metrics,
                       scenes)
     assert card == expected  # the card is exactly what the files say
-    assert command.startswith("python -m ssm_bridge.train --preset=shapes-tiny")
+    assert command.startswith("python -m ssm_bridge.train --preset=shapes-tiny")  # as run
     assert metrics["test"]["num"] == 1000
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssm_bridge.checkpoint import load_weights
-from ssm_bridge.train import build
-from ssm_bridge.train_config import build_train_config, parse_overrides
-from ssm_bridge.trainer import NonFiniteLossError, latest_checkpoint
+from ssm_bridge.training.checkpoint import load_weights
+from ssm_bridge.training.train import build
+from ssm_bridge.training.train_config import build_train_config, parse_overrides
+from ssm_bridge.training.trainer import NonFiniteLossError, latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def test_trains_logs_plots_and_checkpoints(tmp_path):
                                                  "tokenizer.json", "optimizer.safetensors",
                                                  "trainer_state.json", "preprocess.json"}
     assert len(list((run / "checkpoints").glob("step-*"))) == cfg.keep_checkpoints
-    from ssm_bridge.pretrained import load_pretrained
+    from ssm_bridge.training.pretrained import load_pretrained
 
     bundle = load_pretrained(ckpt)  # any run checkpoint loads like a shipped one
     assert bundle.scene_config.img_size == 32
@@ -105,7 +105,7 @@ def test_weight_average_is_evaluated_saved_and_resumed_exactly(tmp_path):
 
 
 def test_init_from_starts_from_a_checkpoints_weights_with_a_fresh_schedule(tmp_path, capsys):
-    from ssm_bridge.train import main
+    from ssm_bridge.training.train import main
 
     first = build(tiny(tmp_path / "a", max_steps=6, save_every=0))
     first.fit()
@@ -141,7 +141,7 @@ def test_prefix_dropout_starts_at_its_step(tmp_path):
 
 
 def test_ema_update_follows_its_formula():
-    from ssm_bridge.trainer import ema_update
+    from ssm_bridge.training.trainer import ema_update
 
     ema, model = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     before = ema.weight.detach().clone()
@@ -162,8 +162,8 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
 _SAVER = """
 import sys
 sys.path.insert(0, {root!r})
-from ssm_bridge.train import build
-from ssm_bridge.train_config import build_train_config
+from ssm_bridge.training.train import build
+from ssm_bridge.training.train_config import build_train_config
 cfg = build_train_config("test-tiny", dict(out_dir={out!r}, model=dict(
     img_size=32, patch_size=8, vision_embed_dim=256, vision_num_layers=4, vision_num_heads=4,
     text_embed_dim=256, text_num_layers=4, text_num_heads=4, max_seq_length=32)))
@@ -207,7 +207,8 @@ def test_ddp_two_cpu_processes_stay_identical_and_learn(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     res = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "ssm_bridge.train", "--preset=test-tiny", f"--out_dir={run}", "--max_steps=30",
+         "-m", "ssm_bridge.training.train", "--preset=test-tiny", f"--out_dir={run}",
+         "--max_steps=30",
          "--batch_size=4", "--threads=1"],
         env=env, capture_output=True, text=True, timeout=300,
     )

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 sys.path.insert(0, {root!r})
-from ssm_bridge.train import build
-from ssm_bridge.train_config import build_train_config
+from ssm_bridge.training.train import build
+from ssm_bridge.training.train_config import build_train_config
 
 out = {out!r}
 small = dict(num_train=16, batch_size=2, threads=1, eval_num=2)
@@ -114,8 +114,8 @@ def test_early_stop_and_rng_resume_under_torchrun(tmp_path):
 _CRASH = """
 import sys, time
 sys.path.insert(0, {root!r})
-from ssm_bridge import trainer
-from ssm_bridge.train import main
+from ssm_bridge.training import trainer as trainer
+from ssm_bridge.training.train import main
 
 step = trainer.Trainer.train_step
 

@@ -12,11 +12,11 @@ import torch
 from safetensors import safe_open
 from test_train import tiny
 
-from ssm_bridge import train_config as train_config_module
-from ssm_bridge import trainer as trainer_module
-from ssm_bridge.checkpoint import load_weights
-from ssm_bridge.train import build, main
-from ssm_bridge.trainer import Trainer, latest_checkpoint, read_metrics
+from ssm_bridge.training import train_config as train_config_module
+from ssm_bridge.training import trainer as trainer_module
+from ssm_bridge.training.checkpoint import load_weights
+from ssm_bridge.training.train import build, main
+from ssm_bridge.training.trainer import Trainer, latest_checkpoint, read_metrics
 
 # Small and quick: 6 steps of 4 samples, a checkpoint at step 3 and at the end; dropout
 # makes the result depend on the restored RNG state too.

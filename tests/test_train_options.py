@@ -11,9 +11,9 @@ import pytest
 import torch
 from test_train import ROOT, tiny
 
-from ssm_bridge import layers
-from ssm_bridge.train import build, main
-from ssm_bridge.train_config import CHOICES, RANGES, TrainConfig
+from ssm_bridge.core import layers as layers
+from ssm_bridge.training.train import build, main
+from ssm_bridge.training.train_config import CHOICES, RANGES, TrainConfig
 
 SMALL = ["--preset=test-tiny", "--num_train=8", "--batch_size=2", "--eval_num=0",
          "--threads=1"]
@@ -60,7 +60,7 @@ def test_every_closed_set_and_range_is_checked():
 
 def test_the_command_prints_one_line_and_no_traceback():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    res = subprocess.run([sys.executable, "-m", "ssm_bridge.train", "--preset=test-tiny",
+    res = subprocess.run([sys.executable, "-m", "ssm_bridge.training.train", "--preset=test-tiny",
                           "--precision=fp16"], capture_output=True, text=True, env=env,
                          timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr

@@ -8,11 +8,11 @@ import pytest
 import torch
 from test_train import tiny
 
-from ssm_bridge import precision
-from ssm_bridge.ablate import STUDY_TRAIN, Study, run_config
-from ssm_bridge.precision import choose_precision, resolve_precision
-from ssm_bridge.train import build
-from ssm_bridge.train_config import TRAIN_PRESETS, TrainConfig
+from ssm_bridge.tools.ablate import STUDY_TRAIN, Study, run_config
+from ssm_bridge.training import precision as precision
+from ssm_bridge.training.precision import choose_precision, resolve_precision
+from ssm_bridge.training.train import build
+from ssm_bridge.training.train_config import TRAIN_PRESETS, TrainConfig
 
 CPU = torch.device("cpu")
 X86 = {"architecture": "x86_64", "avx2": True, "avx512_f": False}

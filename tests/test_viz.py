@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 import viz
-from ssm_bridge.ssm import direction_perm
+from ssm_bridge.core.ssm import direction_perm
 from viz.arrays import as_image, grid_values, scan_step_grid
 from viz.style import upsample
 

@@ -2,7 +2,7 @@
 
 Sequences follow the model's layout: `prefix` cls tokens, then a g x g patch grid in raster
 order, so a sequence has L = prefix + g*g tokens. A scan permutation `scan_perm` (L,) is what
-`ssm_bridge.ssm.direction_perm` returns: scan step t reads token `scan_perm[t]`. Values
+`ssm_bridge.core.ssm.direction_perm` returns: scan step t reads token `scan_perm[t]`. Values
 recorded IN SCAN ORDER (Δ, B, C, the state h) are put back on the grid with it.
 """
 

@@ -1,4 +1,4 @@
-"""Pictures of a language model's scan, token by token (MambaLM, ssm_bridge.mamba_tools).
+"""Pictures of a language model's scan, token by token (MambaLM, ssm_bridge.mamba.tools).
 
     stats = token_stats(model, ids)                                   # (B, layers, L) each
     fig = token_heatmap(stats["delta"][0], tokens=words)              # Δ per layer and token

@@ -80,7 +80,7 @@ for i, (s, cap) in enumerate(zip(scenes, captions)):
 # caption right, word for word) and per-attribute accuracies, with the kit's evaluator.
 
 # %%
-from ssm_bridge.evaluate import caption_metrics
+from ssm_bridge.training.evaluate import caption_metrics
 
 test = [make_scene("test", i, p.scene_config) for i in range(200)]
 preds = p.caption([s.image for s in test])
@@ -120,7 +120,7 @@ for seed, cap in enumerate(samples):
 shared = 0  # words every sample shares from the start
 while all(len(c.split()) > shared for c in samples) and len({c.split()[shared] for c in samples}) == 1:
     shared += 1
-from ssm_bridge.localization import parse_objects  # None: not in the scene grammar
+from ssm_bridge.interp.localization import parse_objects  # None: not in the scene grammar
 
 ungrammatical = sum(parse_objects(c.split()) is None for c in samples)
 print(f"{len(set(samples))} distinct captions in {len(samples)} samples, all sharing their "

@@ -33,7 +33,7 @@ def show(fig):
 # %%
 from ssm_bridge import load_pretrained
 from ssm_bridge.data import make_scene
-from ssm_bridge.ssm import direction_perm
+from ssm_bridge.core.ssm import direction_perm
 
 p = load_pretrained("shapes-tiny")
 model = p.model

@@ -30,7 +30,7 @@ def show(fig):
 # %%
 from ssm_bridge import load_pretrained
 from ssm_bridge.data import make_scene
-from ssm_bridge.ssm import direction_perm
+from ssm_bridge.core.ssm import direction_perm
 
 p = load_pretrained("shapes-tiny")
 model = p.model
@@ -158,7 +158,7 @@ for layer, block in enumerate(layers):
 # the whole mixer output of a layer.
 
 # %%
-from ssm_bridge.evaluate import caption_metrics
+from ssm_bridge.training.evaluate import caption_metrics
 
 test = [make_scene("test", i, p.scene_config) for i in range(64)]
 test_images = torch.stack([p.transform(s.image) for s in test])

@@ -8,7 +8,7 @@
 # do these two attentions look, how open are the gates, do the maps point at the object
 # the word names, and which of the two paths does the caption actually depend on?
 #
-# `ssm_bridge.maps.analyse` captions an image and collects, per generated word, the
+# `ssm_bridge.interp.maps.analyse` captions an image and collects, per generated word, the
 # cross-attention map (mean over heads and cross layers), the prefix-attention map (mean
 # over heads and decoder blocks) and the cross-attention pushed through the bridge's
 # hidden attention (notebook 05), all on the 8 × 8 patch grid.
@@ -31,7 +31,7 @@ def show(fig):
 # %%
 from ssm_bridge import load_pretrained
 from ssm_bridge.data import make_scene
-from ssm_bridge.maps import analyse
+from ssm_bridge.interp.maps import analyse
 
 p = load_pretrained("shapes-tiny")
 model = p.model
@@ -74,10 +74,10 @@ show(gate_values(a.gates))
 # `tanh(attn_gate) · CrossAttention(text, media)` against the text stream it is added to,
 # at every caption position of 64 test scenes (their greedy captions, teacher-forced):
 # the hooks `hook_resid_pre` and `hook_attn_out` of each cross layer hold the two, and
-# `ssm_bridge.maps.gated_update` takes their ratio (the app shows it for the chosen word).
+# `ssm_bridge.interp.maps.gated_update` takes their ratio (the app shows it for the chosen word).
 
 # %%
-from ssm_bridge.maps import gated_update
+from ssm_bridge.interp.maps import gated_update
 
 test = [make_scene("test", i, p.scene_config) for i in range(64)]
 images = torch.stack([p.transform(s.image) for s in test])
@@ -113,7 +113,7 @@ print(f"|gated update| / |text stream|: median {update.median():.2f}, "
 # * **blanked and gate = 0**: both paths cut.
 
 # %%
-from ssm_bridge.evaluate import caption_metrics
+from ssm_bridge.training.evaluate import caption_metrics
 
 
 def zero(t, name):
@@ -146,7 +146,7 @@ for name, m in results.items():
 # %% [markdown]
 # ## Do the maps point at the object?
 #
-# `ssm_bridge.interpret.localisation_table` captions the first 50 test scenes, keeps the
+# `ssm_bridge.interp.interpret.localisation_table` captions the first 50 test scenes, keeps the
 # captions whose objects match the truth, and scores each object's word against the
 # object's pixel mask: the **pointing game** (does the map's brightest patch touch the
 # object?) and **energy in mask** (the share of the map's mass on the object). A seeded
@@ -158,7 +158,7 @@ for name, m in results.items():
 # the object; we print it after the tables, with each map's pointing rate divided by it.
 
 # %%
-from ssm_bridge.interpret import format_table, localisation_table
+from ssm_bridge.interp.interpret import format_table, localisation_table
 
 kinds = ["cross_attention", "prefix_attention", "implicit"]
 tables = {role: localisation_table(p, n=50, maps=kinds, progress=False, role=role)

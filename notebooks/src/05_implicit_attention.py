@@ -13,7 +13,7 @@
 # information when the layers are chained (rollout), and how does it change the picture
 # the decoder's cross-attention gives?
 #
-# `ssm_bridge.implicit_attention` computes α from the hooks `hook_conv`, `hook_delta`,
+# `ssm_bridge.interp.implicit_attention` computes α from the hooks `hook_conv`, `hook_delta`,
 # `hook_B`, `hook_C` of every scan direction and maps it back to patch order.
 
 # %%
@@ -33,7 +33,7 @@ def show(fig):
 
 
 # %%
-from ssm_bridge import implicit_attention as ia
+from ssm_bridge.interp import implicit_attention as ia
 from ssm_bridge import load_pretrained
 from ssm_bridge.data import make_scene
 
@@ -145,7 +145,7 @@ show(layer_maps({"rollout: object centre": ia.to_patch_grid(roll[0], query - 1),
 #
 # The decoder's cross-attention weighs the bridge's *outputs*. Multiplying a word's
 # cross-attention row by the rollout gives how that attention reaches the bridge's
-# *inputs*, the ViT patches (what `ssm_bridge.maps` calls the implicit map). Does the
+# *inputs*, the ViT patches (what `ssm_bridge.interp.maps` calls the implicit map). Does the
 # detour through the scan move attention onto or off the object the word names? Over 8
 # test scenes, for every word naming an attribute of an object, we compare the share of
 # each map on the object's patches (covered at least 10 %) with the object's share of the

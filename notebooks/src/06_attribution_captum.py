@@ -6,7 +6,7 @@
 # (IG), Saliency, SmoothGrad (NoiseTunnel) and GradCAM agree with each other and with the
 # attention maps of notebook 04, and which of them points at the object the word names?
 #
-# `ssm_bridge.attribution.attribute(model, images, tokens, position, target_id, method)`
+# `ssm_bridge.interp.attribution.attribute(model, images, tokens, position, target_id, method)`
 # explains the logit of `target_id` at `position` of the teacher-forced caption prefix,
 # with captum's implementations. GradCAM works on the ViT's final patch grid
 # (`vision.hook_grid`), the others on pixels (summed per 8 × 8 patch for scoring).
@@ -31,7 +31,7 @@ def show(fig):
 # %%
 from ssm_bridge import load_pretrained
 from ssm_bridge.data import make_scene
-from ssm_bridge.maps import analyse
+from ssm_bridge.interp.maps import analyse
 
 p = load_pretrained("shapes-tiny")
 model, tok = p.model, p.tokenizer
@@ -53,7 +53,7 @@ print(f"explaining word {word} {a.words[word]!r}: the logit of id {int(a.ids[pos
 # path integral has converged, so first choose the number of steps with it.
 
 # %%
-from ssm_bridge.attribution import attribute
+from ssm_bridge.interp.attribution import attribute
 
 image = a.image[None]  # (1, 3, 64, 64)
 tokens = a.ids[:pos][None]  # (1, pos): BOS + the caption before the word
@@ -72,7 +72,7 @@ for steps in (16, 32, 64, 128, 256, 512, 1024):
 # of 401 points, and compare its steepest slope with the average one, f(1) - f(0).
 
 # %%
-from ssm_bridge.attribution import WordLogit
+from ssm_bridge.interp.attribution import WordLogit
 
 logit = WordLogit(model, tokens, pos - 1, target)  # f: images (B, 3, H, W) -> (B,)
 alphas = torch.linspace(0, 1, 401)
@@ -126,7 +126,7 @@ show(fig)
 # 8 test scenes.
 
 # %%
-from ssm_bridge.attribution import compare_explain
+from ssm_bridge.interp.attribution import compare_explain
 
 cmp = compare_explain(model, image, tokens, pos - 1, target)
 print(f"'{a.words[word]}': bridge in / out relevance plain {cmp.bridge_plain.item():.2f}, "
@@ -162,8 +162,8 @@ print(f"{len(corr)} nouns: median |ratio - 1| plain {off_plain.median():.2f}, ex
 # rough; the pointing game scores only its ranking of patches.
 
 # %%
-from ssm_bridge import localization as loc
-from ssm_bridge.maps import word_maps
+from ssm_bridge.interp import localization as loc
+from ssm_bridge.interp.maps import word_maps
 
 
 def smoothgrad(a, words):

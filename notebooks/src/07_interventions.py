@@ -6,7 +6,7 @@
 # transplant its activations from one image into another? Which of the bridge's
 # quantities does the caption causally depend on?
 #
-# `ssm_bridge.interventions` builds the edits as hook lists for `model.hooks`:
+# `ssm_bridge.interp.interventions` builds the edits as hook lists for `model.hooks`:
 # `reset_state` (Ā_t = 0 at some patches: the state forgets its past there),
 # `zero_state` (Ā_t = 0 and Δ·B·x_t = 0: the state is emptied), `ablate_gate` (the gate
 # SiLU(z) set to 0, 1 or its mean over the image), `patch_state` (the state taken from a
@@ -37,7 +37,7 @@ def num(x, digits=2):
 
 
 # %%
-from ssm_bridge import interventions as iv
+from ssm_bridge.interp import interventions as iv
 from ssm_bridge import load_pretrained
 from ssm_bridge.data import make_scene
 
@@ -91,7 +91,7 @@ for name, hooks in edits.items():
 # run scene by scene; the others as one batch.
 
 # %%
-from ssm_bridge.evaluate import caption_metrics
+from ssm_bridge.training.evaluate import caption_metrics
 
 test = [make_scene("test", i, p.scene_config) for i in range(64)]
 images = torch.stack([p.transform(s.image) for s in test])  # (64, 3, 64, 64)

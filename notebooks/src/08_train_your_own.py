@@ -9,7 +9,7 @@
 # `build_train_config(preset, overrides)` makes a `TrainConfig`, `build(cfg)` makes the
 # data, tokenizer, model and `Trainer`, and `trainer.fit()` runs it, writing
 # `metrics.jsonl`, `loss_curve.png` and checkpoints into `out_dir`. The equivalent shell
-# command is `python -m ssm_bridge.train --preset=test-tiny --max_steps=400 ...`.
+# command is `python -m ssm_bridge.training.train --preset=test-tiny --max_steps=400 ...`.
 #
 # To fit in a minute on a CPU the run is tiny: 32 × 32 images of one object, three
 # shapes in three colours, on a plain background, and a model of ~50 k parameters.
@@ -43,8 +43,8 @@ def show(fig):
 # validation scenes every 100 steps, scored per attribute).
 
 # %%
-from ssm_bridge.train import build
-from ssm_bridge.train_config import build_train_config
+from ssm_bridge.training.train import build
+from ssm_bridge.training.train_config import build_train_config
 
 scenes = dict(img_size=32, max_objects=1, shapes=["circle", "square", "triangle"],
               colours=["red", "green", "blue"], holdout=[], backgrounds=["light"],

@@ -16,7 +16,7 @@
 # | `resampler` | a Perceiver resampler: 16 learned latents cross-attend to the patches |
 # | `linear` | one projection |
 #
-# The study (`python -m ssm_bridge.ablate`) trains each variant with three seeds on scenes
+# The study (`python -m ssm_bridge.tools.ablate`) trains each variant with three seeds on scenes
 # of 3-5 objects, half captions and half questions (colour, shape, size, count, relation,
 # yes/no), so that order, counting and memory over the patch grid matter. It takes about
 # an hour and a quarter on two CPU cores, so this notebook does not train: it reads the
@@ -68,7 +68,7 @@ print(study["budget"])
 print("machine:", study["machine"], "| run on", study["date"])
 
 # %%
-from ssm_bridge.ablate import summary_table
+from ssm_bridge.tools.ablate import summary_table
 
 display(Markdown(summary_table(rows)))
 
@@ -129,7 +129,7 @@ for v in variants:
 # than that spread is a tie at three seeds.
 
 # %%
-from ssm_bridge.ablate import mean_std
+from ssm_bridge.tools.ablate import mean_std
 
 METRICS = ["exact_match", "vqa", "colour", "shape", "size", "relation", "count"]
 

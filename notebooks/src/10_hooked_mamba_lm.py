@@ -5,7 +5,7 @@
 # state patching) were built for the two SSM layers inside the captioner. Do they work on
 # a Mamba *language model*, and do they find what the model really does?
 #
-# `ssm_bridge.mamba_lm.MambaLM` is a Mamba-1 language model made of the bridge's own scan
+# `ssm_bridge.mamba.lm.MambaLM` is a Mamba-1 language model made of the bridge's own scan
 # layer, with transformers' parameter names, so `MambaLM.from_hf(folder)` loads a
 # `MambaForCausalLM` such as `state-spaces/mamba-130m-hf` from disk (see the README,
 # "Your own Mamba"). Here, to know the right answer in advance, we train a small one in
@@ -68,7 +68,7 @@ print(" ".join(words(test_ids[shown])), "  ->", LETTERS[test_val[shown]])
 # is the value token itself: there is one right place to write it into the state.
 
 # %%
-from ssm_bridge.mamba_lm import MambaConfig, MambaLM
+from ssm_bridge.mamba.lm import MambaConfig, MambaLM
 
 config = MambaConfig(vocab_size=len(LETTERS) + 2, hidden_size=32, state_size=8,
                      num_hidden_layers=2, conv_kernel=2)
@@ -127,7 +127,7 @@ for ids, a in zip(test_ids[:4], answers):
 # norm, from one forward.
 
 # %%
-from ssm_bridge import mamba_tools as mt
+from ssm_bridge.mamba import tools as mt
 from viz import token_heatmap
 
 stats = mt.token_stats(model, test_ids)  # each (100, 2 layers, 16)
@@ -140,7 +140,7 @@ show(token_heatmap(stats["delta"][shown], tokens=words(test_ids[shown]),
 # ## Hidden attention: what does the query read?
 #
 # Unrolling the scan writes each layer's output as y_t = Σ_s α[t, s] x_s + D x_t
-# (ssm_bridge.implicit_attention). `verify` rebuilds every layer's output from α; the row
+# (ssm_bridge.interp.implicit_attention). `verify` rebuilds every layer's output from α; the row
 # of the query token `?` then says which tokens it reads.
 
 # %%

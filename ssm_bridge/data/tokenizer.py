@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..checkpoint import atomic_write
+from ..training.checkpoint import atomic_write
 from .scenes import scene_vocabulary
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")

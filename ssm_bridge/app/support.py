@@ -1,0 +1,387 @@
+"""What the Gradio app (app.py) does besides laying out widgets, testable without a server.
+
+    analyser = Analyser(load_pretrained("shapes-tiny"))
+    pixels = analyser.prepare(read_upload("photo.jpg", max_bytes=10 * 2**20))  # (64, 64, 3)
+    analyser.caption(pixels, Decoding())                   # 'a small red circle ...'
+    view = analyser.analyse(pixels, Decoding())            # View: CaptionAnalysis + caches
+    fig = tab_figure(analyser, view, "cross", word=2)      # a matplotlib Figure per tab
+
+Uploads are checked before they are decoded: empty files, files over the size limit,
+formats outside SAFE_FORMATS (PIL would run Ghostscript on EPS), images declaring more
+than `max_pixels` pixels (decompression bombs: a few KB of PNG that inflate to GBs) and
+truncated or corrupt data each raise an `UploadError` whose message says what to do.
+Model calls run one at a time under the analyser's lock (hooks are per thread, but
+explain_mode and train/eval switch the shared model itself), without autograd except for
+attributions.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+import viz
+
+from ..core.ssm import direction_perm
+from ..data import PALETTE, SHAPES, SceneConfig, generate_scene
+from ..interp.localization import energy_in_mask, object_words, pointing_game, random_scores
+from ..interp.maps import ATTRIBUTION_KINDS, CaptionAnalysis, analyse, word_map
+
+MB = 2**20
+DEFAULT_MAX_UPLOAD_MB = 10.0
+DEFAULT_MAX_PIXELS = 40_000_000  # a 7,300 x 5,500 photo; bombs declare far more
+SAFE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "AVIF", "PPM", "TGA", "ICO")
+DECODINGS = ("greedy", "sampling")
+TABS = {  # tab id -> title, in the order the app shows them
+    "cross": "Cross-attention", "prefix": "Decoder → image", "bridge": "Δ / gate",
+    "state": "State", "implicit": "Implicit", "attribution": "Attribution",
+    "truth": "Ground truth", "scrubber": "Scan scrubber",
+}
+FIGURE_DPI = 120
+LOCALISED_KINDS = ("cross_attention", "prefix_attention", "implicit")
+RANDOM_MAPS = 100  # random maps averaged for the localisation baseline
+
+
+class UploadError(ValueError):
+    """An upload the app cannot caption; the message is shown to the user as is."""
+
+
+# ---------------------------------------------------------------- inputs
+def read_upload(path: str | os.PathLike | None, max_bytes: float = DEFAULT_MAX_UPLOAD_MB * MB,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An uploaded file -> a decoded PIL image (EXIF orientation applied), or UploadError."""
+    if path is None:
+        raise UploadError("No image yet: upload an image file (PNG, JPEG, GIF, BMP, TIFF, WebP).")
+    path = Path(path)
+    if not path.is_file():
+        raise UploadError("The upload did not arrive; please upload the file again.")
+    size = path.stat().st_size
+    if size == 0:
+        raise UploadError(f"{path.name} is empty (0 bytes): upload an image file.")
+    if size > max_bytes:
+        raise UploadError(f"{path.name} is {size / MB:.1f} MB, over the upload limit of "
+                          f"{max_bytes / MB:g} MB: shrink or compress it and try again.")
+    try:
+        with Image.open(path, formats=SAFE_FORMATS) as img:
+            check_pixels(img.size, max_pixels, path.name)
+            img.load()
+            return ImageOps.exif_transpose(img)  # a decoded copy, upright
+    except UploadError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise UploadError(_bomb_message(path.name, max_pixels, str(e))) from e
+    except UnidentifiedImageError as e:
+        raise UploadError(f"{path.name} is not an image this app can read (or it is "
+                          "corrupt): upload a PNG, JPEG, GIF, BMP, TIFF or WebP image.") from e
+    except Exception as e:  # truncated data, bad chunks, decoder errors: the file is broken
+        raise UploadError(f"{path.name} could not be decoded ({type(e).__name__}): the file "
+                          "is truncated or corrupt. Re-save or re-export it.") from e
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int, name: str = "the image") -> None:
+    """UploadError when an image declares more than `max_pixels` pixels (before decoding)."""
+    w, h = size
+    if w * h > max_pixels:
+        raise UploadError(_bomb_message(name, max_pixels, f"{w} x {h} pixels"))
+
+
+def _bomb_message(name: str, max_pixels: int, detail: str) -> str:
+    return (f"{name} is too large to decode ({detail}; the limit is {max_pixels / 1e6:g} "
+            "megapixels): it may be a decompression bomb. Downscale it and try again.")
+
+
+def sketch_image(value) -> np.ndarray:
+    """A gr.Sketchpad value (numpy type) -> its composite (H, W, 3 or 4) uint8; UploadError
+    when nothing is drawn."""
+    composite = value.get("composite") if isinstance(value, dict) else value
+    if composite is None:
+        raise UploadError("The sketchpad is empty: draw a few coloured shapes first.")
+    arr = np.asarray(composite)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        drawn = arr[..., 3] > 0  # (H, W) touched by the brush
+    else:
+        drawn = np.ones(arr.shape[:2], dtype=bool)
+    rgb = arr[..., :3] if arr.ndim == 3 else arr[..., None]
+    if not drawn.any() or (rgb[drawn] >= 250).all():
+        raise UploadError("The sketchpad is empty: draw a few coloured shapes first.")
+    return arr
+
+
+def brush_colours() -> list[str]:
+    """The scene world's colours as hex strings (each HSV box's centre), for the sketchpad."""
+    out = []
+    for (h0, h1), (s0, s1), (v0, v1) in PALETTE.values():
+        rgb = colorsys.hsv_to_rgb(((h0 + h1) / 2 % 360) / 360, (s0 + s1) / 2, (v0 + v1) / 2)
+        out.append("#" + "".join(f"{round(c * 255):02x}" for c in rgb))
+    return out
+
+
+def scene_pixels(seed: int, config: SceneConfig | None) -> tuple[np.ndarray, object]:
+    """The generated scene of `seed` (its image (H, W, 3) uint8 and the Scene)."""
+    seed = int(seed)
+    if seed < 0:
+        raise UploadError(f"scene seeds are integers >= 0, got {seed}")
+    scene = generate_scene(seed, config)
+    return scene.image, scene
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The app's decoding controls; `generate_kwargs` checks them and maps 0 / 1 to 'off'."""
+
+    mode: str = "greedy"
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no top-k cut
+    top_p: float = 1.0  # 1: no nucleus cut
+    max_length: int = 32
+    seed: int = 0
+
+    def generate_kwargs(self, max_seq_length: int) -> dict:
+        if self.mode not in DECODINGS:
+            raise UploadError(f"decoding must be one of {DECODINGS}, got {self.mode!r}")
+        if not 2 <= int(self.max_length) <= max_seq_length:
+            raise UploadError(f"max length must be in 2..{max_seq_length} (tokens, BOS "
+                              f"included), got {self.max_length}")
+        kw = {"max_length": int(self.max_length)}
+        if self.mode == "greedy":
+            return {**kw, "temperature": 0.0}
+        if not float(self.temperature) > 0:
+            raise UploadError(f"sampling needs a temperature > 0, got {self.temperature}; "
+                              "choose greedy decoding for temperature 0")
+        if not 0 < float(self.top_p) <= 1 or int(self.top_k) < 0:
+            raise UploadError(f"top-p must be in (0, 1] and top-k >= 0 (0 = off), got "
+                              f"top_p={self.top_p}, top_k={self.top_k}")
+        return {**kw, "temperature": float(self.temperature),
+                "top_k": int(self.top_k) or None,
+                "top_p": None if float(self.top_p) >= 1 else float(self.top_p),
+                "seed": int(self.seed)}
+
+
+# ---------------------------------------------------------------- model calls
+@dataclass
+class ScanData:
+    """One bridge layer's scan direction, for the scrubber and the state tab (scan order)."""
+
+    name: str
+    perm: np.ndarray  # (L,) token read at each step
+    state: np.ndarray  # (L, D, N) h
+    proj: np.ndarray  # (L, 2) h on its first two principal components
+    delta: np.ndarray  # (L,) Δ, mean over channels
+    gate: np.ndarray  # (L,) SiLU(z), mean over channels
+
+
+@dataclass
+class View:
+    """One analysed image: the analysis, the pixels shown, the scene (if generated) and the
+    lazily computed scan data {(layer, direction): ScanData}."""
+
+    analysis: CaptionAnalysis
+    pixels: np.ndarray  # (S, S, 3) uint8, the model input
+    scene: object | None = None
+    scans: dict = field(default_factory=dict, repr=False)
+    baselines: dict = field(default_factory=dict, repr=False)  # object j -> random scores
+
+
+class Analyser:
+    """The pretrained bundle behind a lock: caption, analyse, attribute, scan data."""
+
+    def __init__(self, pretrained) -> None:
+        self.p = pretrained
+        self.model = pretrained.model.eval()
+        self.lock = threading.Lock()
+        self.device = next(self.model.parameters()).device
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.model.config.max_seq_length
+
+    def prepare(self, image) -> np.ndarray:
+        """PIL image or array (any mode / size) -> the model's (S, S, 3) uint8 input."""
+        try:
+            return self.p.transform.to_array(image)
+        except ValueError as e:
+            raise UploadError(f"cannot use this image: {e}") from e
+
+    def _tensor(self, pixels: np.ndarray) -> torch.Tensor:
+        return self.p.transform(pixels)[None].to(self.device)  # (1, 3, S, S)
+
+    def caption(self, pixels: np.ndarray, decoding: Decoding) -> str:
+        kw = decoding.generate_kwargs(self.max_seq_length)
+        with self.lock, torch.no_grad():
+            ids = self.model.generate(self._tensor(pixels), **kw)  # (1, T)
+        return self.p.tokenizer.decode(ids[0].tolist())
+
+    def analyse(self, pixels: np.ndarray, decoding: Decoding, scene=None) -> View:
+        kw = decoding.generate_kwargs(self.max_seq_length)
+        with self.lock, torch.no_grad():  # no inference_mode: attributions reuse these tensors
+            a = analyse(self.model, self._tensor(pixels)[0], tokenizer=self.p.tokenizer, **kw)
+        return View(a, pixels, scene)
+
+    def attribution(self, view: View, word: int, kind: str) -> torch.Tensor:
+        """(g, g) attribution of word `word` by `kind` (cached in the analysis)."""
+        if kind not in ATTRIBUTION_KINDS:
+            raise UploadError(f"attribution method must be one of {ATTRIBUTION_KINDS}, "
+                              f"got {kind!r}")
+        with self.lock, torch.enable_grad():
+            return word_map(view.analysis, word, kind, self.model)
+
+    def scan(self, view: View, layer: int, direction: int = 0) -> ScanData:
+        """Scan data of (layer, direction), computed once per view."""
+        key = (int(layer), int(direction))
+        if key not in view.scans:
+            view.scans[key] = self._scan(view.analysis.image, *key)
+        return view.scans[key]
+
+    def _scan(self, image: torch.Tensor, layer: int, k: int) -> ScanData:
+        mixer = self.model.bridge.layers[layer].mixer
+        base = f"bridge.layers.{layer}.mixer"
+        names = [f"{base}.dirs.{k}.hook_state", f"{base}.dirs.{k}.hook_delta",
+                 f"{base}.hook_gate"]
+        with self.lock, torch.no_grad():
+            _, cache = self.model.run_with_cache(image[None], None, names_filter=names)
+        h = cache[names[0]][0].float().cpu()  # (L, D, N) scan order
+        perm = direction_perm(mixer.direction_names[k], h.shape[0])  # (L,)
+        gate = cache[names[2]][0].float().cpu().mean(-1)[perm]  # (L,) patch -> scan order
+        return ScanData(mixer.direction_names[k], perm.numpy(), h.numpy(),
+                        viz.state_pca(h)[0], cache[names[1]][0].float().cpu().mean(-1).numpy(),
+                        gate.numpy())
+
+
+# ---------------------------------------------------------------- words and ground truth
+def default_word(words: list[str]) -> int:
+    """The word selected after captioning: the first shape noun, else the first word that is
+    not an article (0 for an empty caption)."""
+    for pick in (lambda w: w in SHAPES, lambda w: w not in ("a", "an", "the")):
+        hit = next((i for i, w in enumerate(words) if pick(w)), None)
+        if hit is not None:
+            return hit
+    return 0
+
+
+def word_spans(words: list[str], selected: int | None) -> list[tuple[str, str | None]]:
+    """HighlightedText value: one span per word (index = word index), the selected one
+    labelled 'selected'."""
+    return [(w + " ", "selected" if i == selected else None) for i, w in enumerate(words)]
+
+
+def word_object(scene, words: list[str], word: int) -> int | None:
+    """The ground-truth object (index in scene.objects) whose phrase holds `word`, when the
+    caption's objects equal the scene's; else None."""
+    for role in ("size", "colour", "shape"):
+        pairs = object_words(scene, words, role)
+        if pairs is None:
+            return None
+        for at, j in pairs:
+            if at == word or (role == "size" and at - 1 == word):  # the article too
+                return j
+    return None
+
+
+def localisation_rows(view: View, word: int) -> list[dict]:
+    """Pointing game and energy-in-mask of each map of `word` against its object's mask,
+    with the random-map baseline; [] when the word names no ground-truth object."""
+    a = view.analysis
+    j = None if view.scene is None else word_object(view.scene, a.words, word)
+    if j is None:
+        return []
+    mask = view.scene.objects[j].mask  # (H, W) bool
+    maps = {k: getattr(a, k)[word] for k in LOCALISED_KINDS}
+    maps.update({k: done[word] for k, done in a.attributions.items() if word in done})
+    rows = [{"map": k, "pointing_game": pointing_game(m, mask),
+             "energy_in_mask": energy_in_mask(m, mask)} for k, m in maps.items()]
+    if j not in view.baselines:
+        view.baselines[j] = random_scores([mask] * RANDOM_MAPS, (a.grid_side,) * 2, seed=0)
+    rows.append({"map": f"random (mean of {RANDOM_MAPS})", **view.baselines[j]})
+    return rows
+
+
+# ---------------------------------------------------------------- figures
+def _overlay(view: View, grid, title: str, label: str):
+    return viz.overlay(view.pixels, grid, title=title, label=label)
+
+
+def tab_figure(analyser: Analyser, view: View, tab: str, word: int = 0, layer: int = 0,
+               direction: int = 0, step: int = 0, method: str = "ig"):
+    """The figure of tab `tab` (a TABS key) for word `word`; None for the attribution tab
+    until that attribution is computed, and for the ground-truth tab without a scene."""
+    fig = _tab_figure(analyser, view, tab, word, layer, direction, step, method)
+    if fig is not None:
+        fig.set_dpi(FIGURE_DPI)
+    return fig
+
+
+def _tab_figure(analyser, view, tab, word, layer, direction, step, method):
+    a, w = view.analysis, min(max(int(word), 0), max(view.analysis.n_words - 1, 0))
+    if tab in ("cross", "prefix", "implicit", "attribution", "truth") and a.n_words == 0:
+        return None
+    quoted = f"'{a.words[w]}'" if a.n_words else ""
+    if tab == "cross":
+        return _overlay(view, a.cross_attention[w], f"cross-attention of {quoted}", "attention")
+    if tab == "prefix":
+        return _overlay(view, a.prefix_attention[w], f"decoder attention of {quoted} to the "
+                        "image prefix", "attention")
+    if tab == "implicit":
+        return viz.map_panels([(f"cross-attention of {quoted}", a.cross_attention[w]),
+                               ("through the SSM (implicit)", a.implicit[w])],
+                              view.pixels, ncols=2, shared_scale=False)[0]
+    if tab == "bridge":
+        maps = {}
+        for i in a.delta:
+            maps[f"layer {i} Δ"], maps[f"layer {i} gate"] = a.delta[i], a.gate[i]
+        return viz.layer_maps(maps, view.pixels, ncols=2)
+    if tab == "state":
+        s = analyser.scan(view, layer, direction)
+        return viz.state_trajectory(s.state, a.grid_side, scan_perm=s.perm, image=view.pixels,
+                                    title=f"layer {layer} state ({s.name} scan)")
+    if tab == "scrubber":
+        s = analyser.scan(view, layer, direction)
+        step = min(max(int(step), 0), len(s.perm) - 1)
+        return viz.scan_scrubber_frame(view.pixels, s.perm, step, a.grid_side,
+                                       state_proj=s.proj, delta=s.delta, gate=s.gate)
+    if tab == "attribution":
+        if method not in a.attributions or w not in a.attributions[method]:
+            return None
+        return viz.attribution_overlay(view.pixels, a.attributions[method][w],
+                                       f"{method} of {quoted}")
+    if tab == "truth":
+        return truth_figure(view, w)
+    raise ValueError(f"unknown tab {tab!r}; choose one of {list(TABS)}")
+
+
+def truth_figure(view: View, word: int):
+    """The selected word's object mask beside its cross-attention (None without a scene)."""
+    a = view.analysis
+    j = None if view.scene is None else word_object(view.scene, a.words, word)
+    if j is None:
+        return None
+    obj = view.scene.objects[j]
+    return viz.map_panels([(f"ground truth: {obj.describe()}", obj.mask.astype(np.float32)),
+                           (f"cross-attention of '{a.words[word]}'", a.cross_attention[word])],
+                          view.pixels, ncols=2, shared_scale=False)[0]
+
+
+def truth_markdown(view: View | None, word: int) -> str:
+    """Ground truth beside the prediction and the selected word's localisation scores."""
+    if view is None:
+        return ""
+    if view.scene is None:
+        return "*Ground truth exists for generated scenes only (the Scenes tab).*"
+    a, truth = view.analysis, view.scene.caption
+    verdict = "exact match" if a.caption == truth else "differs"
+    lines = [f"**ground truth:** {truth}  \n**prediction:** {a.caption} ({verdict})", ""]
+    rows = localisation_rows(view, word) if a.n_words else []
+    if not rows:
+        lines.append("*The selected word names no ground-truth object (choose a size, colour "
+                     "or shape word of a correctly captioned object).*")
+        return "\n".join(lines)
+    lines += ["| map | pointing game | energy in mask |", "|---|---|---|"]
+    lines += [f"| {r['map']} | {float(r['pointing_game']):.2f} | {r['energy_in_mask']:.2f} |"
+              for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,343 @@
+"""Per-word maps for a captioned image: where the model looked for each word it wrote.
+
+    a = analyse(model, image, tokenizer=tok)       # caption greedily, collect every map
+    a.words, a.caption                             # ['a', 'small', 'red', 'circle', ...]
+    a.cross_attention[i]                           # (g, g) for word i
+    word_map(a, i, "ig", model)                    # (g, g), computed on demand and cached
+
+Word i is a.ids[a.word_index[i]]; every per-word map belongs to the query that produced
+it, i.e. the decoder position a.word_index[i] - 1. Maps are on the ViT patch grid (g x g,
+row-major, the cls token dropped) and follow MAP_KINDS:
+
+    cross_attention   gated cross-attention of that query over the bridge outputs, mean
+                      over heads and cross layers (per layer: cross_attention_layers)
+    prefix_attention  decoder blocks' attention from that query to the image prefix, mean
+                      over heads and blocks
+    implicit          the word's cross-attention row over the L bridge outputs (cls
+                      included) @ the rollout of the bridge's hidden attention (L x L,
+                      patch order): how that attention reaches the bridge's input patches
+                      through the SSM (see ssm_bridge.interp.implicit_attention; α here comes
+                      from `implicit_attention.from_cache(chunked=True)`, ~15x faster)
+    delta, gate,      word-independent bridge maps per layer: Δ (mean over channels and
+    state_norm        directions, patch order), SiLU(z) gate (mean over channels), |h| of
+                      direction 0 per token (heavy hook_state); word_map averages layers
+    ig, gradcam,      input attributions of the word's logit (ssm_bridge.interp.attribution) with
+    saliency          the caption prefix ids[:word_index] teacher-forced, summed per patch
+
+Beside the maps, a.gated_update (n_words, cross_layers) says how much each cross layer adds
+at that query: |tanh(attn_gate) * CrossAttention(text, media)| / |text stream|. A gate near
+0 can still pass a large update when the branch it scales has grown (`gated_update`).
+
+One `analyse` runs generation (with traces), one teacher-forced pass over the caption for
+the gated updates and one image-only pass with the bridge hooks it needs; attribution kinds
+cost extra backward passes and run only when asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from einops import rearrange, reduce
+
+from ..core.bridge_variants import require_ssm_bridge
+from ..core.layers import eval_mode
+from ..core.ssm import direction_perm, grid_layout
+from . import attribution as attr_mod
+from . import implicit_attention as ia
+
+ATTENTION_KINDS = ("cross_attention", "prefix_attention", "implicit")
+BRIDGE_KINDS = ("delta", "gate", "state_norm")
+ATTRIBUTION_KINDS = ("ig", "gradcam", "saliency")
+MAP_KINDS = (*ATTENTION_KINDS, *BRIDGE_KINDS, *ATTRIBUTION_KINDS)
+# Attribution settings used by word_map (IG: 16 interpolation points, the zero baseline).
+ATTRIBUTION_DEFAULTS = {"ig": {"steps": 16}, "gradcam": {}, "saliency": {}}
+
+__all__ = ["ATTRIBUTION_DEFAULTS", "MAP_KINDS", "CaptionAnalysis", "analyse", "attribute_words",
+           "gated_update", "word_map", "word_maps"]
+
+
+@dataclass
+class CaptionAnalysis:
+    """Everything `analyse` found for one image and its generated caption.
+
+    ids (S,): BOS, prompt, generated ids (EOS included when generated);
+    words / word_index: the generated words (no BOS/EOS/PAD) and their positions in ids;
+    logprobs (n_words,); image (3, H, W) the model input; grid_side g.
+    Per word: cross_attention, prefix_attention, implicit (n_words, g, g) and
+    cross_attention_layers (n_words, cross_layers, g, g). Per bridge layer: delta, gate,
+    state_norm {layer: (g, g)}; implicit_rollout (L, L) with L = 1 + g². gates: the tanh
+    cross-attention gates by name ("cross 0 attn", "cross 0 ff"); gated_update
+    (n_words, cross_layers) what each cross layer adds at the word's query, relative to the
+    text stream (see `gated_update`). attributions: on-demand
+    cache {kind: {word i: (g, g)}} filled by word_map / word_maps.
+    """
+
+    ids: torch.Tensor
+    words: list[str]
+    word_index: list[int]
+    grid_side: int
+    image: torch.Tensor
+    caption: str
+    logprobs: torch.Tensor
+    cross_attention: torch.Tensor
+    cross_attention_layers: torch.Tensor
+    prefix_attention: torch.Tensor
+    implicit: torch.Tensor
+    implicit_rollout: torch.Tensor
+    delta: dict[int, torch.Tensor]
+    gate: dict[int, torch.Tensor]
+    state_norm: dict[int, torch.Tensor]
+    gates: dict[str, float]
+    gated_update: torch.Tensor
+    attributions: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    @property
+    def n_words(self) -> int:
+        return len(self.words)
+
+
+# ---------------------------------------------------------------- analyse
+def analyse(model, image: torch.Tensor, *, tokenizer=None, max_length: int | None = None,
+            temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+            seed: int | None = None, prompt=None) -> CaptionAnalysis:
+    """Caption one image (3, H, W) or (1, 3, H, W), normalised as the model expects, and
+    collect every per-word and bridge map (see the module docstring). Greedy by default;
+    max_length defaults to config.max_seq_length. Words are decoded with `tokenizer`
+    (else shown as ids)."""
+    require_ssm_bridge(model, "maps.analyse")
+    image = _one_image(image, model)  # (1, 3, H, W)
+    with eval_mode(model):
+        ids, traces = model.generate(
+            image, max_length=max_length or model.config.max_seq_length,
+            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, prompt=prompt,
+            return_traces=True)
+        updates = gated_update(model, image, ids[:, :-1])  # (1, cross_layers, S - 1)
+        bridge = _bridge_maps(model, image)
+    ids = ids[0]  # (S,)
+    steps = _word_steps(ids, traces.start, model.config)
+    g = bridge["side"]
+    cross_rows = _mean_heads(traces.cross_attention[0, steps])  # (n, cross_layers, L)
+    prefix_rows = _mean_heads(traces.prefix_attention[0, steps]).mean(1)  # (n, L)
+    flow = cross_rows.mean(1) @ bridge["rollout"]  # (n, L): attention pushed through the SSM
+    return CaptionAnalysis(
+        ids=ids, words=_words(ids, steps, traces.start, tokenizer),
+        word_index=[traces.start + s for s in steps], grid_side=g, image=image[0],
+        caption=" ".join(_words(ids, steps, traces.start, tokenizer)),
+        logprobs=traces.logprobs[0, steps].float(),
+        cross_attention=_grid(cross_rows.mean(1), g),
+        cross_attention_layers=_grid(cross_rows, g), prefix_attention=_grid(prefix_rows, g),
+        implicit=_grid(flow, g), implicit_rollout=bridge["rollout"],
+        delta=bridge["delta"], gate=bridge["gate"], state_norm=bridge["state_norm"],
+        gates=_gates(model),
+        gated_update=updates[0, :, [traces.start + s - 1 for s in steps]].T.float())
+
+
+def _one_image(image: torch.Tensor, model) -> torch.Tensor:
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"image must be a tensor (3, H, W) or (1, 3, H, W), got "
+                         f"{type(image).__name__}; convert with Pretrained.transform(img)")
+    if image.dim() == 3:
+        image = image[None]  # (1, 3, H, W)
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError(f"analyse takes one image (3, H, W) or (1, 3, H, W), got "
+                         f"{tuple(image.shape)}; loop over a batch")
+    return image.to(next(model.parameters()).device)
+
+
+def _word_steps(ids: torch.Tensor, start: int, config) -> list[int]:
+    """Generation steps s (token ids[start + s]) that wrote a word: up to EOS/PAD, no BOS."""
+    steps = []
+    for s, tok in enumerate(ids[start:].tolist()):
+        if tok in (config.eos_token_id, config.pad_token_id):
+            break
+        if tok != config.bos_token_id:
+            steps.append(s)
+    return steps
+
+
+def _words(ids: torch.Tensor, steps: list[int], start: int, tokenizer) -> list[str]:
+    toks = [int(ids[start + s]) for s in steps]
+    return [tokenizer.itos[t] if tokenizer is not None else str(t) for t in toks]
+
+
+def _mean_heads(pattern: torch.Tensor) -> torch.Tensor:
+    """(n, layers, H, L) -> (n, layers, L), float."""
+    return reduce(pattern.float(), "n layers h l -> n layers l", "mean")
+
+
+def _grid(rows: torch.Tensor, g: int) -> torch.Tensor:
+    """(..., L) with L = 1 + g² (cls first) -> (..., g, g), cls dropped."""
+    return rearrange(rows[..., 1:], "... (r c) -> ... r c", r=g)  # (..., g, g)
+
+
+def gated_update(model, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """How much each gated cross-attention layer adds to the text stream, teacher-forced:
+    |tanh(attn_gate) * CrossAttention(text, media)| / |text stream entering the layer|.
+
+    images (B, 3, H, W), tokens (B, T) -> (B, cross_layers, T). The gate alone says how
+    strongly the branch is scaled, not how large the update is: training can grow the
+    branch's output instead of its gate."""
+    layers = model.decoder.cross_layers
+    if not len(layers):
+        return torch.zeros(tokens.shape[0], 0, tokens.shape[1])
+    names = [f"decoder.cross_layers.{i}.hook_{k}" for i in range(len(layers))
+             for k in ("resid_pre", "attn_out")]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(images, tokens, names_filter=names)
+    rows = []
+    for i, layer in enumerate(layers):
+        update = layer.attn_gate.detach().tanh() * cache[names[2 * i + 1]]  # (B, T, dim)
+        stream = cache[names[2 * i]].norm(dim=-1).clamp_min(1e-12)  # (B, T)
+        rows.append(update.norm(dim=-1) / stream)
+    return torch.stack(rows, dim=1).float()  # (B, cross_layers, T)
+
+
+def _gates(model) -> dict[str, float]:
+    out = {}
+    for i, layer in enumerate(model.decoder.cross_layers):
+        out[f"cross {i} attn"] = float(layer.attn_gate.detach().tanh())
+        out[f"cross {i} ff"] = float(layer.ff_gate.detach().tanh())
+    return out
+
+
+# ---------------------------------------------------------------- bridge maps
+def _bridge_names(model) -> list[str]:
+    """Hooks for α (conv, Δ, B, C per direction), the gate and direction 0's state."""
+    names = ia.bridge_hook_names(model)
+    for i in range(len(model.bridge.layers)):
+        names += [f"bridge.layers.{i}.mixer.hook_gate",
+                  f"bridge.layers.{i}.mixer.dirs.0.hook_state"]
+    return names
+
+
+def _bridge_maps(model, image: torch.Tensor) -> dict:
+    """One image-only pass: per-layer Δ, gate and |h| grids and the hidden-attention rollout."""
+    _, cache = model.run_with_cache(image, None, names_filter=_bridge_names(model))
+    layers = range(len(model.bridge.layers))
+    alphas = [ia.from_cache(cache, model, i, dtype=torch.float64, chunked=True).alpha_abs
+              for i in layers]  # each (1, L, L)
+    L = alphas[0].shape[-1]
+    prefix, side = grid_layout(L)
+    if prefix != 1 or side == 0:
+        raise ValueError(f"per-word maps need cls + a square patch grid in the bridge "
+                         f"(L = 1 + g²), got L = {L}")
+    return {"side": side, "rollout": ia.rollout(alphas)[0].float(),  # (L, L)
+            "delta": {i: _delta_grid(cache, model, i, side) for i in layers},
+            "gate": {i: _token_grid(cache[f"bridge.layers.{i}.mixer.hook_gate"][0].mean(-1),
+                                    side) for i in layers},
+            "state_norm": {i: _state_grid(cache, model, i, side) for i in layers}}
+
+
+def _to_patch_order(values: torch.Tensor, name: str) -> torch.Tensor:
+    """(L, ...) in direction `name`'s scan order -> patch order."""
+    perm = direction_perm(name, values.shape[0], values.device)  # (L,)
+    return values[torch.argsort(perm)]
+
+
+def _token_grid(values: torch.Tensor, side: int) -> torch.Tensor:
+    """(L,) per token, patch order -> (g, g) float, cls dropped."""
+    return rearrange(values[1:].float(), "(r c) -> r c", r=side)  # (g, g)
+
+
+def _delta_grid(cache, model, layer: int, side: int) -> torch.Tensor:
+    mixer = model.bridge.layers[layer].mixer
+    per_dir = [_to_patch_order(cache[f"bridge.layers.{layer}.mixer.dirs.{k}.hook_delta"][0]
+                               .mean(-1), name)  # (L,)
+               for k, name in enumerate(mixer.direction_names)]
+    return _token_grid(torch.stack(per_dir).mean(0), side)  # (g, g)
+
+
+def _state_grid(cache, model, layer: int, side: int) -> torch.Tensor:
+    h = cache[f"bridge.layers.{layer}.mixer.dirs.0.hook_state"][0]  # (L, D, N) scan order
+    norms = h.float().flatten(1).norm(dim=1)  # (L,)
+    name = model.bridge.layers[layer].mixer.direction_names[0]
+    return _token_grid(_to_patch_order(norms, name), side)  # (g, g)
+
+
+# ---------------------------------------------------------------- maps per word
+def _check_kind(kind: str) -> None:
+    if kind not in MAP_KINDS:
+        raise ValueError(f"unknown map kind {kind!r}; choose one of {', '.join(MAP_KINDS)}")
+
+
+def _check_words(analysis: CaptionAnalysis, words: Sequence[int]) -> list[int]:
+    out = []
+    for w in words:
+        if isinstance(w, bool) or not isinstance(w, int) or not -analysis.n_words <= w < \
+                analysis.n_words:
+            raise ValueError(f"word index {w!r} is out of range: the caption has "
+                             f"{analysis.n_words} words ({analysis.caption!r})")
+        out.append(w % analysis.n_words)
+    return out
+
+
+def _layer_map(per_layer: dict[int, torch.Tensor], layer: int | None) -> torch.Tensor:
+    if layer is None:
+        return torch.stack(list(per_layer.values())).mean(0)  # (g, g) mean over layers
+    if layer not in per_layer and layer + len(per_layer) not in per_layer:
+        raise ValueError(f"layer {layer} does not exist; the bridge has layers "
+                         f"{list(per_layer)} (or None for their mean)")
+    return per_layer[layer % len(per_layer)]
+
+
+def word_maps(analysis: CaptionAnalysis, kind: str, model=None,
+              words: Sequence[int] | None = None, *, layer: int | None = None) -> torch.Tensor:
+    """Maps (len(words), g, g) of `kind` (one of MAP_KINDS) for the given word indices
+    (default: every word). Bridge kinds are word-independent: each word gets the map of
+    bridge layer `layer` (None: the mean over layers). Attribution kinds need `model`; the
+    missing words run as one batch and are cached in analysis.attributions."""
+    _check_kind(kind)
+    words = _check_words(analysis, range(analysis.n_words) if words is None else words)
+    g = analysis.grid_side
+    if not words:
+        return torch.zeros(0, g, g)
+    if kind in ATTENTION_KINDS:
+        return getattr(analysis, kind)[words]  # (k, g, g)
+    if kind in BRIDGE_KINDS:
+        one = _layer_map(getattr(analysis, kind), layer)  # (g, g)
+        return one.expand(len(words), g, g).clone()  # (k, g, g)
+    cached = _attribute_missing(analysis, kind, model, words)
+    return torch.stack([cached[w] for w in words])  # (k, g, g)
+
+
+def word_map(analysis: CaptionAnalysis, word_i: int, kind: str, model=None, *,
+             layer: int | None = None) -> torch.Tensor:
+    """The (g, g) map of `kind` for word `word_i` (see word_maps)."""
+    return word_maps(analysis, kind, model, [word_i], layer=layer)[0]
+
+
+def _attribute_missing(analysis: CaptionAnalysis, kind: str, model,
+                       words: list[int]) -> dict[int, torch.Tensor]:
+    """Fill analysis.attributions[kind] for `words` not yet there (one batched call)."""
+    if model is None:
+        raise ValueError(f"map kind {kind!r} is an attribution computed on demand; pass the "
+                         f"model: word_map(analysis, i, {kind!r}, model)")
+    cached = analysis.attributions.setdefault(kind, {})
+    todo = sorted({w for w in words if w not in cached})
+    if todo:
+        patches = attribute_words(model, analysis, todo, kind)  # (k, g, g)
+        cached.update({w: p for w, p in zip(todo, patches)})
+    return cached
+
+
+def attribute_words(model, analysis: CaptionAnalysis, words: Sequence[int],
+                    kind: str = "ig", **kwargs) -> torch.Tensor:
+    """Attributions (len(words), g, g) of each word's logit to the image patches, the
+    caption prefix teacher-forced, all words as one batch (not cached). kwargs go to
+    ssm_bridge.interp.attribution.attribute (defaults: ATTRIBUTION_DEFAULTS[kind])."""
+    if kind not in ATTRIBUTION_KINDS:
+        raise ValueError(f"kind must be one of {ATTRIBUTION_KINDS}, got {kind!r}")
+    words = _check_words(analysis, words)
+    positions = [analysis.word_index[w] for w in words]
+    K = len(words)
+    device = next(model.parameters()).device
+    tokens = analysis.ids[: max(positions)].to(device)  # (T,): causal, so one prefix serves all
+    image = analysis.image.to(device)
+    opts = {**ATTRIBUTION_DEFAULTS[kind], **kwargs}
+    result = attr_mod.attribute(
+        model, image.expand(K, -1, -1, -1), tokens.expand(K, -1),  # (K, 3, H, W), (K, T)
+        torch.tensor([p - 1 for p in positions], device=device),
+        analysis.ids[positions].to(device), kind, **opts)
+    return result.patches.detach().float()  # (K, g, g)

@@ -1,0 +1,561 @@
+"""Bridge ablation study: every bridge variant, one training budget, several seeds.
+
+    python -m ssm_bridge.tools.ablate [--variants ssm,ssm_lti,seed_ssm,mlp,resampler,linear]
+        [--seeds 0,1,2] [--steps N] [--out docs/ablation] [--runs runs/ablation]
+        [--preset shapes-tiny] [--test_num 500] [--workers 4] [--force]
+        [--scenes.min_objects=3 --scenes.max_objects=5 ...] [--lr=... --batch_size=...]
+        [--model.<field>=...]
+
+Each (variant, seed) run trains `VLMConfig.bridge_type = variant` with the trainer
+(ssm_bridge.training.trainer) under the same budget: the preset's TrainConfig (batch, lr,
+schedule) with the study's defaults and the given overrides, on scenes where order and
+memory matter. The study's defaults (STUDY_TRAIN, STUDY_MODEL, STUDY_SCENES): 2400 steps
+of batch 32 on 30 000 scenes, the mixed caption + VQA task, the shapes-tiny model at
+width 96, and 3-5 objects per 64 px scene drawn plainly (four shapes and colours, no
+hand-drawn fills, rotation or noise) so that counting, relations and order over up to
+five objects are what is hard; any of them can be overridden on the command line. The
+published study (docs/ablation.md) ran as two halves side by side, one thread each:
+
+    python -m ssm_bridge.tools.ablate --variants ssm,mlp,linear --threads=1 &
+    python -m ssm_bridge.tools.ablate --variants ssm_lti,seed_ssm,resampler --threads=1
+    python -m ssm_bridge.tools.ablate --threads=1   # reuses all 18 runs, writes the full table
+
+Then it measures, per run:
+
+    exact_match, colour, shape, size, relation, count, bleu4, cider, vqa, vqa_<kind>
+                            training.evaluate.evaluate on --test_num scenes of --test_split
+    params_bridge, params_total, media_tokens (L', the decoder's image prefix)
+    train_samples_per_s     samples / seconds in optimizer steps (trainer.train_seconds),
+                            leaving out the first log interval when there are two or more
+    latency_ms              one forward pass, batch 1 (image + a caption), median of repeats
+    bridge_latency_ms       the bridge alone on the ViT tokens, batch 1, median of repeats
+
+and writes into --out: results.csv (one row per run), results.md (mean ± std over
+seeds, the command, the machine), study.json (the same facts for code to read),
+ablation.png (viz.ablation.plot_ablation), and
+curves.csv + curves.png (every run's logged training loss; viz.ablation.plot_ablation_curves). Run
+folders (checkpoint, metrics.jsonl, loss curve, result.json) go under --runs; a run
+whose result.json matches the budget is reused, so an interrupted study continues
+where it stopped (--force retrains).
+
+The training scenes are drawn once for the whole study (`prepare_data`) and shared by
+every run; `make_trainer` builds each run's model and Trainer exactly as
+`ssm_bridge.training.train.build` does (a test checks this), only without redrawing the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import BRIDGE_TYPES, VLMConfig
+from ..data import ImageTransform, SceneCaptions, SceneConfig, Tokenizer, make_scene
+from ..model import EnhancedVLM
+from ..training.evaluate import evaluate
+from ..training.pretrained import write_extras
+from ..training.train import init_weights
+from ..training.train_config import TRAIN_PRESETS, TrainConfig, build_train_config, parse_overrides
+from ..training.trainer import Trainer, read_metrics
+
+# The study's defaults, chosen so that every variant leaves the language-prior plateau
+# within the budget on 2 CPU cores (docs/ablation.md, "Choosing the budget"): the full
+# scene world (six shapes and colours, hand-drawn fills, noise, rotation) at 3-5 objects
+# kept every bridge at chance colour accuracy for 2000 steps, which measures nothing.
+STUDY_TRAIN: dict[str, Any] = dict(
+    task="mixed",  # captions and questions, half each
+    max_steps=2400, num_train=30_000,  # ~2.6 epochs of 32
+    # Pinned to what the published study ran with, so that later changes to the shipped
+    # checkpoint's preset (bf16, a weight average, late image-prefix dropout) leave the
+    # study's budget, and its cached runs, as they were.
+    precision="fp32", ema_decay=0.0, prefix_dropout_start=0, keep_checkpoints=2,
+)
+STUDY_MODEL: dict[str, Any] = dict(vision_embed_dim=96, text_embed_dim=96, ssm_hidden_dim=96,
+                                   image_prefix_dropout=0.0)
+STUDY_SCENES: dict[str, Any] = dict(
+    min_objects=3, max_objects=5,  # counting and relations over up to five objects
+    # Plain visuals, so that what separates the bridges is order, counting and memory
+    # over the patch grid rather than recognising a wobbly shape: four shapes and colours,
+    # one background, no rotation, hand-drawn fills, shadows or pixel noise.
+    shapes=("circle", "square", "triangle", "star"), colours=("red", "green", "blue", "yellow"),
+    holdout=(), backgrounds=("light",), rotation=0.0, hand_drawn_prob=0.0, shadow_prob=0.0,
+    noise=0.0, colour_jitter=0.2,
+    # Five objects need room at 64 px: small 10-13 px (over one 8 px patch), large
+    # 17-21 px, neighbours closer than the defaults allow (those fail to lay out 5).
+    small_extent=(0.16, 0.20), large_extent=(0.27, 0.33), min_dx=0.11, spacing=0.55,
+)
+RUN_COLUMNS = ["variant", "seed", "steps", "batch_size", "lr", "params_bridge", "params_total",
+               "media_tokens", "train_seconds", "train_samples_per_s", "latency_ms",
+               "bridge_latency_ms", "final_loss"]
+METRIC_COLUMNS = ["exact_match", "colour", "shape", "size", "relation", "count", "vqa",
+                  "bleu4", "cider"]
+COLUMNS = RUN_COLUMNS + METRIC_COLUMNS  # then vqa_<kind> columns and test_num
+
+
+@dataclass
+class Study:
+    """What to run: variants x seeds under one budget (`overrides` as parse_overrides)."""
+
+    variants: list[str] = field(default_factory=lambda: list(BRIDGE_TYPES))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    steps: int | None = None  # None: the preset's max_steps
+    preset: str = "shapes-tiny"
+    out: str = "docs/ablation"
+    runs: str = "runs/ablation"
+    test_num: int = 500
+    test_split: str = "test"
+    latency_repeats: int = 20
+    workers: int = 0  # processes drawing the training scenes; 0 = one
+    force: bool = False
+    progress: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        bad = [v for v in self.variants if v not in BRIDGE_TYPES]
+        if bad or not self.variants:
+            raise ValueError(f"unknown variant(s) {bad}; choose from {list(BRIDGE_TYPES)}")
+        if not self.seeds:
+            raise ValueError("give at least one seed, e.g. --seeds 0,1,2")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if self.test_num < 1 or self.latency_repeats < 1:
+            raise ValueError("--test_num and --latency_repeats must be >= 1")
+
+
+# ---------------------------------------------------------------- configs and data
+def run_config(study: Study, variant: str, seed: int) -> TrainConfig:
+    """The TrainConfig of one run: preset + study defaults + overrides + variant and seed.
+    Periodic evaluation is off (the study evaluates once, after training)."""
+    o = study.overrides
+    top = {**STUDY_TRAIN, **{k: v for k, v in o.items() if k not in ("model", "scenes")}}
+    top.update(seed=seed, out_dir=str(Path(study.runs) / f"{variant}-seed{seed}"),
+               eval_every=0, eval_num=0, save_every=0, progress=False)
+    if study.steps is not None:
+        top["max_steps"] = study.steps
+    model = {**STUDY_MODEL, **o.get("model", {}), "bridge_type": variant}
+    scenes = {**STUDY_SCENES, **o.get("scenes", {})}
+    return build_train_config(study.preset, {**top, "model": model, "scenes": scenes})
+
+
+@dataclass
+class StudyData:
+    """What every run shares: the drawn training scenes, tokenizer, transform, scenes."""
+
+    key: str
+    train_set: SceneCaptions
+    tokenizer: Tokenizer
+    transform: ImageTransform
+    scene_config: SceneConfig
+
+
+def data_key(cfg: TrainConfig) -> str:
+    """Everything the training data depends on (not the seed, not the bridge)."""
+    return json.dumps([cfg.data, cfg.task, cfg.num_train, cfg.scenes,
+                       cfg.model.get("img_size")], sort_keys=True, default=str)
+
+
+def prepare_data(cfg: TrainConfig, workers: int = 0, progress: bool = True) -> StudyData:
+    """Draw the training scenes once, as `ssm_bridge.training.train.build` does for data=scenes."""
+    if cfg.data != "scenes":
+        raise ValueError(f"the ablation trains on the scene world (data=scenes), got "
+                         f"data={cfg.data!r}")
+    img_size = cfg.model.get("img_size", VLMConfig().img_size)
+    transform = ImageTransform(img_size)
+    scene_config = SceneConfig(**{"img_size": img_size, **cfg.scenes})
+    tokenizer = Tokenizer.for_scenes(scene_config)
+    train_set = SceneCaptions("train", cfg.num_train, scene_config, tokenizer, transform,
+                              task=cfg.task, progress=progress, workers=workers)
+    return StudyData(data_key(cfg), train_set, tokenizer, transform, scene_config)
+
+
+def make_trainer(cfg: TrainConfig, data: StudyData) -> Trainer:
+    """The model and Trainer of `cfg` on shared data: `train.build` without the drawing."""
+    if data_key(cfg) != data.key:
+        raise ValueError("this run's data settings differ from the prepared data's; "
+                         "call prepare_data(cfg) for it")
+    model_cfg = VLMConfig(**{**cfg.model, "vocab_size": len(data.tokenizer),
+                             "gradient_checkpointing": cfg.gradient_checkpointing})
+    torch.manual_seed(cfg.seed)
+    model = EnhancedVLM(model_cfg)
+    if cfg.init_from:
+        init_weights(model, cfg.init_from)
+    return Trainer(cfg, model, data.train_set, data.train_set.collate, data.tokenizer, None,
+                   extras=partial(write_extras, transform=data.transform,
+                                  scene_config=data.scene_config))
+
+
+# ---------------------------------------------------------------- measurements
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn, repeats: int, device: torch.device, warmup: int = 2) -> float:
+    """Median wall time of fn() in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def measure_latency(model: EnhancedVLM, data: StudyData, repeats: int) -> dict[str, float]:
+    """Batch-1 forward (image + its caption) and bridge-only latency, in ms."""
+    model.eval()
+    device = next(model.parameters()).device
+    scene = make_scene("test", 0, data.scene_config)
+    images = data.transform(scene.image)[None].to(device)  # (1, 3, H, W)
+    tokens = torch.tensor([data.tokenizer.encode(scene.caption)], device=device)  # (1, T)
+    tokens = tokens[:, : model.config.max_seq_length]
+    feats = model.vision(images)  # (1, 1 + P, vision_dim)
+    return {"latency_ms": median_ms(lambda: model(images, tokens), repeats, device),
+            "bridge_latency_ms": median_ms(lambda: model.bridge(feats), repeats, device)}
+
+
+def _train_records(run_dir: Path) -> list[dict[str, Any]]:
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "train"]
+
+
+def throughput(records: list[dict[str, Any]], trainer: Trainer) -> float:
+    """Training samples per second, leaving out the first logged interval (warm-up: lazy
+    initialisation, allocator growth) when there are two logged points or more."""
+    if len(records) >= 2:
+        a, b = records[0], records[-1]
+        if b["train_seconds"] > a["train_seconds"]:
+            return (b["samples"] - a["samples"]) / (b["train_seconds"] - a["train_seconds"])
+    return trainer.samples_seen / max(trainer.train_seconds, 1e-9)
+
+
+NEUTRAL = ("progress", "draw_workers")  # TrainConfig fields no result depends on
+
+
+def budget(cfg: TrainConfig, study: Study) -> dict[str, Any]:
+    """What a run's result depends on: its TrainConfig and the evaluation."""
+    d = cfg.to_dict()
+    for key in NEUTRAL:
+        d.pop(key)
+    return {"train": d, "test_split": study.test_split, "test_num": study.test_num}
+
+
+def run_one(cfg: TrainConfig, data: StudyData, study: Study) -> dict[str, Any]:
+    """Train, evaluate and measure one (variant, seed); returns its results row."""
+    run_dir = Path(cfg.out_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)  # no half-finished run's records
+    trainer = make_trainer(cfg, data)
+    trainer.fit()
+    records = _train_records(run_dir)
+    model = trainer.inference_model.eval()  # the weight average when ema_decay > 0
+    media = model.encode_image(torch.zeros(1, model.config.in_channels, model.config.img_size,
+                                           model.config.img_size, device=trainer.device))
+    row: dict[str, Any] = {
+        "variant": cfg.model["bridge_type"], "seed": cfg.seed, "steps": trainer.step,
+        "batch_size": cfg.batch_size * cfg.grad_accum * trainer.world, "lr": cfg.lr,
+        "params_bridge": sum(p.numel() for p in model.bridge.parameters()),
+        "params_total": model.num_parameters(), "media_tokens": media.shape[1],
+        "train_seconds": round(trainer.train_seconds, 3),
+        "train_samples_per_s": throughput(records, trainer),
+        **measure_latency(model, data, study.latency_repeats),
+        "final_loss": records[-1]["loss"] if records else math.nan,
+    }
+    metrics = evaluate(model, data.tokenizer, data.transform, study.test_split, study.test_num,
+                       data.scene_config, vqa=True, batch_size=100)
+    row.update({k: v for k, v in metrics.items() if k != "num"})
+    row["test_num"] = metrics["num"]
+    (run_dir / "result.json").write_text(json.dumps({"budget": budget(cfg, study), "row": row},
+                                                    indent=2, default=str))
+    return row
+
+
+def cached_row(cfg: TrainConfig, study: Study) -> dict[str, Any] | None:
+    """The row of a finished run with this budget, or None."""
+    path = Path(cfg.out_dir) / "result.json"
+    if study.force or not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    now = json.loads(json.dumps(budget(cfg, study), default=str))
+    # A TrainConfig field added after the run, left at its default, changes nothing.
+    defaults = TrainConfig().to_dict()
+    old_train = saved.get("budget", {}).get("train", {})
+    for key in NEUTRAL:
+        old_train.pop(key, None)
+    for key, value in now["train"].items():
+        if key not in old_train and value == defaults.get(key):
+            old_train[key] = value
+    # Likewise a model field named at its VLMConfig default is the field left out.
+    model_defaults = json.loads(json.dumps(VLMConfig().to_dict()))
+    for train in (old_train, now["train"]):
+        train["model"] = {k: v for k, v in train.get("model", {}).items()
+                          if model_defaults.get(k, object()) != v}
+    return saved["row"] if saved.get("budget") == now else None
+
+
+# ---------------------------------------------------------------- the study
+def plan_runs(study: Study) -> list[tuple[str, int, TrainConfig]]:
+    """(variant, seed, TrainConfig) of every run. Bad settings (a model or scene field,
+    an infeasible value) raise ValueError here, not after hours of training."""
+    plan = [(v, s, run_config(study, v, s)) for v in study.variants for s in study.seeds]
+    for _, _, cfg in plan:
+        VLMConfig(**cfg.model)
+        SceneConfig(**{"img_size": cfg.model.get("img_size", VLMConfig().img_size),
+                       **cfg.scenes})
+    return plan
+
+
+def run_study(study: Study, plan: list[tuple[str, int, TrainConfig]] | None = None
+              ) -> list[dict[str, Any]]:
+    """Every (variant, seed) run, in order; writes the outputs after each run."""
+    from ..core.scan import load_extension
+
+    plan = plan or plan_runs(study)
+    load_extension()  # build / load the fused scan now, not inside the first run's timing
+    data: StudyData | None = None
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(plan, desc="ablation", unit="run", disable=not study.progress,
+               dynamic_ncols=True)
+    for variant, seed, cfg in bar:
+        bar.set_postfix(variant=variant, seed=seed)
+        row = cached_row(cfg, study)
+        if row is None:
+            if data is None or data.key != data_key(cfg):
+                data = prepare_data(cfg, study.workers, study.progress)
+            row = run_one(cfg, data, study)
+        rows.append(row)
+        write_outputs(rows, study, plan[0][2])
+    bar.close()
+    return rows
+
+
+def columns(rows: list[dict[str, Any]]) -> list[str]:
+    """COLUMNS, then every vqa_<kind> seen, then test_num."""
+    kinds = sorted({k for r in rows for k in r if k.startswith("vqa_")})
+    return [*COLUMNS, *kinds, "test_num"]
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns(rows), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def mean_std(values: list[Any]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value) of the numbers among
+    `values` (numbers or numeric strings, as read back from CSV; others are skipped)."""
+    vals = [f for f in map(_float, values) if not math.isnan(f)]
+    if not vals:
+        return math.nan, None
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None
+
+
+def _fmt(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    m, s = mean_std(values)
+    if math.isnan(m):
+        return "n/a"
+    return f"{m * scale:.{digits}f}" + (f" ± {s * scale:.{digits}f}" if s is not None else "")
+
+
+# (column, header, scale, digits) of the markdown summary
+SUMMARY = [
+    ("exact_match", "exact match %", 100, 1), ("vqa", "VQA %", 100, 1),
+    ("colour", "colour %", 100, 1), ("shape", "shape %", 100, 1), ("size", "size %", 100, 1),
+    ("relation", "relation %", 100, 1), ("count", "count %", 100, 1),
+    ("final_loss", "final loss", 1, 3), ("params_bridge", "bridge params", 1, 0),
+    ("params_total", "total params", 1, 0), ("train_samples_per_s", "train samples/s", 1, 1),
+    ("latency_ms", "latency ms", 1, 2), ("bridge_latency_ms", "bridge ms", 1, 2),
+]
+
+
+def machine_info() -> str:
+    """CPU model, capability and cores, GPU, Python and torch versions: where the numbers
+    were measured."""
+    from ..training.precision import cpu_description
+
+    gpu = (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
+    return (f"{cpu_description()}, {os.cpu_count()} logical cores{gpu}; Python "
+            f"{platform.python_version()}, torch {torch.__version__}, {platform.system()} "
+            f"{platform.release()}")
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one line per variant, mean ± sample std over its seeds of SUMMARY's
+    columns, then a table of VQA accuracy by question kind (if any)."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    lines = ["| variant | seeds | " + " | ".join(h for _, h, _, _ in SUMMARY) + " |",
+             "|---|---|" + "---|" * len(SUMMARY)]
+    for v in variants:
+        rs = [r for r in rows if r["variant"] == v]
+        cells = [_fmt([r.get(k, math.nan) for r in rs], sc, dg) for k, _, sc, dg in SUMMARY]
+        seeds = ",".join(str(r["seed"]) for r in rs)
+        lines.append(f"| {v} | {seeds} | " + " | ".join(cells) + " |")
+    kinds = sorted({k for r in rows for k in r if k.startswith("vqa_")})
+    if kinds:
+        lines += ["", "VQA accuracy % by question kind:", "",
+                  "| variant | " + " | ".join(k[4:] for k in kinds) + " |",
+                  "|---|" + "---|" * len(kinds)]
+        for v in variants:
+            rs = [r for r in rows if r["variant"] == v]
+            lines.append(f"| {v} | " + " | ".join(
+                _fmt([r.get(k, math.nan) for r in rs], 100, 1) for k in kinds) + " |")
+    return "\n".join(lines)
+
+
+def _model_overrides(cfg: TrainConfig) -> dict[str, Any]:
+    """The run's model fields that differ from its preset's (the bridge type aside)."""
+    preset = TRAIN_PRESETS.get(cfg.preset, {}).get("model", {})
+    return {k: v for k, v in cfg.model.items()
+            if k != "bridge_type" and preset.get(k, getattr(VLMConfig(), k, None)) != v}
+
+
+def budget_text(cfg: TrainConfig, study: Study) -> str:
+    """One paragraph: what every run got (steps, batch, lr, task, data) and the evaluation."""
+    return (f"Budget per run: preset `{cfg.preset}`, {cfg.max_steps} steps of batch "
+            f"{cfg.batch_size * cfg.grad_accum}, lr {cfg.lr:g} (warmup {cfg.warmup_steps}, "
+            f"cosine), task `{cfg.task}`, {cfg.num_train} training scenes with "
+            f"{json.dumps(cfg.scenes, default=str)}, model overrides "
+            f"{json.dumps(_model_overrides(cfg))}, "
+            f"{cfg.threads or 'default'} torch thread(s) per run. Evaluation: "
+            f"{study.test_num} `{study.test_split}` scenes, greedy decoding.")
+
+
+def results_markdown(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) -> str:
+    """The summary table (mean ± sample std over seeds), with command, machine, budget."""
+    lines = [
+        "# Bridge ablation", "",
+        f"Command: `{study.command or 'python -m ssm_bridge.tools.ablate'}`  ",
+        f"Machine: {machine_info()}  ",
+        f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", "",
+        budget_text(cfg, study), "",
+        "Mean ± sample standard deviation over seeds (no ± with one seed).", "",
+        summary_table(rows),
+        "", "![accuracy, speed and size per bridge](ablation.png)", "",
+        "![training loss per bridge](curves.png)", "",
+    ]
+    return "\n".join(lines)
+
+
+def curve_rows(rows: list[dict[str, Any]], runs: str | os.PathLike) -> list[dict[str, Any]]:
+    """The logged training loss of every run in `rows`: [{variant, seed, step, samples,
+    train_seconds, loss}], read from each run folder's metrics.jsonl (missing ones skipped)."""
+    out = []
+    for r in rows:
+        for rec in _train_records(Path(runs) / f"{r['variant']}-seed{r['seed']}"):
+            out.append({"variant": r["variant"], "seed": r["seed"], "step": rec["step"],
+                        "samples": rec["samples"], "train_seconds": rec["train_seconds"],
+                        "loss": rec["loss"]})
+    return out
+
+
+def write_outputs(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) -> None:
+    """results.csv, results.md, ablation.png, and curves.csv + curves.png (training loss
+    per run) in study.out."""
+    from viz.ablation import plot_ablation, plot_ablation_curves
+
+    out = Path(study.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "results.csv")
+    (out / "results.md").write_text(results_markdown(rows, study, cfg))
+    meta = {"command": study.command, "machine": machine_info(), "budget": budget_text(cfg, study),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "train_config": budget(cfg, study)["train"]}
+    (out / "study.json").write_text(json.dumps(meta, indent=2, default=str))
+    fig = plot_ablation(rows)
+    fig.savefig(out / "ablation.png", dpi=120, format="png")
+    fig.clf()
+    curves = curve_rows(rows, study.runs)
+    if curves:
+        with open(out / "curves.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(curves[0]))
+            w.writeheader()
+            w.writerows(curves)
+        fig = plot_ablation_curves(curves)
+        fig.savefig(out / "curves.png", dpi=120, format="png")
+        fig.clf()
+
+
+# ---------------------------------------------------------------- command line
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+
+
+def parse_args(argv: list[str]) -> Study:
+    p = argparse.ArgumentParser(prog="python -m ssm_bridge.tools.ablate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default=",".join(BRIDGE_TYPES),
+                   help=f"comma-separated bridge types from {','.join(BRIDGE_TYPES)}")
+    p.add_argument("--seeds", type=_int_list, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run "
+                   "(default: the preset's max_steps)")
+    p.add_argument("--out", default="docs/ablation", help="results.csv, results.md, png")
+    p.add_argument("--runs", default="runs/ablation", help="run folders (checkpoints)")
+    p.add_argument("--preset", default="shapes-tiny")
+    p.add_argument("--test_num", type=int, default=500, help="evaluation scenes per run")
+    p.add_argument("--test_split", default="test", choices=["val", "test", "comp_test"])
+    p.add_argument("--latency_repeats", type=int, default=20)
+    p.add_argument("--workers", type=int, default=0, help="processes drawing the scenes")
+    p.add_argument("--force", action="store_true", help="retrain runs that have results")
+    p.add_argument("--no_progress", action="store_true")
+    args, rest = p.parse_known_args(argv)
+    try:
+        overrides = parse_overrides(rest)
+    except ValueError as e:
+        p.error(str(e))
+    try:
+        return Study(variants=[v.strip() for v in args.variants.split(",") if v.strip()],
+                     seeds=args.seeds, steps=args.steps, preset=args.preset, out=args.out,
+                     runs=args.runs, test_num=args.test_num, test_split=args.test_split,
+                     latency_repeats=args.latency_repeats, workers=args.workers,
+                     force=args.force, progress=not args.no_progress, overrides=overrides,
+                     command=shlex.join(["python", "-m", "ssm_bridge.tools.ablate", *argv]))
+    except ValueError as e:
+        p.error(str(e))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    study = parse_args(argv)
+    try:
+        plan = plan_runs(study)
+    except (TypeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = run_study(study, plan)
+    print(f"{len(rows)} runs; results in {study.out}/results.md", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""`TrainConfig`: a training run, as named presets plus `--key=value` overrides (no exec).
+
+    python -m ssm_bridge.training.train --preset=shapes-tiny --lr=2e-3 --model.ssm_scan_order=cross
+
+Keys are TrainConfig fields; `model.<field>` sets a VLMConfig field and
+`scenes.<field>` a SceneConfig field. Values are parsed by the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "shapes-tiny"
+    out_dir: str = "runs/shapes-tiny"
+    seed: int = 0  # model init, data order, dropout: one seed makes a run repeatable
+    # ---- data ----
+    data: str = "scenes"  # scenes | coco
+    task: str = "caption"  # caption | vqa | mixed (scenes only)
+    num_train: int = 50_000  # training scenes, pre-rendered once (scenes only)
+    draw_workers: int = 0  # processes drawing the training scenes (0 = this one)
+    coco_annotations: str = ""  # COCO-format annotation JSON (data=coco)
+    coco_images: str = ""  # image folder (data=coco)
+    coco_karpathy: str = ""  # optional Karpathy split file (data=coco)
+    skip_bad: bool = False  # skip unreadable COCO entries instead of failing
+    coco_min_count: int = 5  # words rarer than this in the captions become <unk>
+    # ---- optimisation ----
+    batch_size: int = 64  # per process, per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    max_steps: int = 2000
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.05  # not applied to norms, biases, A_log, D, gates
+    beta1: float = 0.9
+    beta2: float = 0.98
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    # >0: also keep an exponential moving average of the weights (decay per step, warmed up
+    # as min(decay, (1 + step) / (10 + step))); evaluation and each checkpoint's
+    # model.safetensors use the average, which smooths the last steps' noise away.
+    ema_decay: float = 0.0
+    # The step from which model.image_prefix_dropout applies (0 = from the first step).
+    # Blanking the prefix before the model has learned to read the image stalls learning;
+    # switched on once the prefix path has learned, it moves the model onto its
+    # cross-attention without costing accuracy (docs/training-notes.md).
+    prefix_dropout_start: int = 0
+    # auto | fp32 | bf16 (autocast on CPU and CUDA). "auto" picks bf16 only where the device
+    # computes it natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX) and fp32 elsewhere:
+    # emulated bf16 on an AVX2 CPU made the shapes-tiny step 19x slower (training/precision.py)
+    precision: str = "auto"
+    # Recompute blocks in backward to save memory; --model.gradient_checkpointing=true turns
+    # it on as well (either switch does; neither can turn the other off).
+    gradient_checkpointing: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch threads per process; 0 = torch's default
+    # ---- bookkeeping ----
+    log_every: int = 10
+    eval_every: int = 250  # 0 disables periodic evaluation
+    eval_num: int = 200  # val scenes per periodic evaluation (greedy exact-match)
+    save_every: int = 250
+    keep_checkpoints: int = 2
+    stop_at_exact_match: float = 0.0  # >0: stop once val exact-match reaches it
+    # A checkpoint folder whose weights start this run (fine-tuning): the model config and
+    # vocabulary must match; optimizer, schedule and step start fresh (unlike --resume).
+    init_from: str = ""
+    progress: bool = True  # tqdm bar
+    model: dict[str, Any] = field(default_factory=dict)  # VLMConfig overrides
+    scenes: dict[str, Any] = field(default_factory=dict)  # SceneConfig overrides
+
+    def __post_init__(self) -> None:
+        _validate(self)
+        # Either switch turns checkpointing on, so that the model override is never undone.
+        self.gradient_checkpointing = bool(self.gradient_checkpointing
+                                           or self.model.get("gradient_checkpointing"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path) -> None:
+        from .checkpoint import atomic_write
+
+        atomic_write(path, lambda p: open(p, "w").write(json.dumps(self.to_dict(), indent=2)))
+
+
+# The fields with a closed set of values, and the ranges of the numeric ones.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data": ("scenes", "coco"), "task": ("caption", "vqa", "mixed"),
+    "precision": ("auto", "fp32", "bf16"), "device": ("auto", "cpu", "cuda", "cuda:N"),
+}
+_AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+_AT_LEAST_0 = (lambda v: v >= 0, ">= 0 (0 disables)")
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "num_train": _AT_LEAST_1, "coco_min_count": _AT_LEAST_1, "batch_size": _AT_LEAST_1,
+    "grad_accum": _AT_LEAST_1, "max_steps": _AT_LEAST_1, "log_every": _AT_LEAST_1,
+    "keep_checkpoints": _AT_LEAST_1,
+    "draw_workers": (lambda v: v >= 0, ">= 0 (0 = draw in this process)"),
+    "warmup_steps": (lambda v: v >= 0, ">= 0"), "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "prefix_dropout_start": (lambda v: v >= 0, ">= 0"),
+    "threads": (lambda v: v >= 0, ">= 0 (0 = torch's default)"),
+    "grad_clip": _AT_LEAST_0, "eval_every": _AT_LEAST_0, "eval_num": _AT_LEAST_0,
+    "save_every": _AT_LEAST_0,
+    "lr": (lambda v: v > 0, "> 0"), "min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"), "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0 disables, 0.999 is typical)"),
+    "stop_at_exact_match": (lambda v: 0 <= v <= 1, "in [0, 1] (0 disables)"),
+}
+
+
+def _validate(cfg: TrainConfig) -> None:
+    """Types, closed sets and ranges of every field: one ValueError naming the field."""
+    for name, typ in _field_types(TrainConfig).items():
+        value = getattr(cfg, name)
+        if not _has_type(value, typ):
+            kind = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}
+            raise ValueError(f"{name} must be {kind.get(typ, 'a dict')}, got {value!r}")
+    if cfg.preset not in TRAIN_PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(TRAIN_PRESETS)}, got {cfg.preset!r}")
+    for name, allowed in CHOICES.items():
+        value = getattr(cfg, name)
+        if value not in allowed and not (name == "device" and _is_cuda_index(value)):
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    for name, (check, allowed) in RANGES.items():
+        if not check(getattr(cfg, name)):
+            raise ValueError(f"{name} must be {allowed}, got {getattr(cfg, name)!r}")
+    if cfg.stop_at_exact_match and not (cfg.data == "scenes" and cfg.eval_every
+                                        and cfg.eval_num):
+        raise ValueError("stop_at_exact_match needs periodic evaluation (data=scenes, "
+                         f"eval_every > 0, eval_num > 0), got data={cfg.data!r}, "
+                         f"eval_every={cfg.eval_every}, eval_num={cfg.eval_num}")
+
+
+def _has_type(value: Any, typ: Any) -> bool:
+    if typ is bool:
+        return isinstance(value, bool)
+    if typ in (int, float, str):  # a float field takes an int too; True is no number
+        accepted = (int, float) if typ is float else typ
+        return isinstance(value, accepted) and not isinstance(value, bool)
+    return isinstance(value, dict)
+
+
+def _is_cuda_index(device: str) -> bool:
+    kind, _, index = device.partition(":")
+    return kind == "cuda" and index.isdigit()
+
+
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # The shipped checkpoint: 64 px scenes of 1-3 objects, 1.4 M parameters, ~35 min on
+    # 2 cores (1.6 drawing the scenes, 33 training; docs/training-notes.md has the runs
+    # behind each choice). The conv stem learns small shapes ~3x faster than a patch conv;
+    # batch 32 learns ~2x more per sample than 64 early on; bf16 autocast runs a step 1.2x
+    # faster than fp32 on a CPU with native bf16 and learns as fast per step, but emulated
+    # on an AVX2 CPU it is 19x slower, so precision "auto" picks bf16 only where it is
+    # native; 200 000 scenes are seen ~2.4 times each (40 000 seen 7 times left a 3-point
+    # gap between training and test scenes); the weight average smooths the last steps'
+    # noise. Image-prefix dropout from the start stalls learning; over the last third it
+    # moves the decoder onto its cross-attention.
+    "shapes-tiny": dict(
+        num_train=200_000, draw_workers=2, batch_size=32, warmup_steps=200, max_steps=15_000,
+        precision="auto", ema_decay=0.998, prefix_dropout_start=10_000, eval_every=250,
+        eval_num=200, save_every=1000, keep_checkpoints=3,
+        model=dict(
+            vision_stem="conv", img_size=64, patch_size=8, vision_embed_dim=128,
+            vision_num_layers=3,
+            vision_num_heads=4, text_embed_dim=128, text_num_layers=2, text_num_heads=4,
+            text_kv_heads=1, max_seq_length=32, ssm_state_dim=16, ssm_hidden_dim=128,
+            ssm_num_layers=2, cross_attn_layers=1, cross_attn_heads=4, dropout=0.0,
+            ssm_dropout=0.0, image_prefix_dropout=0.2,
+        ),
+    ),
+    # Tests: seconds on 2 cores.
+    "test-tiny": dict(
+        out_dir="runs/test-tiny", num_train=64, batch_size=8, max_steps=20,
+        warmup_steps=2, lr=3e-3, log_every=5, eval_every=0, save_every=10, eval_num=8,
+        progress=False,
+        model=dict(
+            img_size=32, patch_size=8, vision_embed_dim=32, vision_num_layers=1,
+            vision_num_heads=2, text_embed_dim=32, text_num_layers=1, text_num_heads=2,
+            max_seq_length=32, ssm_state_dim=4, ssm_hidden_dim=16, ssm_num_layers=1,
+            cross_attn_layers=1, cross_attn_heads=2, dropout=0.0, ssm_dropout=0.0,
+        ),
+        scenes=dict(img_size=32),
+    ),
+}
+
+
+def _parse_value(raw: str, typ: Any) -> Any:
+    """Parse a command-line string as `typ` (bool, int, float, str, Optional[...])."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if raw.lower() in ("none", "null"):
+            return None
+        return _parse_value(raw, args[0])
+    if typ is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true/false, got {raw!r}")
+    if typ in (int, float, str):
+        return typ(raw)
+    return json.loads(raw)
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """['--lr=1e-3', '--model.img_size=32'] -> {'lr': 1e-3, 'model': {'img_size': 32}}."""
+    from ..config import VLMConfig
+    from ..data import SceneConfig
+
+    nested = {"model": _field_types(VLMConfig), "scenes": _field_types(SceneConfig)}
+    top = _field_types(TrainConfig)
+    out: dict[str, Any] = {"model": {}, "scenes": {}}
+    for arg in args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ValueError(f"expected --key=value, got {arg!r}")
+        key, raw = arg[2:].split("=", 1)
+        key = key.replace("-", "_")
+        group, _, sub = key.partition(".")
+        types_ = nested.get(group) if sub else top
+        name = sub or key
+        if types_ is None or name not in types_ or (not sub and name in nested):
+            known = sorted(top) + [f"{g}.<field>" for g in nested]
+            raise ValueError(f"unknown option --{key}; known: {', '.join(known)}")
+        try:
+            value = _parse_value(raw, types_[name])
+        except ValueError as e:
+            raise ValueError(f"--{key}={raw}: {e}") from e
+        if sub:
+            out[group][name] = value
+        else:
+            out[name] = value
+    return out
+
+
+def build_train_config(preset: str, overrides: dict[str, Any]) -> TrainConfig:
+    if preset not in TRAIN_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    base = {k: v for k, v in TRAIN_PRESETS[preset].items()}
+    merged = {**base, **{k: v for k, v in overrides.items() if k not in ("model", "scenes")}}
+    for group in ("model", "scenes"):
+        merged[group] = {**base.get(group, {}), **overrides.get(group, {})}
+    merged.setdefault("out_dir", f"runs/{preset}")
+    return TrainConfig(preset=preset, **{k: v for k, v in merged.items() if k != "preset"})
