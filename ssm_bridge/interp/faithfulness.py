@@ -1,0 +1,240 @@
+"""Is a map faithful? Tests that ask whether the model *uses* what a per-word map shows.
+
+    curves = perturbation_curves(model, image, ids, position, saliency)   # one word
+    curves.delta_af, curves.auc["morf"], curves.auc["insertion"]
+    seg = segmentation_scores(saliency, mask)          # pixel accuracy, mIoU, mAP
+    rho = cascading_randomisation(model, map_fn)       # [(group, Spearman ρ), ...]
+
+Glossary (a map is a (g, g) saliency over the ViT patch grid; a patch is img_size / g px):
+
+    MoRF / LeRF    delete patches Most / Least Relevant First: the patches are ranked by the
+                   map and replaced by a baseline image (blurred, or the dataset mean) in
+                   steps of a fixed fraction; a faithful map makes the word's log p fall fast
+                   under MoRF and slowly under LeRF.
+    insertion      start from the baseline and restore patches most relevant first.
+    random         a random ranking (seeded): the row every map must beat.
+    normalised AUC each curve is rescaled to (lp - lp_base) / (lp_clean - lp_base), 1 on the
+                   clean image and 0 on the full baseline, and integrated over the fraction
+                   (trapezoid): MoRF lower is better, LeRF and insertion higher.
+    ΔA^F           A_LeRF - A_MoRF (MambaLRP's faithfulness gap): higher is more faithful.
+    segmentation   Chefer et al.'s protocol: bilinear upsampling to the mask, binarised at
+                   the map's mean; pixel accuracy, mIoU over {object, background}, and the
+                   average precision of the continuous map ranking the object's pixels.
+    cascade        Adebayo et al.'s model-parameter randomisation: groups of layers are
+                   re-initialised from the logits down, one group at a time, and each map is
+                   compared with the trained model's by Spearman rank correlation. A map that
+                   stays correlated after every group is random does not explain the model.
+
+Every perturbed image of one curve goes through the model in one batched forward.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from ..core.layers import eval_mode
+from .attribution import WordLogit, make_baseline
+
+ORDERS = ("morf", "lerf", "insertion", "random")
+FRACTIONS = 16  # steps of 1/16 of the patches: 17 images per curve, one forward
+# The model's parts, from the logits down: the cascade re-initialises them in this order.
+CASCADE_PARTS = ("decoder", "bridge", "vision")
+
+
+@dataclass
+class Curves:
+    """Perturbation curves of one word: fractions (S,), logprob {order: (S,)}, auc {order}."""
+
+    fractions: torch.Tensor
+    logprob: dict[str, torch.Tensor]
+    auc: dict[str, float]
+
+    @property
+    def delta_af(self) -> float:
+        return self.auc["lerf"] - self.auc["morf"]
+
+
+# ---------------------------------------------------------------- perturbation
+def patch_ranking(saliency: torch.Tensor, order: str = "morf", seed: int = 0) -> torch.Tensor:
+    """Patch indices (P,) of a (g, g) map, row-major: most relevant first ("morf",
+    "insertion"), least relevant first ("lerf"), or a seeded random order ("random").
+    Ties are broken by a seeded random jitter, so a flat map ranks like a random one."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    flat = torch.as_tensor(saliency, dtype=torch.float64).flatten()  # (P,)
+    if not torch.isfinite(flat).all():
+        raise ValueError("the map has NaN or infinite values; rank a finite map")
+    g = torch.Generator().manual_seed(seed)
+    jitter = torch.rand(flat.shape, generator=g, dtype=torch.float64)  # (P,)
+    if order == "random":
+        return torch.argsort(jitter)
+    key = flat * (1 + 1e-12) + jitter * 1e-9 * flat.abs().max().clamp_min(1e-30)
+    return torch.argsort(key, descending=order != "lerf")
+
+
+def perturbed_images(image: torch.Tensor, baseline: torch.Tensor, ranking: torch.Tensor,
+                     counts: Sequence[int], insertion: bool = False) -> torch.Tensor:
+    """(S, 3, H, W): for each count k, `image` with the first k patches of `ranking`
+    replaced by `baseline` (deletion), or `baseline` with them restored (insertion)."""
+    g = math.isqrt(ranking.numel())  # the (g, g) grid the ranking indexes, row-major
+    S = len(counts)
+    chosen = torch.zeros(S, ranking.numel(), dtype=torch.bool)  # (S, P)
+    for s, k in enumerate(counts):
+        chosen[s, ranking[:k]] = True
+    patch = image.shape[-1] // g
+    pixels = repeat(chosen.view(S, g, g), "s g1 g2 -> s 1 (g1 p1) (g2 p2)", p1=patch, p2=patch)
+    pixels = pixels.to(image.device)  # (S, 1, H, W): True where the patch is switched
+    src, dst = (baseline, image) if insertion else (image, baseline)
+    return torch.where(pixels, dst[None], src[None])  # (S, 3, H, W)
+
+
+def perturbation_curves(model: nn.Module, image: torch.Tensor, ids: torch.Tensor,
+                        position: int, saliency: torch.Tensor, *, baseline="blur",
+                        steps: int = FRACTIONS, orders: Sequence[str] = ORDERS,
+                        seed: int = 0) -> Curves:
+    """The word ids[position] (teacher-forced by ids[:position]) under deletion (MoRF, LeRF,
+    random) and insertion of the patches ranked by `saliency` (g, g). image (3, H, W) as
+    the model takes it; baseline: "blur" (as the attributions' baseline), "mean" (pass the
+    dataset mean image as a tensor for the dataset mean), a float or a tensor."""
+    ids = torch.as_tensor(ids)
+    if not 0 < position < ids.numel():
+        raise ValueError(f"position must index a word after BOS (1..{ids.numel() - 1}), "
+                         f"got {position}")
+    base = make_baseline(image[None], baseline, patch_size=model.config.patch_size)[0]
+    P = torch.as_tensor(saliency).numel()
+    counts = [round(P * s / steps) for s in range(steps + 1)]
+    target = WordLogit(model, ids[: position + 1], position - 1, int(ids[position]),
+                       score="logprob")
+    lp = {}
+    with eval_mode(model), torch.no_grad():
+        for order in orders:
+            ranking = patch_ranking(saliency, order, seed)
+            batch = perturbed_images(image, base, ranking, counts, order == "insertion")
+            lp[order] = target(batch).cpu()  # (S,)
+        ends = target(torch.stack([image, base])).cpu()  # (2,): clean, full baseline
+    fractions = torch.tensor(counts, dtype=torch.float64) / P
+    auc = {o: normalised_auc(fractions, v, float(ends[0]), float(ends[1])) for o, v in lp.items()}
+    return Curves(fractions, lp, auc)
+
+
+def normalised_auc(fractions: torch.Tensor, logprob: torch.Tensor, clean: float,
+                   base: float) -> float:
+    """Area under (logprob - base) / (clean - base) over `fractions`; NaN when the baseline
+    does not change the word (|clean - base| < 1e-6), as no curve can then be read."""
+    if abs(clean - base) < 1e-6:
+        return float("nan")
+    y = (logprob.double() - base) / (clean - base)
+    return float(torch.trapezoid(y, fractions.double()))
+
+
+# ---------------------------------------------------------------- segmentation
+def segmentation_scores(saliency, mask) -> dict[str, float]:
+    """Chefer et al.'s scores of a (g, g) map against a boolean object mask (H, W)."""
+    m = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
+    if m.dim() != 2 or not m.any() or m.all():
+        raise ValueError(f"mask must be a (H, W) boolean array with object and background "
+                         f"pixels, got shape {tuple(m.shape)} with {int(m.sum())} object pixels")
+    s = torch.as_tensor(saliency, dtype=torch.float32)
+    up = F.interpolate(s[None, None], size=tuple(m.shape), mode="bilinear",
+                       align_corners=False)[0, 0]  # (H, W)
+    pred = up > up.mean()
+    return {"pixel_accuracy": float((pred == m).float().mean()),
+            "miou": float(np.mean([_iou(pred, m), _iou(~pred, ~m)])),
+            "map": average_precision(up.flatten(), m.flatten())}
+
+
+def _iou(pred: torch.Tensor, truth: torch.Tensor) -> float:
+    return float((pred & truth).sum() / (pred | truth).sum().clamp_min(1))
+
+
+def average_precision(scores: torch.Tensor, truth: torch.Tensor) -> float:
+    """Average precision of `scores` (N,) ranking the positives of `truth` (N,) first."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    hits = truth[order].double()  # (N,)
+    precision = hits.cumsum(0) / torch.arange(1, hits.numel() + 1, dtype=torch.float64)
+    return float((precision * hits).sum() / hits.sum().clamp_min(1))
+
+
+# ---------------------------------------------------------------- sanity checks
+def spearman(a, b) -> float:
+    """Spearman's rank correlation of two maps of equal size (average ranks for ties);
+    NaN when either map is constant."""
+    ra, rb = _ranks(np.asarray(a, dtype=np.float64).ravel()), \
+        _ranks(np.asarray(b, dtype=np.float64).ravel())
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])  # first rank of each value
+    return (start + (counts + 1) / 2)[inverse]  # average rank, 1-based
+
+
+def cascade_groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+    """The model's layers from the logits down, as (name, modules) groups: each of
+    CASCADE_PARTS, its children in reverse order, a ModuleList split into its layers."""
+    groups = []
+    for part in CASCADE_PARTS:
+        root = getattr(model, part, None)
+        if root is None:
+            continue
+        for name, child in reversed(list(root.named_children())):
+            items = list(enumerate(child)) if isinstance(child, nn.ModuleList) else [(None, child)]
+            for i, module in reversed(items):
+                if any(True for _ in module.parameters()):
+                    path = f"{part}.{name}" + ("" if i is None else f".{i}")
+                    groups.append((path, [module]))
+    return groups
+
+
+def randomise_(modules: Sequence[nn.Module], seed: int) -> None:
+    """Re-initialise every parameter of `modules` in place: a Gaussian with the trained
+    tensor's mean and standard deviation (a scalar: N(0, |value|)), so activations keep
+    their scale while the learned structure is gone. Seeded."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in modules:
+            for p in module.parameters():
+                mean, std = (0.0, p.abs().item()) if p.numel() < 2 else \
+                    (p.mean().item(), p.std().item())
+                noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
+                p.copy_((noise * std + mean).to(p))
+
+
+def cascading_randomisation(model: nn.Module, map_fn: Callable[[nn.Module], torch.Tensor],
+                            *, seed: int = 0) -> list[tuple[str, float]]:
+    """[(group, ρ)]: Spearman's ρ between map_fn(trained model) and map_fn of a copy whose
+    groups (cascade_groups) are re-initialised cumulatively, from the logits down. The
+    model itself is left unchanged."""
+    reference = torch.as_tensor(map_fn(model)).detach().cpu()
+    work = copy.deepcopy(model)
+    out = []
+    for i, (name, _) in enumerate(cascade_groups(model)):
+        modules = dict(cascade_groups(work))[name]
+        randomise_(modules, seed + i)
+        out.append((name, spearman(reference, torch.as_tensor(map_fn(work)).detach().cpu())))
+    return out
+
+
+def flag_unfaithful(cascade: Sequence[tuple[str, float]], threshold: float = 0.5) -> bool:
+    """True when the map stays rank-correlated (|ρ| >= threshold) with the trained map
+    after every group is random: it does not explain the model."""
+    last = cascade[-1][1] if cascade else float("nan")
+    return bool(np.isfinite(last) and abs(last) >= threshold)
+
+
+def pixel_grid(mask, g: int) -> torch.Tensor:
+    """A (H, W) mask -> (g, g) fraction of each patch it covers (for constructed maps)."""
+    m = torch.as_tensor(np.asarray(mask), dtype=torch.float32)
+    return rearrange(m, "(g1 p1) (g2 p2) -> g1 g2 (p1 p2)", g1=g, g2=g).mean(-1)  # (g, g)

@@ -1,0 +1,121 @@
+"""Faithfulness metrics on constructed cases whose answer is known."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ssm_bridge import load_pretrained
+from ssm_bridge.config import VLMConfig
+from ssm_bridge.data import make_scene
+from ssm_bridge.interp import faithfulness as fa
+from ssm_bridge.model import EnhancedVLM
+
+
+def test_ranking_orders_and_seeded_random():
+    s = torch.tensor([[0.1, 0.9], [0.5, 0.3]])
+    assert fa.patch_ranking(s, "morf").tolist() == [1, 2, 3, 0]
+    assert fa.patch_ranking(s, "lerf").tolist() == [0, 3, 2, 1]
+    r = fa.patch_ranking(s, "random", seed=3)
+    assert r.tolist() == fa.patch_ranking(s, "random", seed=3).tolist()
+    assert sorted(r.tolist()) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="order must be one of"):
+        fa.patch_ranking(s, "best")
+
+
+def test_perturbed_images_switch_exactly_the_ranked_patches():
+    image, base = torch.ones(3, 4, 4), torch.zeros(3, 4, 4)
+    ranking = torch.tensor([3, 0, 1, 2])  # 2 x 2 grid of 2-pixel patches
+    out = fa.perturbed_images(image, base, ranking, [0, 1, 4])
+    assert out[0].eq(1).all() and out[2].eq(0).all()
+    assert out[1][:, 2:, 2:].eq(0).all() and out[1].sum() == 3 * 12  # patch 3 only
+    ins = fa.perturbed_images(image, base, ranking, [1])
+    assert ins.shape == (1, 3, 4, 4)
+    ins = fa.perturbed_images(image, base, ranking, [1], insertion=True)
+    assert ins[0][:, 2:, 2:].eq(1).all() and ins[0].sum() == 3 * 4
+
+
+def test_normalised_auc_endpoints_and_undefined_case():
+    f = torch.linspace(0, 1, 5)
+    assert fa.normalised_auc(f, torch.full((5,), -1.0), -1.0, -3.0) == pytest.approx(1.0)
+    assert fa.normalised_auc(f, torch.full((5,), -3.0), -1.0, -3.0) == pytest.approx(0.0)
+    assert math.isnan(fa.normalised_auc(f, torch.zeros(5), -1.0, -1.0))
+
+
+def test_average_precision_and_spearman_known_values():
+    truth = torch.tensor([True, False, True, False])
+    assert fa.average_precision(torch.tensor([0.9, 0.8, 0.7, 0.1]), truth) == \
+        pytest.approx((1 + 2 / 3) / 2)
+    assert fa.average_precision(torch.tensor([0.9, 0.1, 0.8, 0.2]), truth) == 1.0
+    assert fa.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert fa.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert fa.spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
+    assert math.isnan(fa.spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_segmentation_true_mask_beats_random_map():
+    mask = np.zeros((64, 64), bool)
+    mask[8:32, 16:40] = True
+    truth_map = fa.pixel_grid(mask, 8)
+    good = fa.segmentation_scores(truth_map, mask)
+    rand = fa.segmentation_scores(torch.rand(8, 8, generator=torch.Generator().manual_seed(0)),
+                                  mask)
+    # bilinear upsampling softens the patch edges, so even the true mask is not exact
+    assert min(good.values()) > 0.75, good
+    for k in good:
+        assert good[k] > rand[k], k
+    with pytest.raises(ValueError, match="object and background"):
+        fa.segmentation_scores(truth_map, np.zeros((64, 64), bool))
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_pretrained("shapes-tiny")
+
+
+def _colour_word(p, seed):
+    """(image, ids, position, mask) for the first object's colour word of a test scene."""
+    scene = make_scene("test", seed, p.scene_config)
+    ids = torch.tensor(p.tokenizer.encode(scene.caption))
+    words = scene.caption.split()
+    colour = next(i for i, w in enumerate(words) if w in p.scene_config.colours)
+    obj = next(o for o in scene.objects if o.colour == words[colour])
+    return p.transform(scene.image), ids, colour + 1, obj.mask
+
+
+@pytest.mark.slow
+def test_true_mask_map_beats_random_map_on_deletion_and_insertion(shipped):
+    image, ids, position, mask = _colour_word(shipped, 1)
+    truth = fa.pixel_grid(mask, 8)
+    rand = torch.rand(8, 8, generator=torch.Generator().manual_seed(0))
+    c_true = fa.perturbation_curves(shipped.model, image, ids, position, truth)
+    c_rand = fa.perturbation_curves(shipped.model, image, ids, position, rand)
+    assert c_true.logprob["morf"].shape == (fa.FRACTIONS + 1,)
+    assert c_true.auc["morf"] < c_rand.auc["morf"]
+    assert c_true.auc["insertion"] > c_rand.auc["insertion"]
+    assert c_true.delta_af > c_rand.delta_af
+
+
+def test_randomisation_flags_a_map_that_ignores_the_model():
+    torch.manual_seed(0)
+    model = EnhancedVLM(VLMConfig.from_preset("tiny")).eval()
+    image = torch.randn(1, 3, model.config.img_size, model.config.img_size,
+                        generator=torch.Generator().manual_seed(1))
+    g = model.config.img_size // model.config.patch_size
+
+    def ignores_model(m):  # the image's own brightness per patch
+        return image[0].mean(0).reshape(g, m.config.patch_size, g, -1).mean((1, 3))
+
+    def reads_weights(m):  # the patch embedding's response: changes when it is re-drawn
+        with torch.no_grad():
+            return m.vision.patch_embed(image)[0].norm(dim=0).reshape(g, g)
+
+    before = [p.clone() for p in model.parameters()]
+    flat = fa.cascading_randomisation(model, ignores_model)
+    assert flat[0][0].startswith("decoder")
+    assert flat[-1][0].startswith("vision") and fa.flag_unfaithful(flat)
+    used = fa.cascading_randomisation(model, reads_weights)
+    assert used[-2][1] == pytest.approx(1.0)  # untouched until its own group is re-drawn
+    assert used[-1][0] == "vision.patch_embed" and not fa.flag_unfaithful(used)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
