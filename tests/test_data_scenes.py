@@ -15,6 +15,7 @@ from ssm_bridge.data import (
     SceneConfig,
     Tokenizer,
     collate,
+    counterfactual_scene,
     make_scene,
     render_batch,
     scene_vocabulary,
@@ -381,3 +382,43 @@ def test_render_batch_and_dataset_errors():
         SceneCaptions("train", 4, task="chat")
     with pytest.raises(ValueError, match="split"):
         SceneCaptions("dev", 4)
+
+
+# ---------------------------------------------------------------- counterfactual pairs
+def _test_seed(index):
+    (seed,) = split_seeds("test", 1, start=index)
+    return seed
+
+
+@pytest.mark.parametrize("attribute,value,word", [("colour", "green", "green"),
+                                                  ("shape", "star", "star"),
+                                                  ("size", "large", "large")])
+def test_counterfactual_changes_one_word_and_only_that_objects_pixels(attribute, value, word):
+    clean = make_scene("test", 1)  # "a small red diamond below a large red circle ..."
+    other = counterfactual_scene(_test_seed(1), 0, attribute, value)
+    a, b = clean.caption.split(), other.caption.split()
+    assert len(a) == len(b) and [i for i in range(len(a)) if a[i] != b[i]] == [b.index(word)]
+    changed = (clean.image != other.image).any(-1)  # (H, W)
+    boxes = np.array([clean.objects[0].box, other.objects[0].box])  # (2, 4): x0 y0 x1 y1
+    x0, y0 = boxes[:, :2].min(0)
+    x1, y1 = boxes[:, 2:].max(0)
+    outside = changed.copy()
+    outside[max(y0 - 2, 0):y1 + 2, max(x0 - 2, 0):x1 + 2] = False  # the object, its shadow
+    assert changed.any() and not outside.any()
+
+
+def test_counterfactual_position_and_errors():
+    seed = _test_seed(2)  # "a large blue diamond"
+    moved = counterfactual_scene(seed, 0, "position", (24.0, 30.0))
+    assert moved.caption == make_scene("test", 2).caption
+    assert moved.objects[0].centre == (24.0, 30.0)
+    with pytest.raises(ValueError, match="already large"):
+        counterfactual_scene(seed, 0, "size", "large")
+    with pytest.raises(ValueError, match="colour must be one of"):
+        counterfactual_scene(seed, 0, "colour", "pink")
+    with pytest.raises(ValueError, match="out of range"):
+        counterfactual_scene(seed, 3, "colour", "red")
+    with pytest.raises(ValueError, match="attribute must be one of"):
+        counterfactual_scene(seed, 0, "texture", "dotted")
+    with pytest.raises(ValueError, match="breaks the scene rules"):
+        counterfactual_scene(_test_seed(1), 0, "position", (10.0, 30.0))

@@ -191,6 +191,12 @@ def generate_scene(seed: int, config: SceneConfig | None = None,
     """The scene of `seed`. compositional=True puts a held-out pair in it; False keeps
     every held-out pair out."""
     cfg = config or SceneConfig()
+    drawn = _draw(seed, cfg, compositional)[-1]
+    return _scene(seed, cfg, drawn, compositional)
+
+
+def _draw(seed: int, cfg: SceneConfig, compositional: bool):
+    """(specs, centres, rng state before drawing, (image, objects, background)) of `seed`."""
     if compositional and not cfg.holdout:
         raise ValueError("compositional scenes need SceneConfig.holdout pairs; none are set")
     rng = np.random.default_rng(seed)
@@ -201,19 +207,103 @@ def generate_scene(seed: int, config: SceneConfig | None = None,
         centres = _sample_layout(rng, specs, cfg)
         if centres is None:
             continue
-        scene = _render(rng, specs, centres, cfg)
-        if scene is not None:
-            image, objects, bg = scene
-            qa_rng = np.random.default_rng([seed, 1])  # questions never shift the image stream
-            pairs = cfg.pairs if not compositional else [
-                (s, c) for s in cfg.shapes for c in cfg.colours]
-            return Scene(image=image, objects=objects, caption=captions.caption(objects, cfg),
-                         paraphrases=captions.paraphrases(objects, cfg),
-                         qa=captions.questions(objects, cfg, qa_rng, pairs), seed=seed,
-                         background=bg)
+        state = rng.bit_generator.state
+        drawn = _render(rng, specs, centres, cfg)
+        if drawn is not None:
+            return specs, centres, state, drawn
     raise RuntimeError(f"no valid layout for seed {seed} after {MAX_ATTEMPTS} attempts; "
                        "the SceneConfig is too crowded: lower max_objects or the extents, "
                        "or raise img_size")
+
+
+def _scene(seed: int, cfg: SceneConfig, drawn, compositional: bool) -> Scene:
+    image, objects, bg = drawn
+    qa_rng = np.random.default_rng([seed, 1])  # questions never shift the image stream
+    pairs = cfg.pairs if not compositional else [
+        (s, c) for s in cfg.shapes for c in cfg.colours]
+    return Scene(image=image, objects=objects, caption=captions.caption(objects, cfg),
+                 paraphrases=captions.paraphrases(objects, cfg),
+                 qa=captions.questions(objects, cfg, qa_rng, pairs), seed=seed, background=bg)
+
+
+COUNTERFACTUAL_ATTRIBUTES = ("colour", "shape", "size", "position")
+
+
+def counterfactual_scene(seed: int, obj: int, attribute: str, value,
+                         config: SceneConfig | None = None) -> Scene:
+    """The scene of `seed` with one thing changed: object `obj` (left-to-right index, as
+    in the caption) gets another colour, shape or size (a name), or its centre moves to
+    `value` = (x, y) pixels ("position"). Everything else is drawn from the same random
+    stream: background, noise, the other objects, the same pixels where nothing changed.
+    A change that breaks the scene rules (occlusion, touching, border) is a ValueError."""
+    cfg = config or SceneConfig()
+    specs, centres, state, drawn = _draw(seed, cfg, False)
+    clean = _scene(seed, cfg, drawn, False)
+    order = np.argsort(centres[:, 0], kind="stable")  # caption index -> spec index
+    if not 0 <= obj < len(specs):
+        raise ValueError(f"object {obj} is out of range: scene {seed} has {len(specs)} objects")
+    i = int(order[obj])
+    if attribute in ("colour", "shape", "size") and specs[i][attribute] == value:
+        raise ValueError(f"object {obj} is already {value}: choose a different {attribute}")
+    specs = [dict(s) for s in specs]
+    centres = centres.copy()
+    _change(specs[i], centres, i, attribute, value, cfg, seed)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state
+    drawn = _render(rng, specs, centres, cfg)
+    broken = ValueError(f"changing object {obj}'s {attribute} to {value!r} breaks the scene "
+                        "rules (occlusion, touching, or no clear relation to a neighbour); "
+                        "try another value")
+    if drawn is None:
+        raise broken
+    try:
+        scene = _scene(seed, cfg, drawn, False)
+    except ValueError:  # the caption grammar finds no clear relation
+        raise broken from None
+    moved = next(k for k, o in enumerate(scene.objects) if o.centre == tuple(centres[i]))
+    _check_local(clean.objects[obj].box, scene.objects[moved].box, clean, scene, seed)
+    return scene
+
+
+def _check_local(box: tuple, new_box: tuple, clean: Scene, other: Scene, seed: int) -> None:
+    """A pair differs only around the changed object (its box before and after, and a
+    4-pixel margin for soft edges, outline and shadow). A hand-drawn outline of another
+    shape takes a different number of random draws, which would redraw the rest of the
+    scene: such a change is refused rather than returned as a pair that differs everywhere."""
+    boxes = np.array([box, new_box])  # (2, 4): x0 y0 x1 y1
+    (x0, y0), (x1, y1) = boxes[:, :2].min(0) - 4, boxes[:, 2:].max(0) + 4
+    changed = (clean.image != other.image).any(-1)  # (H, W)
+    changed[max(y0, 0):y1, max(x0, 0):x1] = False
+    if changed.any():
+        raise ValueError(f"in scene {seed} this change would redraw the rest of the scene (a "
+                         "hand-drawn outline of another shape takes other random draws); "
+                         "choose another object or scene")
+
+
+def _change(spec: dict, centres: np.ndarray, i: int, attribute: str, value,
+            cfg: SceneConfig, seed: int) -> None:
+    if attribute == "colour":
+        if value not in cfg.colours:
+            raise ValueError(f"colour must be one of {cfg.colours}, got {value!r}")
+        spec["colour"] = value  # its own jitter stream, so the scene's stream is untouched
+        spec["rgb"] = jittered_colour(np.random.default_rng([seed, 2, i]), value,
+                                      cfg.colour_jitter)
+    elif attribute == "shape":
+        if value not in cfg.shapes:
+            raise ValueError(f"shape must be one of {cfg.shapes}, got {value!r}")
+        spec["shape"] = value
+    elif attribute == "size":
+        if value not in captions.SIZES:
+            raise ValueError(f"size must be one of {captions.SIZES}, got {value!r}")
+        (lo0, hi0), (lo1, hi1) = (cfg.small_extent if s == "small" else cfg.large_extent
+                                  for s in (spec["size"], value))
+        t = (spec["extent"] / cfg.img_size - lo0) / (hi0 - lo0)  # same place in its range
+        spec["size"], spec["extent"] = value, (lo1 + t * (hi1 - lo1)) * cfg.img_size
+    elif attribute == "position":
+        centres[i] = np.asarray(value, dtype=centres.dtype)
+    else:
+        raise ValueError(f"attribute must be one of {COUNTERFACTUAL_ATTRIBUTES}, "
+                         f"got {attribute!r}")
 
 
 def _sample_object(rng: np.random.Generator, cfg: SceneConfig, held_out: bool) -> dict:
