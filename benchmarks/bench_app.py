@@ -32,6 +32,7 @@ from ssm_bridge.app.support import (  # noqa: E402
     tab_figure,
     truth_markdown,
 )
+from ssm_bridge.core.addressing import SSMStack  # noqa: E402
 from ssm_bridge.data import make_scene, split_seeds  # noqa: E402
 
 
@@ -97,7 +98,7 @@ def app_rss_growth_mb(quick: bool = False) -> dict:
     try:
         client = Client(url, verbose=False)
         seeds = iter(split_seeds("test", 1000, start=100))
-        direction = demo.analyser.model.bridge.layers[0].mixer.direction_names[0]
+        direction = SSMStack.of(demo.analyser.model)[0].direction_names[0]
 
         def request() -> None:
             client.predict(next(seeds), api_name="/from_seed")

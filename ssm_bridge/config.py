@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 # The orders the bridge can read the patch grid in, and the scan directions each runs
-# (ssm.SSMLayer runs one ScanDirection per name; ssm.direction_perm defines them). Kept
-# here, not in ssm.py, so that config validation needs no torch.
+# (ssm.SSMLayer runs one ScanDirection per name; addressing.direction_perm defines them).
+# Kept here, not in core/, so that config validation needs no torch.
 SCAN_DIRECTIONS = {
     "raster": ("row",),
     "bidirectional": ("row", "row_rev"),

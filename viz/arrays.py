@@ -2,8 +2,10 @@
 
 Sequences follow the model's layout: `prefix` cls tokens, then a g x g patch grid in raster
 order, so a sequence has L = prefix + g*g tokens. A scan permutation `scan_perm` (L,) is what
-`ssm_bridge.core.ssm.direction_perm` returns: scan step t reads token `scan_perm[t]`. Values
-recorded IN SCAN ORDER (Δ, B, C, the state h) are put back on the grid with it.
+`ssm_bridge.core.addressing.direction_perm` returns: scan step t reads token `scan_perm[t]`.
+Values recorded IN SCAN ORDER (Δ, B, C, the state h) are put back on the grid with it, by
+`grid_values`, the one place here that inverts a scan permutation (viz takes permutations
+as arrays and never imports the model, so it cannot call the model's own conversion).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Pictures of the bridge's selective scan: the state's path, and per-patch Δ, gate and |h|.
 
 Inputs are one example's hook tensors (take [0] of a batch). Tensors recorded in scan order
-(hook_state, hook_delta, ...) need the direction's `scan_perm` = direction_perm(name, L) to land
-on the right patches; tensors in patch order (hook_gate, hook_out) need none.
+(hook_state, hook_delta, ...) need the direction's `scan_perm` (L,) to land on the right
+patches; tensors in patch order (hook_gate, hook_out) need none. With
+`bridge = ssm_bridge.core.addressing.SSMStack.of(model)`:
 
-    fig = state_trajectory(cache["bridge.layers.0.mixer.dirs.0.hook_state"][0], grid_side=8)
-    fig = delta_map(cache["bridge.layers.0.mixer.dirs.0.hook_delta"][0], scan_perm=perm,
+    fig = state_trajectory(cache[bridge.hook("hook_state", 0, 0)][0], grid_side=8)
+    fig = delta_map(cache[bridge.hook("hook_delta", 0, 0)][0], scan_perm=bridge[0].perm(0, L),
                     image=scene.image)
 """
 

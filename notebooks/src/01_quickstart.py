@@ -171,7 +171,10 @@ for part in ("vision", "bridge", "decoder"):
 print(*[n for n in names if n.startswith("bridge.layers.0.")], sep="\n")
 
 # %%
-_, cache = model.run_with_cache(images[:1], tokens[:1], names_filter="bridge.layers.*.mixer.dirs.*.hook_delta")
+from ssm_bridge.core.addressing import SSMStack
+
+bridge = SSMStack.of(model)  # builds hook names: bridge.hook("hook_delta", layer, direction)
+_, cache = model.run_with_cache(images[:1], tokens[:1], names_filter=bridge.glob("hook_delta"))
 for name, t in cache.items():
     print(f"{name:<42} {tuple(t.shape)}  mean Δ {t.mean():.3f}")
 

@@ -79,12 +79,13 @@ print("this checkpoint scans", c.ssm_scan_order, "=", list(layers[0].mixer.direc
 # point's colour tells which patch the scan had just read.
 
 # %%
-_, cache = model.run_with_cache(image, None, names_filter="bridge.layers.*.mixer.dirs.*.hook_state",
-                                heavy=True)
+from ssm_bridge.core.addressing import SSMStack
+
+bridge = SSMStack.of(model)  # the bridge's hook names and scan orders
+_, cache = model.run_with_cache(image, None, names_filter=bridge.glob("hook_state"), heavy=True)
 states = {}  # (layer, direction name) -> h (L, D, N) in scan order
 for name, h in cache.items():
-    parts = name.split(".")
-    layer, k = int(parts[2]), int(parts[5])
+    layer, k, _ = bridge.locate(name)
     states[layer, layers[layer].mixer.direction_names[k]] = h[0]
 for key, h in states.items():
     print(f"layer {key[0]} '{key[1]}': h {tuple(h.shape)}, |h| over the scan "
@@ -129,18 +130,15 @@ def object_patches(scene, g):
 pool = [make_scene("test", i, p.scene_config) for i in range(16)]
 batch = torch.stack([p.transform(s.image) for s in pool])  # (16, 3, 64, 64)
 on_object = torch.stack([object_patches(s, g) for s in pool])  # (16, L) patch order
-_, pooled = model.run_with_cache(batch, None, names_filter="bridge.layers.*.mixer.dirs.*.hook_state",
-                                 heavy=True)
+_, pooled = model.run_with_cache(batch, None, names_filter=bridge.glob("hook_state"), heavy=True)
 print("layer direction   |h| after object   |h| after background   ratio   matched steps   "
       "scenes > 1")
 norm_ratio, matched_ratio, scenes_above = {}, {}, {}
 for name, h in pooled.items():
-    parts = name.split(".")
-    layer, k = int(parts[2]), int(parts[5])
+    layer, k, _ = bridge.locate(name)
     dname = layers[layer].mixer.direction_names[k]
-    perm = direction_perm(dname, L)
     norms = h.flatten(2).norm(dim=2)  # (16, L) scan order
-    obj = on_object[:, perm]  # (16, L) scan order
+    obj = bridge[layer].to_scan_order(on_object, k)  # (16, L) scan order
     bg = ~obj
     bg[:, 0] = False  # leave out the cls step
     a, b = norms[obj].mean().item(), norms[bg].mean().item()
@@ -161,8 +159,7 @@ for name, h in pooled.items():
 steps_axis = torch.arange(L, dtype=torch.float64)
 clock_pool = {}  # (layer, direction) -> (16,) |correlation of PC1 with the scan step|
 for name, h in pooled.items():
-    parts = name.split(".")
-    layer, k = int(parts[2]), int(parts[5])
+    layer, k, _ = bridge.locate(name)
     dname = layers[layer].mixer.direction_names[k]
     clock_pool[layer, dname] = torch.tensor([abs(torch.corrcoef(torch.stack(
         [torch.as_tensor(state_pca(hi)[0][:, 0]), steps_axis]))[0, 1].item()) for hi in h])
@@ -182,12 +179,12 @@ for name, h in pooled.items():
 # lag between reading a patch and now.
 
 # %%
-_, deltas = model.run_with_cache(image, None, names_filter="bridge.layers.*.mixer.dirs.*.hook_delta")
+_, deltas = model.run_with_cache(image, None, names_filter=bridge.glob("hook_delta"))
 half_life = {}
 print("layer direction   half-life in steps: median   share > 8 (one grid row)   share > 64")
 for layer, block in enumerate(layers):
     for k, (dname, d) in enumerate(zip(block.mixer.direction_names, block.mixer.dirs)):
-        delta = deltas[f"bridge.layers.{layer}.mixer.dirs.{k}.hook_delta"][0]  # (L, D)
+        delta = deltas[bridge.hook("hook_delta", layer, k)][0]  # (L, D)
         rate = delta.mean(0)[:, None] * torch.exp(d.A_log.detach())  # (D, N): Δ|A| per step
         half = math.log(2) / rate  # (D, N) half-life in steps
         half_life[layer, dname] = half
@@ -201,7 +198,7 @@ lags = torch.arange(L - 1)  # 0 .. 63
 def erase_each_step(layer, k):
     """Relative change of layer `layer`, direction k's state (64, L) when scan step s + 1
     (patch s in scan order) is erased from its input, for s = 0 .. 63 (one batch)."""
-    hook = f"bridge.layers.{layer}.mixer.dirs.{k}"
+    conv, state = bridge.hook("hook_conv", layer, k), bridge.hook("hook_state", layer, k)
     clean = states[layer, layers[layer].mixer.direction_names[k]]  # (L, D, N)
     rows = torch.arange(L - 1)
 
@@ -210,10 +207,9 @@ def erase_each_step(layer, k):
         x[rows, rows + 1] = 0  # batch row s erases scan step s + 1
         return x
 
-    with model.hooks([(hook + ".hook_conv", erase)]):
-        _, out = model.run_with_cache(image.expand(L - 1, -1, -1, -1), None,
-                                      names_filter=hook + ".hook_state")
-    diff = (out[hook + ".hook_state"] - clean).flatten(2).norm(dim=2)  # (64, L)
+    with model.hooks([(conv, erase)]):
+        _, out = model.run_with_cache(image.expand(L - 1, -1, -1, -1), None, names_filter=state)
+    diff = (out[state] - clean).flatten(2).norm(dim=2)  # (64, L)
     return diff / clean.flatten(1).norm(dim=1)  # (64, L) relative change
 
 
@@ -228,9 +224,8 @@ for layer, block in enumerate(layers):
                               for lag in lags])  # (64,)
         memory[layer, dname] = by_lag
         final_step[layer, dname] = rel[:, -1]  # (64,) by the erased patch's scan step
-        perm = direction_perm(dname, L)
-        last = torch.zeros(L)
-        last[perm[1:]] = rel[:, -1]  # patch order: change of the final state per erased patch
+        last = bridge[layer].to_token_order(torch.cat([torch.zeros(1), rel[:, -1]]), k, dim=0)
+        # ^ (L,) patch order: change of the final state per erased patch (cls: 0)
         final_map[layer, dname] = last[1:].reshape(g, g)
 
 print("relative change of the state, by steps since the erased patch was read")

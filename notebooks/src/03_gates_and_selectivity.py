@@ -52,13 +52,15 @@ print(f"{len(layers)} layers, directions {dirs}, Δ initialised in "
 # scan permutation; `gate_map` does the same for the gate (already in patch order).
 
 # %%
+from ssm_bridge.core.addressing import SSMStack
 from viz import delta_map, gate_map, grid_values, layer_maps
 
-filters = ["bridge.layers.*.mixer.dirs.*.hook_delta", "bridge.layers.*.mixer.hook_gate"]
+bridge = SSMStack.of(model)  # builds the hook names above: bridge.hook("hook_gate", layer)
+filters = [bridge.glob("hook_delta"), bridge.glob("hook_gate")]
 _, cache = model.run_with_cache(image, None, names_filter=filters)
 perm0 = direction_perm(dirs[0], L)
-delta0 = cache[f"bridge.layers.0.mixer.dirs.0.hook_delta"][0]  # (L, D) scan order
-gate0 = cache["bridge.layers.0.mixer.hook_gate"][0]  # (L, D) patch order
+delta0 = cache[bridge.hook("hook_delta", 0, 0)][0]  # (L, D) scan order
+gate0 = cache[bridge.hook("hook_gate", 0)][0]  # (L, D) patch order
 show(delta_map(delta0, grid_side=g, scan_perm=perm0, image=scene.image,
                title=f"layer 0 '{dirs[0]}': Δ"))
 show(gate_map(gate0, grid_side=g, image=scene.image, title="layer 0: gate SiLU(z)"))
@@ -67,9 +69,9 @@ show(gate_map(gate0, grid_side=g, image=scene.image, title="layer 0: gate SiLU(z
 maps = {}
 for layer, block in enumerate(layers):
     for k, name in enumerate(block.mixer.direction_names):
-        d = cache[f"bridge.layers.{layer}.mixer.dirs.{k}.hook_delta"][0]
+        d = cache[bridge.hook("hook_delta", layer, k)][0]
         maps[f"layer {layer} '{name}' Δ"] = grid_values(d, g, 1, direction_perm(name, L).numpy())
-    maps[f"layer {layer} gate"] = grid_values(cache[f"bridge.layers.{layer}.mixer.hook_gate"][0], g)
+    maps[f"layer {layer} gate"] = grid_values(cache[bridge.hook("hook_gate", layer)][0], g)
 show(layer_maps(maps, image=scene.image, ncols=len(dirs) + 1))
 
 # %% [markdown]
@@ -127,11 +129,10 @@ stats = {}
 channel_share = {}
 print("layer  value   on objects  on background   AUC")
 for layer, block in enumerate(layers):
-    per_dir = [pooled[f"bridge.layers.{layer}.mixer.dirs.{k}.hook_delta"]
-               [:, torch.argsort(direction_perm(name, L))]  # (32, L, D) patch order
-               for k, name in enumerate(block.mixer.direction_names)]
+    per_dir = [bridge[layer].to_token_order(pooled[bridge.hook("hook_delta", layer, k)], k)
+               for k in range(len(bridge[layer]))]  # each (32, L, D) patch order
     delta = torch.stack(per_dir).mean(0)  # (32, L, D)
-    gate = pooled[f"bridge.layers.{layer}.mixer.hook_gate"]  # (32, L, D)
+    gate = pooled[bridge.hook("hook_gate", layer)]  # (32, L, D)
     for label, v in (("Δ", delta), ("gate", gate)):
         tokens = v.mean(-1)  # (32, L)
         stats[layer, label] = auc(tokens[obj], tokens[bg])
@@ -191,23 +192,22 @@ def zero(t, name):
     return torch.zeros_like(t)
 
 
-every = "bridge.layers.*.mixer.dirs.*."
+glob = bridge.glob  # glob(hook): every layer and direction; glob(hook, layer): one layer
 variants = {"clean": []}
 for layer in range(len(layers)):
-    variants[f"flat Δ, layer {layer}"] = [(f"bridge.layers.{layer}.mixer.dirs.*.hook_delta", flatten)]
-variants["flat Δ, all layers"] = [(every + "hook_delta", flatten)]
-variants["flat B, C, all layers"] = [(every + h, flatten) for h in ("hook_B", "hook_C")]
-variants["flat Δ, B, C, all layers"] = [(every + h, flatten) for h in ("hook_delta", "hook_B", "hook_C")]
+    variants[f"flat Δ, layer {layer}"] = [(glob("hook_delta", layer), flatten)]
+variants["flat Δ, all layers"] = [(glob("hook_delta"), flatten)]
+variants["flat B, C, all layers"] = [(glob(h), flatten) for h in ("hook_B", "hook_C")]
+variants["flat Δ, B, C, all layers"] = [(glob(h), flatten) for h in ("hook_delta", "hook_B", "hook_C")]
 for layer in range(len(layers)):
-    variants[f"flat gate, layer {layer}"] = [(f"bridge.layers.{layer}.mixer.hook_gate", flatten)]
-variants["no scan memory, all layers"] = [(every + "hook_conv", keep_input),
-                                          (every + "hook_ssm_out", skip_only)]
+    variants[f"flat gate, layer {layer}"] = [(glob("hook_gate", layer), flatten)]
+variants["no scan memory, all layers"] = [(glob("hook_conv"), keep_input),
+                                          (glob("hook_ssm_out"), skip_only)]
 for layer in range(len(layers)):
-    here = f"bridge.layers.{layer}.mixer.dirs.*."
-    variants[f"no scan memory, layer {layer}"] = [(here + "hook_conv", keep_input),
-                                                 (here + "hook_ssm_out", skip_only)]
+    variants[f"no scan memory, layer {layer}"] = [(glob("hook_conv", layer), keep_input),
+                                                 (glob("hook_ssm_out", layer), skip_only)]
 for layer in range(len(layers)):
-    variants[f"no mixer output, layer {layer}"] = [(f"bridge.layers.{layer}.mixer.hook_y", zero)]
+    variants[f"no mixer output, layer {layer}"] = [(bridge.hook("hook_y", layer), zero)]
 
 results = {name: caption_with(h) for name, h in variants.items()}
 print(f"{'variant':<28} exact  colour  shape  size  relation")

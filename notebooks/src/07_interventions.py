@@ -149,6 +149,8 @@ for name, (m, lp) in results.items():
 # (`bridge.layers.{l}.hook_resid_post`), and, as a control, *all* 65 bridge outputs.
 
 # %%
+from ssm_bridge.core.addressing import SSMStack
+
 single = [s for s in (make_scene("test", i, p.scene_config) for i in range(120))
           if len(s.objects) == 1][:16]
 pairs = [(single[k], single[k + 1]) for k in range(0, len(single), 2)]  # (target, source)
@@ -160,6 +162,7 @@ def caption(img, hooks):
     return tok.decode(ids[0].tolist())
 
 
+bridge = SSMStack.of(model)  # names the bridge's hooks (ssm_bridge/core/addressing.py)
 sites = ["bridge input", "SSM state, all layers"]
 sites += [f"residual after layer {i}" for i in range(n_layers)] + ["all bridge outputs"]
 outcome = {site: [] for site in sites}  # per pair: (colour moved, shape moved, whole caption)
@@ -168,12 +171,12 @@ for target, source in pairs:
     t_img, s_img = p.transform(target.image), p.transform(source.image)
     where = sorted(set(object_patches(target)) | set(object_patches(source)))
     _, cache = model.run_with_cache(s_img[None], None, names_filter=[
-        "bridge.hook_in", "bridge.hook_out", "bridge.layers.*.hook_resid_post"])
+        "bridge.hook_in", "bridge.hook_out", bridge.glob("hook_resid_post")])
     hooks = {"bridge input": iv.patch_activation("bridge.hook_in", cache, where),
              "SSM state, all layers": iv.patch_state(model, s_img[None], where)}
     for i in range(n_layers):
         hooks[f"residual after layer {i}"] = iv.patch_activation(
-            f"bridge.layers.{i}.hook_resid_post", cache, where)
+            bridge.hook("hook_resid_post", i), cache, where)
     hooks["all bridge outputs"] = iv.patch_activation("bridge.hook_out", cache)
     caps = {site: caption(t_img, h) for site, h in hooks.items()}
     src, tgt = source.objects[0], target.objects[0]

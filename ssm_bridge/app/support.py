@@ -29,7 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 import viz
 
-from ..core.ssm import direction_perm
+from ..core.addressing import SSMStack
 from ..data import PALETTE, SHAPES, SceneConfig, generate_scene
 from ..interp.localization import energy_in_mask, object_words, pointing_game, random_scores
 from ..interp.maps import ATTRIBUTION_KINDS, CaptionAnalysis, analyse, word_map
@@ -240,16 +240,14 @@ class Analyser:
         return view.scans[key]
 
     def _scan(self, image: torch.Tensor, layer: int, k: int) -> ScanData:
-        mixer = self.model.bridge.layers[layer].mixer
-        base = f"bridge.layers.{layer}.mixer"
-        names = [f"{base}.dirs.{k}.hook_state", f"{base}.dirs.{k}.hook_delta",
-                 f"{base}.hook_gate"]
+        ref = SSMStack.of(self.model, "bridge", what="the scan tabs")[layer]
+        names = [ref.hook("hook_state", k), ref.hook("hook_delta", k), ref.hook("hook_gate")]
         with self.lock, torch.no_grad():
             _, cache = self.model.run_with_cache(image[None], None, names_filter=names)
         h = cache[names[0]][0].float().cpu()  # (L, D, N) scan order
-        perm = direction_perm(mixer.direction_names[k], h.shape[0])  # (L,)
-        gate = cache[names[2]][0].float().cpu().mean(-1)[perm]  # (L,) patch -> scan order
-        return ScanData(mixer.direction_names[k], perm.numpy(), h.numpy(),
+        perm = ref.perm(k, h.shape[0])  # (L,)
+        gate = ref.to_scan_order(cache[names[2]][0].float().cpu().mean(-1), k, dim=0)  # (L,)
+        return ScanData(ref.direction_names[k], perm.numpy(), h.numpy(),
                         viz.state_pca(h)[0], cache[names[1]][0].float().cpu().mean(-1).numpy(),
                         gate.numpy())
 

@@ -25,7 +25,8 @@ every direction):
     cross          row-major, column-major and both reversed (VMamba) 4 directions
 Each direction has its own conv, projections, A and D; outputs are put back in
 patch order and summed. Each direction's own output stays reachable at
-`dirs.<k>.hook_out`.
+`dirs.<k>.hook_out`. The orders themselves (`direction_perm`), the conversions between
+them and the hook names of a layer live in ssm_bridge/core/addressing.py.
 
 Heavy hooks (A_bar, dBx, state: (B, L, D, N) each) are opt-in: when any is watched the
 direction runs `ssm_explicit`, which materialises them and runs the recurrence
@@ -55,39 +56,15 @@ from einops import rearrange
 from torch import nn
 
 from ..config import SCAN_DIRECTIONS as DIRECTIONS  # scan order -> its directions
+from .addressing import (
+    direction_perm,
+    grid_layout,  # noqa: F401  (still importable from here, as in 0.1)
+    to_scan_order,
+    to_token_order,
+)
 from .hooks import HEAVY_SUFFIXES, HookPoint
 from .layers import gate_product, silu
 from .scan import linear_recurrence, selective_scan, selective_scan_step
-
-
-def grid_layout(length: int) -> tuple[int, int]:
-    """(prefix, side) of a sequence: `prefix` cls tokens then a side x side patch grid.
-
-    A length of g*g + 1 is read as cls + grid, g*g as a bare grid. Other lengths
-    have no grid (side 0): only orders that need none (raster, bidirectional) apply.
-    """
-    for prefix in (1, 0):
-        side = math.isqrt(max(length - prefix, 0))
-        if side > 0 and side * side == length - prefix:
-            return prefix, side
-    return 0, 0
-
-
-def direction_perm(name: str, length: int, device: torch.device | None = None) -> torch.Tensor:
-    """Token indices (L,) in the order direction `name` reads them."""
-    prefix, side = grid_layout(length)
-    if name in ("col", "col_rev") and side == 0:
-        raise ValueError(
-            f"scan order 'cross' needs a square patch grid (length g*g or g*g + 1 with cls), "
-            f"got a sequence of length {length}; use ssm_scan_order='raster' or 'bidirectional'"
-        )
-    n = length - prefix
-    patches = torch.arange(n, device=device)  # (n,)
-    if name.startswith("col"):
-        patches = rearrange(patches, "(r c) -> (c r)", r=side)  # column-major
-    if name.endswith("_rev"):
-        patches = patches.flip(0)
-    return torch.cat([torch.arange(prefix, device=device), patches + prefix])  # (L,)
 
 
 def _inv_softplus_dt(dim: int, dt_min: float, dt_max: float) -> torch.Tensor:
@@ -149,14 +126,14 @@ class ScanDirection(nn.Module):
         own order, as in a language model). state: the recurrent state {"conv": (B, D, K-1),
         "ssm": (B, D, N)} to continue from (see `SSMLayer.allocate_state`), updated in place:
         from a fresh state a whole prompt, after it one token at a time (perm must be None)."""
-        xs = x if perm is None else x[:, perm]  # (B, L, D) in scan order
+        xs = x if perm is None else to_scan_order(x, perm)  # (B, L, D) in scan order
         xs = self.hook_conv(silu(self.causal_conv(xs, state), self.explain))  # (B, L, D)
         if state is None:
             y = self.ssm(xs)  # (B, L, D)
         else:
             y, state["ssm"] = self.ssm(xs, state["ssm"], return_last=True)
         y = self.hook_ssm_out(y)
-        return self.hook_out(y if perm is None else y[:, torch.argsort(perm)])  # (B, L, D)
+        return self.hook_out(y if perm is None else to_token_order(y, perm))  # (B, L, D)
 
     def causal_conv(self, xs: torch.Tensor, state: dict | None = None) -> torch.Tensor:
         """Depthwise causal conv over time: (B, L, D) -> (B, L, D). With a state its

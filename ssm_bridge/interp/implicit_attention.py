@@ -41,8 +41,7 @@ from dataclasses import dataclass
 import torch
 from einops import einsum, rearrange, repeat
 
-from ..core.bridge_variants import require_ssm_bridge
-from ..core.ssm import direction_perm, grid_layout
+from ..core.addressing import SSMLayerRef, SSMStack, grid_layout, to_token_order
 
 SCAN_HOOKS = ("hook_conv", "hook_delta", "hook_B", "hook_C")
 _MAX_ELEMENTS = 2**25  # largest (B, D, N, L, L) block hidden_attention builds at once
@@ -179,7 +178,8 @@ def rebuild_error(act: Mapping[str, torch.Tensor], direction,
 
 def scan_activations(cache: Mapping[str, torch.Tensor], prefix: str,
                      hooks: Sequence[str] = SCAN_HOOKS) -> dict[str, torch.Tensor]:
-    """{hook: cache[f"{prefix}.{hook}"]} for one scan direction's hook points."""
+    """{hook: cache[f"{prefix}.{hook}"]} for one scan direction's hook points; prefix: its
+    module path (`SSMLayerRef.direction_path(k)`)."""
     return {h: cache[f"{prefix}.{h}"] for h in hooks}
 
 
@@ -242,19 +242,19 @@ class LayerAttention:
 
 def to_patch_order(alpha_scan: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """(..., L, L) in scan order -> patch order: out[..., perm[i], perm[j]] = in[..., i, j]."""
-    inv = torch.argsort(perm.to(alpha_scan.device))  # (L,) scan position of each token
-    return alpha_scan[..., inv, :][..., inv]  # (..., L, L)
+    return to_token_order(to_token_order(alpha_scan, perm, -2), perm, -1)  # (..., L, L)
+
+
+def _bridge(model) -> SSMStack:
+    return SSMStack.of(model, "bridge", what="implicit attention")
 
 
 def bridge_hook_names(model, layers: Iterable[int] | None = None, *,
                       ssm_out: bool = False) -> list[str]:
     """Hook names `from_cache` needs (for run_with_cache's names_filter): per layer and
     direction hook_conv, hook_delta, hook_B, hook_C (and hook_ssm_out with ssm_out=True)."""
-    n = len(model.bridge.layers)
-    layers = range(n) if layers is None else [_layer_index(model, i) for i in layers]
     hooks = (*SCAN_HOOKS, "hook_ssm_out") if ssm_out else SCAN_HOOKS
-    return [f"{_dir_path(layer, k)}.{h}" for layer in layers
-            for k in range(len(model.bridge.layers[layer].mixer.dirs)) for h in hooks]
+    return _bridge(model).hook_names(hooks, None if layers is None else list(layers))
 
 
 def from_cache(cache: Mapping[str, torch.Tensor], model, layer: int, *,
@@ -265,27 +265,34 @@ def from_cache(cache: Mapping[str, torch.Tensor], model, layer: int, *,
     chunked=True computes α with `hidden_attention_chunked` (float64, ~15x faster, for
     interactive maps: ssm_bridge.interp.maps, the app) from A as the scan computes it, in the
     parameter's dtype; the result is then cast to `dtype`."""
-    layer = _layer_index(model, layer)
-    mixer = model.bridge.layers[layer].mixer
-    names = bridge_hook_names(model, [layer])
+    ref = _bridge(model)[layer]
+    names = bridge_hook_names(model, [ref.index])
     missing = [n for n in names if n not in cache]
     if missing:
         raise ValueError(f"the cache lacks {missing[:2]}{' ...' if len(missing) > 2 else ''}; "
-                         f"capture with names_filter=bridge_hook_names(model, [{layer}]) "
+                         f"capture with names_filter=bridge_hook_names(model, [{ref.index}]) "
                          "or use layer_attention(model, images, layer)")
+    return stack_attention(cache, ref, dtype=dtype, chunked=chunked)
+
+
+def stack_attention(cache: Mapping[str, torch.Tensor], ref: SSMLayerRef, *,
+                    dtype: torch.dtype = torch.float32, chunked: bool = False) -> LayerAttention:
+    """LayerAttention of one layer of any SSM stack (`SSMStack.of(model)[layer]`) from a
+    cache holding its directions' SCAN_HOOKS. A token-order stack (a language model) reads
+    no patch grid: prefix = side = 0."""
     alphas, xs, perms = [], [], []
-    for k, (name, d) in enumerate(zip(mixer.direction_names, mixer.dirs)):
-        act = scan_activations(cache, _dir_path(layer, k))
+    for k, d in enumerate(ref.directions):
+        act = scan_activations(cache, ref.direction_path(k))
         alphas.append(direction_alpha(act, d, dtype, chunked=chunked))  # (B, D, L, L)
         xs.append(act["hook_conv"].detach().to(dtype))
-        perms.append(direction_perm(name, xs[-1].shape[1], xs[-1].device))
+        perms.append(ref.perm(k, xs[-1].shape[1], xs[-1].device))
     alpha_scan = torch.stack(alphas, 1)  # (B, K, D, L, L)
     perms_t = torch.stack(perms)  # (K, L)
     alpha_patch = sum(to_patch_order(alpha_scan[:, k], perms_t[k]) for k in range(len(perms)))
-    prefix, side = grid_layout(alpha_scan.shape[-1])
-    return LayerAttention(layer, tuple(mixer.direction_names), perms_t, alpha_scan,
+    prefix, side = (0, 0) if ref.stack.token_order else grid_layout(alpha_scan.shape[-1])
+    return LayerAttention(ref.index, ref.direction_names, perms_t, alpha_scan,
                           torch.stack(xs, 1),  # (B, K, L, D)
-                          torch.stack([d.D.detach().to(dtype) for d in mixer.dirs]),  # (K, D)
+                          torch.stack([d.D.detach().to(dtype) for d in ref.directions]),  # (K, D)
                           alpha_patch, prefix, side)
 
 
@@ -293,7 +300,7 @@ def capture_bridge(model, images: torch.Tensor, layers: Iterable[int] | None = N
                    ssm_out: bool = False) -> Mapping[str, torch.Tensor]:
     """Run model.encode_image(images) once (no tokens needed) and return {hook name:
     detached tensor} for `bridge_hook_names(model, layers, ssm_out=ssm_out)`."""
-    require_ssm_bridge(model, "implicit attention")
+    _bridge(model)
     from ..core.checks import check_images
 
     check_images(images, model.config)
@@ -305,7 +312,7 @@ def layer_attention(model, images: torch.Tensor, layer: int = -1, *,
                     dtype: torch.dtype = torch.float32) -> LayerAttention:
     """Hidden attention of bridge layer `layer` (negative counts from the end) for images
     (B, C, H, W): one forward through the vision encoder and bridge."""
-    layer = _layer_index(model, layer)
+    layer = _bridge(model).index(layer)
     return from_cache(capture_bridge(model, images, [layer]), model, layer, dtype=dtype)
 
 
@@ -313,7 +320,7 @@ def bridge_attention(model, images: torch.Tensor, *,
                      dtype: torch.dtype = torch.float32) -> list[LayerAttention]:
     """LayerAttention of every bridge layer, first to last, from one forward pass."""
     cache = capture_bridge(model, images)
-    return [from_cache(cache, model, i, dtype=dtype) for i in range(len(model.bridge.layers))]
+    return [from_cache(cache, model, i, dtype=dtype) for i in range(len(_bridge(model)))]
 
 
 def verify(model, images: torch.Tensor, rtol: float = 1e-4, *, dtype: torch.dtype = torch.float64,
@@ -324,11 +331,20 @@ def verify(model, images: torch.Tensor, rtol: float = 1e-4, *, dtype: torch.dtyp
     With strict=True raises RuntimeError when an error exceeds rtol.
     """
     cache = capture_bridge(model, images, ssm_out=True)
+    return rebuild_errors(cache, _bridge(model), rtol, dtype=dtype, strict=strict)
+
+
+def rebuild_errors(cache: Mapping[str, torch.Tensor], stack: SSMStack, rtol: float = 1e-4, *,
+                   dtype: torch.dtype = torch.float64,
+                   strict: bool = False) -> dict[tuple[int, str], float]:
+    """`rebuild_error` of every layer and direction of an SSM stack from a cache holding
+    their SCAN_HOOKS and hook_ssm_out: {(layer, direction name): error}. With strict=True
+    raises RuntimeError when an error exceeds rtol."""
     errors = {}
-    for layer, block in enumerate(model.bridge.layers):
-        for k, (name, d) in enumerate(zip(block.mixer.direction_names, block.mixer.dirs)):
-            act = scan_activations(cache, _dir_path(layer, k), (*SCAN_HOOKS, "hook_ssm_out"))
-            errors[(layer, name)] = rebuild_error(act, d, dtype)
+    for ref in stack:
+        for k, (name, d) in enumerate(zip(ref.direction_names, ref.directions)):
+            act = scan_activations(cache, ref.direction_path(k), (*SCAN_HOOKS, "hook_ssm_out"))
+            errors[(ref.index, name)] = rebuild_error(act, d, dtype)
     bad = {key: err for key, err in errors.items() if err > rtol}
     if strict and bad:
         raise RuntimeError(f"hidden attention does not rebuild the scan output within "
@@ -405,19 +421,6 @@ def _normalise_rows(a: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- helpers
-def _dir_path(layer: int, k: int) -> str:
-    return f"bridge.layers.{layer}.mixer.dirs.{k}"
-
-
-def _layer_index(model, layer) -> int:
-    """Bridge layer index (negative counts from the end), or a ValueError naming the range."""
-    n = len(model.bridge.layers)
-    if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
-        raise ValueError(f"layer must be an int in [{-n}, {n}) (the bridge has {n} layers: "
-                         f"0..{n - 1}, or negative from the end), got {layer!r}")
-    return layer % n
-
-
 def _grid(alpha_avg: torch.Tensor) -> tuple[int, int]:
     if alpha_avg.dim() < 2 or alpha_avg.shape[-1] != alpha_avg.shape[-2]:
         raise ValueError(f"expected a channel-averaged alpha (..., L, L), got "

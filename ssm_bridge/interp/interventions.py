@@ -10,7 +10,8 @@ Every builder returns `fwd_hooks`, a list of (hook name, fn(tensor, name)) pairs
 Positions are PATCH indices 0 .. P-1 (row-major over the g x g grid) or "cls"; a
 boolean mask with P or g x g entries works too. Builders convert them to each scan
 direction's own order (direction k reads token perm[i] at scan position i, with
-perm = `ssm_bridge.core.ssm.direction_perm(name, L)`; token 0 is cls, token 1 + p patch p).
+perm = `ssm_bridge.core.addressing.direction_perm(name, L)`; token 0 is cls, token 1 + p
+patch p). Layers are ints, negative counting from the end (`addressing.layer_index`).
 
     reset_state   Ā_t = 0: the state at t forgets the past, h_t = B̄x_t, and the scan
                   continues from it
@@ -34,10 +35,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..core.bridge_variants import require_ssm_bridge
+from ..core import addressing
+from ..core.addressing import SSMStack, grid_layout
 from ..core.hooks import HookFn
 from ..core.layers import eval_mode
-from ..core.ssm import direction_perm, grid_layout
 
 FwdHooks = list[tuple[str, HookFn]]
 GATE_MODES = ("zero", "one", "mean")
@@ -98,49 +99,24 @@ def scan_positions(direction: str, tokens: Sequence[int], length: int,
     """Token indices -> the positions (len(tokens),) where direction `direction` reads them.
 
     Direction k reads token perm[i] at scan position i, so token t sits at inverse[t]."""
-    perm = direction_perm(direction, length, device)  # (L,)
-    inverse = torch.argsort(perm)  # (L,) token -> scan position
-    return inverse[torch.as_tensor(list(tokens), dtype=torch.long, device=device)]
+    return addressing.scan_positions(addressing.direction_perm(direction, length, device), tokens)
 
 
 # ---------------------------------------------------------------- validation
-def _layers(model, layers) -> list[int]:
-    require_ssm_bridge(model, "SSM interventions")
-    n = len(model.bridge.layers)
-    if layers is None:
-        return list(range(n))
-    chosen = [layers] if isinstance(layers, (int, np.integer)) else list(layers)
-    for layer in chosen:
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) \
-                or not 0 <= layer < n:
-            raise ValueError(f"layer {layer!r} is out of range: the bridge has {n} SSM layers "
-                             f"(0..{n - 1}); layers=None takes them all")
-    return [int(layer) for layer in chosen]
+def _bridge(model) -> SSMStack:
+    return SSMStack.of(model, "bridge", what="SSM interventions")
 
 
-def _directions(model, layer: int, directions) -> list[tuple[int, str]]:
-    """(k, name) of the chosen scan directions of `layer` (None: all)."""
-    names = list(model.bridge.layers[layer].mixer.direction_names)
+def _directions(ref: addressing.SSMLayerRef, directions) -> list[int]:
+    """Indices k of the chosen scan directions of a layer (None: all)."""
     if directions is None:
-        return list(enumerate(names))
+        return list(range(len(ref)))
     chosen = [directions] if isinstance(directions, (int, str)) else list(directions)
-    out = []
-    for d in chosen:
-        k = names.index(d) if d in names else d
-        if isinstance(k, str) or not 0 <= k < len(names):
-            raise ValueError(f"unknown scan direction {d!r}: layer {layer} scans {names} "
-                             f"(give names or indices 0..{len(names) - 1})")
-        out.append((k, names[k]))
-    return out
+    return [ref.direction(d) for d in chosen]
 
 
 def _length(model) -> int:
     return model.config.num_image_tokens
-
-
-def dir_prefix(layer: int, k: int) -> str:
-    """Hook-name prefix of direction k of bridge layer `layer`."""
-    return f"bridge.layers.{layer}.mixer.dirs.{k}"
 
 
 # ---------------------------------------------------------------- state edits
@@ -161,17 +137,17 @@ def _overwrite(pos: torch.Tensor, value) -> HookFn:
 
 
 def _state_hooks(model, patches, layers, directions, dbx) -> FwdHooks:
-    """Ā = 0 (and B̄x = dbx(layer, k, pos) unless dbx is None) at the patches' scan positions."""
+    """Ā = 0 (and B̄x = dbx(layer ref, k, pos) unless dbx is None) at the patches' scan
+    positions."""
     L = _length(model)
     tokens = token_positions(patches, L)
     hooks: FwdHooks = []
-    for layer in _layers(model, layers):
-        for k, name in _directions(model, layer, directions):
-            pos = scan_positions(name, tokens, L)  # (n,) in this direction's scan order
-            hooks.append((f"{dir_prefix(layer, k)}.hook_A_bar", _overwrite(pos, 0.0)))
+    for ref in _bridge(model).select(layers):
+        for k in _directions(ref, directions):
+            pos = ref.scan_positions(k, tokens, L)  # (n,) in this direction's scan order
+            hooks.append((ref.hook("hook_A_bar", k), _overwrite(pos, 0.0)))
             if dbx is not None:
-                hooks.append((f"{dir_prefix(layer, k)}.hook_dBx",
-                               _overwrite(pos, dbx(layer, k, pos))))
+                hooks.append((ref.hook("hook_dBx", k), _overwrite(pos, dbx(ref, k, pos))))
     return hooks
 
 
@@ -184,7 +160,7 @@ def reset_state(model, patches, layers=None, directions=None) -> FwdHooks:
 
 def zero_state(model, patches, layers=None, directions=None) -> FwdHooks:
     """State = 0 at `patches`: Ā_t = 0 and B̄x_t = 0, h_t = 0, the scan continues from 0."""
-    return _state_hooks(model, patches, layers, directions, dbx=lambda layer, k, pos: 0.0)
+    return _state_hooks(model, patches, layers, directions, dbx=lambda ref, k, pos: 0.0)
 
 
 def ablate_gate(model, layers=None, mode: str = "zero", patches=None) -> FwdHooks:
@@ -207,14 +183,13 @@ def ablate_gate(model, layers=None, mode: str = "zero", patches=None) -> FwdHook
         out[:, pos] = value[:, pos]
         return out
 
-    return [(f"bridge.layers.{layer}.mixer.hook_gate", fn) for layer in _layers(model, layers)]
+    return [(ref.hook("hook_gate"), fn) for ref in _bridge(model).select(layers)]
 
 
 # ---------------------------------------------------------------- activation patching
 def state_names(model, layers=None) -> list[str]:
     """Names of the heavy state hooks (B, L, D, N) of the chosen layers, every direction."""
-    return [f"{dir_prefix(layer, k)}.hook_state" for layer in _layers(model, layers)
-            for k in range(len(model.bridge.layers[layer].mixer.dirs))]
+    return _bridge(model).hook_names(["hook_state"], layers)
 
 
 def source_states(model, images: torch.Tensor, layers=None) -> Mapping[str, torch.Tensor]:
@@ -243,8 +218,8 @@ def patch_state(model, source_cache_or_images, patches, layers=None,
             raise ValueError(f"the source cache lacks {name}; build it with "
                              f"source_states(model, images) or run_with_cache(heavy=True)")
 
-    def dbx(layer: int, k: int, pos: torch.Tensor) -> torch.Tensor:
-        h = src[f"{dir_prefix(layer, k)}.hook_state"]  # (Bs, L, D, N) in scan order
+    def dbx(ref: addressing.SSMLayerRef, k: int, pos: torch.Tensor) -> torch.Tensor:
+        h = src[ref.hook("hook_state", k)]  # (Bs, L, D, N) in scan order
         return h[:, pos.to(h.device)]  # (Bs, n, D, N)
 
     return _state_hooks(model, patches, layers, directions, dbx=dbx)
@@ -298,14 +273,17 @@ def patch_activation(name_glob: str, source_cache: Mapping[str, torch.Tensor],
 def _positions_for(name: str, positions, length: int, model) -> torch.Tensor:
     """Patch positions -> indices on dim 1 of hook `name` (scan order for scan hooks)."""
     tokens = token_positions(positions, length)
-    parts = name.split(".")
-    if "dirs" not in parts or name.endswith("hook_out"):
+    if not addressing.in_scan_order(name):
         return torch.as_tensor(tokens)
     if model is None:
         raise ValueError(f"{name} is in its direction's scan order; pass model=model so that "
                          f"patch positions can be converted to it")
-    layer, k = int(parts[2]), int(parts[parts.index("dirs") + 1])
-    return scan_positions(model.bridge.layers[layer].mixer.direction_names[k], tokens, length)
+    for stack in addressing.ssm_stacks(model).values():
+        where = stack.locate(name)
+        if where is not None:
+            return stack[where.layer].scan_positions(where.direction, tokens, length)
+    raise ValueError(f"{name} is not a hook of this model's SSM layers "
+                     f"({list(addressing.ssm_stacks(model))})")
 
 
 # ---------------------------------------------------------------- before / after

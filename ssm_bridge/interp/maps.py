@@ -41,9 +41,8 @@ from dataclasses import dataclass, field
 import torch
 from einops import rearrange, reduce
 
-from ..core.bridge_variants import require_ssm_bridge
+from ..core.addressing import SSMStack, grid_layout, layer_index
 from ..core.layers import eval_mode
-from ..core.ssm import direction_perm, grid_layout
 from . import attribution as attr_mod
 from . import implicit_attention as ia
 
@@ -106,7 +105,7 @@ def analyse(model, image: torch.Tensor, *, tokenizer=None, max_length: int | Non
     collect every per-word and bridge map (see the module docstring). Greedy by default;
     max_length defaults to config.max_seq_length. Words are decoded with `tokenizer`
     (else shown as ids)."""
-    require_ssm_bridge(model, "maps.analyse")
+    SSMStack.of(model, "bridge", what="maps.analyse")
     image = _one_image(image, model)  # (1, 3, H, W)
     with eval_mode(model):
         ids, traces = model.generate(
@@ -203,19 +202,19 @@ def _gates(model) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- bridge maps
-def _bridge_names(model) -> list[str]:
+def _bridge_names(bridge: SSMStack) -> list[str]:
     """Hooks for α (conv, Δ, B, C per direction), the gate and direction 0's state."""
-    names = ia.bridge_hook_names(model)
-    for i in range(len(model.bridge.layers)):
-        names += [f"bridge.layers.{i}.mixer.hook_gate",
-                  f"bridge.layers.{i}.mixer.dirs.0.hook_state"]
+    names = bridge.hook_names(ia.SCAN_HOOKS)
+    for ref in bridge:
+        names += [ref.hook("hook_gate"), ref.hook("hook_state", 0)]
     return names
 
 
 def _bridge_maps(model, image: torch.Tensor) -> dict:
     """One image-only pass: per-layer Δ, gate and |h| grids and the hidden-attention rollout."""
-    _, cache = model.run_with_cache(image, None, names_filter=_bridge_names(model))
-    layers = range(len(model.bridge.layers))
+    bridge = SSMStack.of(model, "bridge", what="maps.analyse")
+    _, cache = model.run_with_cache(image, None, names_filter=_bridge_names(bridge))
+    layers = range(len(bridge))
     alphas = [ia.from_cache(cache, model, i, dtype=torch.float64, chunked=True).alpha_abs
               for i in layers]  # each (1, L, L)
     L = alphas[0].shape[-1]
@@ -224,16 +223,10 @@ def _bridge_maps(model, image: torch.Tensor) -> dict:
         raise ValueError(f"per-word maps need cls + a square patch grid in the bridge "
                          f"(L = 1 + g²), got L = {L}")
     return {"side": side, "rollout": ia.rollout(alphas)[0].float(),  # (L, L)
-            "delta": {i: _delta_grid(cache, model, i, side) for i in layers},
-            "gate": {i: _token_grid(cache[f"bridge.layers.{i}.mixer.hook_gate"][0].mean(-1),
-                                    side) for i in layers},
-            "state_norm": {i: _state_grid(cache, model, i, side) for i in layers}}
-
-
-def _to_patch_order(values: torch.Tensor, name: str) -> torch.Tensor:
-    """(L, ...) in direction `name`'s scan order -> patch order."""
-    perm = direction_perm(name, values.shape[0], values.device)  # (L,)
-    return values[torch.argsort(perm)]
+            "delta": {i: _delta_grid(cache, bridge[i], side) for i in layers},
+            "gate": {i: _token_grid(cache[bridge.hook("hook_gate", i)][0].mean(-1), side)
+                     for i in layers},
+            "state_norm": {i: _state_grid(cache, bridge[i], side) for i in layers}}
 
 
 def _token_grid(values: torch.Tensor, side: int) -> torch.Tensor:
@@ -241,19 +234,16 @@ def _token_grid(values: torch.Tensor, side: int) -> torch.Tensor:
     return rearrange(values[1:].float(), "(r c) -> r c", r=side)  # (g, g)
 
 
-def _delta_grid(cache, model, layer: int, side: int) -> torch.Tensor:
-    mixer = model.bridge.layers[layer].mixer
-    per_dir = [_to_patch_order(cache[f"bridge.layers.{layer}.mixer.dirs.{k}.hook_delta"][0]
-                               .mean(-1), name)  # (L,)
-               for k, name in enumerate(mixer.direction_names)]
+def _delta_grid(cache, ref, side: int) -> torch.Tensor:
+    per_dir = [ref.to_token_order(cache[ref.hook("hook_delta", k)][0].mean(-1), k, dim=0)  # (L,)
+               for k in range(len(ref))]
     return _token_grid(torch.stack(per_dir).mean(0), side)  # (g, g)
 
 
-def _state_grid(cache, model, layer: int, side: int) -> torch.Tensor:
-    h = cache[f"bridge.layers.{layer}.mixer.dirs.0.hook_state"][0]  # (L, D, N) scan order
+def _state_grid(cache, ref, side: int) -> torch.Tensor:
+    h = cache[ref.hook("hook_state", 0)][0]  # (L, D, N) scan order
     norms = h.float().flatten(1).norm(dim=1)  # (L,)
-    name = model.bridge.layers[layer].mixer.direction_names[0]
-    return _token_grid(_to_patch_order(norms, name), side)  # (g, g)
+    return _token_grid(ref.to_token_order(norms, 0, dim=0), side)  # (g, g)
 
 
 # ---------------------------------------------------------------- maps per word
@@ -274,12 +264,10 @@ def _check_words(analysis: CaptionAnalysis, words: Sequence[int]) -> list[int]:
 
 
 def _layer_map(per_layer: dict[int, torch.Tensor], layer: int | None) -> torch.Tensor:
+    """The map of one bridge layer (None: the mean over layers)."""
     if layer is None:
         return torch.stack(list(per_layer.values())).mean(0)  # (g, g) mean over layers
-    if layer not in per_layer and layer + len(per_layer) not in per_layer:
-        raise ValueError(f"layer {layer} does not exist; the bridge has layers "
-                         f"{list(per_layer)} (or None for their mean)")
-    return per_layer[layer % len(per_layer)]
+    return per_layer[layer_index(layer, len(per_layer), "the bridge")]
 
 
 def word_maps(analysis: CaptionAnalysis, kind: str, model=None,

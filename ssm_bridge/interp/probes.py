@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from tqdm.auto import tqdm
 
-from ..core.bridge_variants import require_ssm_bridge
+from ..core.addressing import SSMStack
 from ..data import ImageTransform, Scene, SceneConfig, make_scene
 from ..data.captions import OBJECT_ATTRIBUTES
 
@@ -79,8 +79,8 @@ def _check_attributes(attributes: Sequence[str]) -> None:
 def feature_hooks(model, include_output: bool = False) -> dict[str, str]:
     """Probe layer name -> hook name ("input", "layer_0", ..., optionally "output")."""
     names = {"input": "bridge.hook_in"}
-    for layer in range(len(model.bridge.layers)):
-        names[f"layer_{layer}"] = f"bridge.layers.{layer}.hook_resid_post"
+    for ref in SSMStack.of(model, "bridge", what="bridge probes"):
+        names[f"layer_{ref.index}"] = ref.hook("hook_resid_post")
     if include_output:
         names["output"] = "bridge.hook_out"
     return names
@@ -119,9 +119,8 @@ def collect_patch_features(model, scenes: Sequence[Scene], layers="all", *, tran
     model: an EnhancedVLM or a `Pretrained` bundle (its transform is then used).
     layers: "all" (input and every SSM layer) or names among "input", "layer_{l}",
     "output" (see `feature_hooks`)."""
-    require_ssm_bridge(model if hasattr(model, "config") else model.model, "bridge probes")
     model, transform, _ = _unpack(model, transform)
-    hooks = _choose_layers(model, layers)
+    hooks = _choose_layers(model, layers)  # raises unless the model has an SSM bridge
     device = next(model.parameters()).device
     out: dict[str, list[torch.Tensor]] = {n: [] for n in hooks}
     starts = range(0, len(scenes), batch_size)

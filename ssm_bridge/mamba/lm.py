@@ -19,6 +19,8 @@ under `layers.{i}.mixer.`: hook_conv (the scan input x), hook_delta (Δ), hook_B
 the heavy hook_A_bar, hook_dBx, hook_state (B, L, D, N: computed only when watched),
 hook_ssm_out (y = C·h + D x), hook_out (the same y), and hook_gate (SiLU(z)). Around them:
 hook_embed, layers.{i}.hook_resid_post, hook_resid_final (after norm_f) and hook_logits.
+`SSMStack.of(model)` (ssm_bridge/core/addressing.py, the stack "lm") builds the layers' names:
+`.hook("hook_delta", layer)`, `.glob("hook_state")`, as it does for the VLM's bridge.
 
 Decoding carries, per layer, the conv window (B, D, K-1) and the state h (B, D, N): each new
 token costs the same, whatever came before. Hooks fire during decoding too, with length-1

@@ -10,9 +10,11 @@ state resets and patching at chosen tokens, per-layer linear probes.
     rows = probe_layers(model, train_ids, y_train, test_ids, y_test)
 
 Each mixer is one scan in token order, so the maths is the bridge's
-(ssm_bridge.interp: implicit_attention, interventions, probes) with layer i's scan at
-`layers.{i}.mixer`: its α (B, D, L, L) is causal in token order, row t = the token being
-computed (query), column s = the token read (key); y_t = Σ_s α[t, s] x_s + D x_t exactly.
+(ssm_bridge.interp: implicit_attention, interventions, probes) on the model's SSM stack
+"lm" (`SSMStack.of(model)`: layer i's scan at `layers.{i}.mixer`): its α (B, D, L, L) is
+causal in token order, row t = the token being computed (query), column s = the token
+read (key); y_t = Σ_s α[t, s] x_s + D x_t exactly. Layers are ints, negative counting
+from the end (`ssm_bridge.core.addressing.layer_index`).
 
 Tokens are positions 0..L-1 in the sequence given to forward, or to generate (prompt, then
 the generated tokens continue the count): intervention hooks read `model.token_offset`, so
@@ -26,14 +28,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..core.addressing import SSMStack
 from ..core.hooks import HookFn
-from ..interp.implicit_attention import (
-    SCAN_HOOKS,
-    LayerAttention,
-    direction_alpha,
-    rebuild_error,
-    scan_activations,
-)
+from ..interp.implicit_attention import SCAN_HOOKS, LayerAttention, rebuild_errors, stack_attention
 from ..interp.interventions import _overwrite
 from ..interp.probes import majority_baseline, train_probe
 
@@ -41,23 +38,13 @@ FwdHooks = list[tuple[str, HookFn]]
 
 
 # ---------------------------------------------------------------- addressing
-def mixer_name(layer: int) -> str:
-    """Module path of layer `layer`'s scan (its hooks are `{mixer_name}.hook_*`)."""
-    return f"layers.{layer}.mixer"
+def _lm(model) -> SSMStack:
+    return SSMStack.of(model, "lm", what="the MambaLM tools")
 
 
 def layer_indices(model, layers=None) -> list[int]:
     """Layer indices (negative count from the end); None: every layer."""
-    n = len(model.layers)
-    if layers is None:
-        return list(range(n))
-    chosen = [layers] if isinstance(layers, (int, np.integer)) else list(layers)
-    for layer in chosen:
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) \
-                or not -n <= layer < n:
-            raise ValueError(f"layer {layer!r} is out of range: the model has {n} layers "
-                             f"(0..{n - 1}, or negative from the end); None takes them all")
-    return [int(layer) % n for layer in chosen]
+    return _lm(model).indices(layers)
 
 
 def _tokens(tokens) -> list[int]:
@@ -74,7 +61,7 @@ def attention_hook_names(model, layers=None, *, ssm_out: bool = False) -> list[s
     """The hooks hidden attention needs per layer: hook_conv, hook_delta, hook_B, hook_C
     (and hook_ssm_out with ssm_out=True, to check the rebuild)."""
     hooks = (*SCAN_HOOKS, "hook_ssm_out") if ssm_out else SCAN_HOOKS
-    return [f"{mixer_name(i)}.{h}" for i in layer_indices(model, layers) for h in hooks]
+    return _lm(model).hook_names(hooks, layers)
 
 
 def from_cache(cache: Mapping[str, torch.Tensor], model, layer: int, *,
@@ -83,18 +70,12 @@ def from_cache(cache: Mapping[str, torch.Tensor], model, layer: int, *,
 
     One scan direction ("causal") in token order: alpha_scan (B, 1, D, L, L) and alpha_patch
     (B, D, L, L) are the same matrices; alpha_abs / alpha_signed average the D channels."""
-    (layer,) = layer_indices(model, [layer])
-    missing = [n for n in attention_hook_names(model, [layer]) if n not in cache]
+    ref = _lm(model)[layer]
+    missing = [n for n in attention_hook_names(model, [ref.index]) if n not in cache]
     if missing:
         raise ValueError(f"the cache lacks {missing[0]}; capture with names_filter="
-                         f"attention_hook_names(model, [{layer}]) or use token_attention")
-    act = scan_activations(cache, mixer_name(layer))
-    mixer = model.layers[layer].mixer
-    alpha = direction_alpha(act, mixer, dtype)  # (B, D, L, L)
-    L = alpha.shape[-1]
-    return LayerAttention(layer, ("causal",), torch.arange(L, device=alpha.device)[None],
-                          alpha[:, None], act["hook_conv"].detach().to(dtype)[:, None],
-                          mixer.D.detach().to(dtype)[None], alpha, prefix=0, side=0)
+                         f"attention_hook_names(model, [{ref.index}]) or use token_attention")
+    return stack_attention(cache, ref, dtype=dtype)
 
 
 def token_attention(model, input_ids: torch.Tensor, layers=None, *,
@@ -110,15 +91,8 @@ def verify(model, input_ids: torch.Tensor, rtol: float = 1e-4, *,
     """{layer: max |Σ_s α[t, s] x_s + D x_t - y_t| / max |y|}: how exactly each layer's α
     rebuilds its scan output (hook_ssm_out). strict=True raises when one exceeds rtol."""
     _, cache = model.run_with_cache(input_ids, attention_hook_names(model, ssm_out=True))
-    errors = {i: rebuild_error(scan_activations(cache, mixer_name(i), (*SCAN_HOOKS,
-                                                                       "hook_ssm_out")),
-                               model.layers[i].mixer, dtype)
-              for i in range(len(model.layers))}
-    bad = {i: e for i, e in errors.items() if e > rtol}
-    if strict and bad:
-        raise RuntimeError(f"hidden attention does not rebuild the scan output within "
-                           f"rtol={rtol} in layers {bad}")
-    return errors
+    errors = rebuild_errors(cache, _lm(model), rtol, dtype=dtype, strict=strict)
+    return {layer: e for (layer, _), e in errors.items()}  # one direction per layer
 
 
 # ---------------------------------------------------------------- per-token readings
@@ -141,8 +115,8 @@ def token_stats(model, input_ids: torch.Tensor, layers=None) -> dict[str, torch.
             out[stat][layer] = flat.norm(dim=-1) if stat == "state_norm" else flat.mean(-1)
         return fn
 
-    fwd = [(f"{mixer_name(i)}.{hook}", reader(stat, i)) for stat, hook in STATS.items()
-           for i in chosen]
+    lm = _lm(model)
+    fwd = [(lm.hook(hook, i), reader(stat, i)) for stat, hook in STATS.items() for i in chosen]
     with model.hooks(fwd):
         model(input_ids)
     return {stat: torch.stack([v[i] for i in chosen], 1) for stat, v in out.items()}
@@ -166,13 +140,14 @@ def _at_tokens(model, tokens: list[int], value) -> HookFn:
 
 
 def _state_hooks(model, tokens, layers, dbx) -> FwdHooks:
-    """Ā = 0 at the tokens (and B̄x = dbx(layer) there unless dbx is None) in each layer."""
+    """Ā = 0 at the tokens (and B̄x = dbx(layer ref, tokens) there unless dbx is None) in
+    each layer."""
     tokens = _tokens(tokens)
     hooks: FwdHooks = []
-    for i in layer_indices(model, layers):
-        hooks.append((f"{mixer_name(i)}.hook_A_bar", _at_tokens(model, tokens, 0.0)))
+    for ref in _lm(model).select(layers):
+        hooks.append((ref.hook("hook_A_bar"), _at_tokens(model, tokens, 0.0)))
         if dbx is not None:
-            hooks.append((f"{mixer_name(i)}.hook_dBx", _at_tokens(model, tokens, dbx(i, tokens))))
+            hooks.append((ref.hook("hook_dBx"), _at_tokens(model, tokens, dbx(ref, tokens))))
     return hooks
 
 
@@ -184,12 +159,12 @@ def reset_state(model, tokens, layers=None) -> FwdHooks:
 
 def zero_state(model, tokens, layers=None) -> FwdHooks:
     """State 0 at `tokens`: Ā_t = 0 and B̄x_t = 0, so h_t = 0 and the scan restarts from 0."""
-    return _state_hooks(model, tokens, layers, dbx=lambda i, tokens: 0.0)
+    return _state_hooks(model, tokens, layers, dbx=lambda ref, tokens: 0.0)
 
 
 def state_names(model, layers=None) -> list[str]:
     """The heavy hook_state names (B, L, D, N) of the chosen layers."""
-    return [f"{mixer_name(i)}.hook_state" for i in layer_indices(model, layers)]
+    return _lm(model).hook_names(["hook_state"], layers)
 
 
 def source_states(model, input_ids: torch.Tensor, layers=None) -> Mapping[str, torch.Tensor]:
@@ -214,8 +189,8 @@ def patch_state(model, source, tokens, layers=None) -> FwdHooks:
             raise ValueError(f"token {max(_tokens(tokens))} is past the source's "
                              f"{source[name].shape[1]} tokens")
 
-    def dbx(layer: int, toks: list[int]):
-        h = source[f"{mixer_name(layer)}.hook_state"]  # (Bs, Ls, D, N)
+    def dbx(ref, toks: list[int]):
+        h = source[ref.hook("hook_state")]  # (Bs, Ls, D, N)
         return lambda inside: h[:, torch.tensor(toks)[inside]]  # (Bs, n_inside, D, N)
 
     return _state_hooks(model, tokens, layers, dbx)
@@ -226,7 +201,7 @@ def feature_hooks(model) -> dict[str, str]:
     """Probe layer name -> hook: "embed" (the embeddings), "layer_{i}" (residual stream after
     block i), "final" (after norm_f)."""
     names = {"embed": "hook_embed"}
-    names.update({f"layer_{i}": f"layers.{i}.hook_resid_post" for i in range(len(model.layers))})
+    names.update({f"layer_{ref.index}": ref.hook("hook_resid_post") for ref in _lm(model)})
     names["final"] = "hook_resid_final"
     return names
 
@@ -269,7 +244,6 @@ __all__ = [
     "from_cache",
     "layer_features",
     "layer_indices",
-    "mixer_name",
     "patch_state",
     "probe_layers",
     "reset_state",
