@@ -191,10 +191,10 @@ def _train_samples_per_s(model: EnhancedVLM, batch: int, T: int, bf16: bool, ste
 
 def shapes_tiny_model() -> dict:
     """VLMConfig overrides of the shipped shapes-tiny preset (scene-world vocabulary)."""
+    from ssm_bridge.config import PRESETS
     from ssm_bridge.data import Tokenizer
-    from ssm_bridge.training.train_config import TRAIN_PRESETS
 
-    return dict(TRAIN_PRESETS["shapes-tiny"]["model"], vocab_size=len(Tokenizer.for_scenes()))
+    return dict(PRESETS["shapes-tiny"], vocab_size=len(Tokenizer.for_scenes()))
 
 
 def train_bf16_speedup(quick: bool) -> Result:

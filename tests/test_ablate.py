@@ -64,8 +64,8 @@ def test_make_trainer_matches_train_build(tmp_path):
                   runs=str(tmp_path), overrides={"num_train": 8, "scenes": {"max_objects": 2,
                                                                             "min_objects": 1}})
     cfg = run_config(study, "mlp", 1)
-    assert cfg.task == "mixed" and cfg.model["bridge_type"] == "mlp" and cfg.max_steps == 2
-    assert cfg.scenes["max_objects"] == 2 and cfg.scenes["min_dx"] == 0.11  # study default
+    assert cfg.task == "mixed" and cfg.model.bridge_type == "mlp" and cfg.max_steps == 2
+    assert cfg.scenes.max_objects == 2 and cfg.scenes.min_dx == 0.11  # study default
     ours, theirs = make_trainer(cfg, prepare_data(cfg, progress=False)), build(cfg)
     a, b = ours.model.state_dict(), theirs.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -228,7 +228,7 @@ def test_overrides_are_typed_and_checked():
     assert o["model"] == {"ssm_scan_order": "cross", "ssm_dt_rank": None}
     assert o["scenes"] == {"max_objects": 2}
     cfg = build_train_config("shapes-tiny", o)
-    assert cfg.model["img_size"] == 64 and cfg.model["ssm_scan_order"] == "cross"
+    assert cfg.model.img_size == 64 and cfg.model.ssm_scan_order == "cross"
     for bad, words in [("--lr=fast", "--lr=fast"), ("--colour=red", "unknown option"),
                        ("--model.wings=2", "unknown option"), ("lr=1", "--key=value"),
                        ("--progress=maybe", "true/false")]:

@@ -58,9 +58,9 @@ cfg = build_train_config("test-tiny", dict(
     model=dict(patch_size=4), scenes=scenes))
 for key in ("preset", "num_train", "batch_size", "max_steps", "lr", "eval_every", "eval_num"):
     print(f"{key:<12} {getattr(cfg, key)}")
-print("model       ", {k: cfg.model[k] for k in ("img_size", "patch_size", "vision_embed_dim",
-                                                "ssm_hidden_dim", "ssm_state_dim",
-                                                "ssm_num_layers")})
+shown = ("img_size", "patch_size", "vision_embed_dim", "ssm_hidden_dim", "ssm_state_dim",
+         "ssm_num_layers")
+print("model       ", {k: getattr(cfg.model, k) for k in shown})
 
 # %%
 trainer = build(cfg)

@@ -38,15 +38,16 @@ folders (checkpoint, metrics.jsonl, loss curve, result.json) go under --runs; a 
 whose result.json matches the budget is reused, so an interrupted study continues
 where it stopped (--force retrains).
 
-The training scenes are drawn once for the whole study (`prepare_data`) and shared by
-every run; `make_trainer` builds each run's model and Trainer exactly as
-`ssm_bridge.training.train.build` does (a test checks this), only without redrawing the data.
+The training scenes are drawn once for the whole study (`prepare_data`, with
+`ssm_bridge.training.train.build_data`) and shared by every run; `make_trainer` builds each
+run's model and Trainer with `ssm_bridge.training.train.build` on that shared data.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -58,7 +59,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +66,17 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import BRIDGE_TYPES, VLMConfig
-from ..data import ImageTransform, SceneCaptions, SceneConfig, Tokenizer, make_scene
+from ..data import make_scene
 from ..model import EnhancedVLM
 from ..training.evaluate import evaluate
-from ..training.pretrained import write_extras
-from ..training.train import init_weights
-from ..training.train_config import TRAIN_PRESETS, TrainConfig, build_train_config, parse_overrides
+from ..training.train import Data, build, build_data
+from ..training.train_config import (
+    TRAIN_PRESETS,
+    TrainConfig,
+    build_train_config,
+    parse_overrides,
+    scene_config,
+)
 from ..training.trainer import Trainer, read_metrics
 
 # The study's defaults, chosen so that every variant leaves the language-prior plateau
@@ -155,34 +160,26 @@ def run_config(study: Study, variant: str, seed: int) -> TrainConfig:
 
 
 @dataclass
-class StudyData:
-    """What every run shares: the drawn training scenes, tokenizer, transform, scenes."""
+class StudyData(Data):
+    """A run's data (train.build_data), drawn once and shared by every run whose data
+    settings give `key` (data_key)."""
 
-    key: str
-    train_set: SceneCaptions
-    tokenizer: Tokenizer
-    transform: ImageTransform
-    scene_config: SceneConfig
+    key: str = ""
 
 
 def data_key(cfg: TrainConfig) -> str:
     """Everything the training data depends on (not the seed, not the bridge)."""
-    return json.dumps([cfg.data, cfg.task, cfg.num_train, cfg.scenes,
-                       cfg.model.get("img_size")], sort_keys=True, default=str)
+    return json.dumps([cfg.data, cfg.task, cfg.num_train, dataclasses.asdict(cfg.scenes),
+                       cfg.model.img_size], sort_keys=True, default=str)
 
 
 def prepare_data(cfg: TrainConfig, workers: int = 0, progress: bool = True) -> StudyData:
-    """Draw the training scenes once, as `ssm_bridge.training.train.build` does for data=scenes."""
+    """Draw the training scenes of `cfg` once (`workers` processes draw them)."""
     if cfg.data != "scenes":
         raise ValueError(f"the ablation trains on the scene world (data=scenes), got "
                          f"data={cfg.data!r}")
-    img_size = cfg.model.get("img_size", VLMConfig().img_size)
-    transform = ImageTransform(img_size)
-    scene_config = SceneConfig(**{"img_size": img_size, **cfg.scenes})
-    tokenizer = Tokenizer.for_scenes(scene_config)
-    train_set = SceneCaptions("train", cfg.num_train, scene_config, tokenizer, transform,
-                              task=cfg.task, progress=progress, workers=workers)
-    return StudyData(data_key(cfg), train_set, tokenizer, transform, scene_config)
+    data = build_data(dataclasses.replace(cfg, draw_workers=workers, progress=progress))
+    return StudyData(**vars(data), key=data_key(cfg))
 
 
 def make_trainer(cfg: TrainConfig, data: StudyData) -> Trainer:
@@ -190,15 +187,7 @@ def make_trainer(cfg: TrainConfig, data: StudyData) -> Trainer:
     if data_key(cfg) != data.key:
         raise ValueError("this run's data settings differ from the prepared data's; "
                          "call prepare_data(cfg) for it")
-    model_cfg = VLMConfig(**{**cfg.model, "vocab_size": len(data.tokenizer),
-                             "gradient_checkpointing": cfg.gradient_checkpointing})
-    torch.manual_seed(cfg.seed)
-    model = EnhancedVLM(model_cfg)
-    if cfg.init_from:
-        init_weights(model, cfg.init_from)
-    return Trainer(cfg, model, data.train_set, data.train_set.collate, data.tokenizer, None,
-                   extras=partial(write_extras, transform=data.transform,
-                                  scene_config=data.scene_config))
+    return build(cfg, data)
 
 
 # ---------------------------------------------------------------- measurements
@@ -271,7 +260,7 @@ def run_one(cfg: TrainConfig, data: StudyData, study: Study) -> dict[str, Any]:
     media = model.encode_image(torch.zeros(1, model.config.in_channels, model.config.img_size,
                                            model.config.img_size, device=trainer.device))
     row: dict[str, Any] = {
-        "variant": cfg.model["bridge_type"], "seed": cfg.seed, "steps": trainer.step,
+        "variant": cfg.model.bridge_type, "seed": cfg.seed, "steps": trainer.step,
         "batch_size": cfg.batch_size * cfg.grad_accum * trainer.world, "lr": cfg.lr,
         "params_bridge": sum(p.numel() for p in model.bridge.parameters()),
         "params_total": model.num_parameters(), "media_tokens": media.shape[1],
@@ -290,38 +279,30 @@ def run_one(cfg: TrainConfig, data: StudyData, study: Study) -> dict[str, Any]:
 
 
 def cached_row(cfg: TrainConfig, study: Study) -> dict[str, Any] | None:
-    """The row of a finished run with this budget, or None."""
+    """The row of a finished run with this budget, or None. The saved budget is read with
+    TrainConfig.from_dict, so a run saved before a field was added (at its default) or
+    before the model and scenes were typed (docs/ablation's 18 runs) still matches."""
     path = Path(cfg.out_dir) / "result.json"
     if study.force or not path.is_file():
         return None
     saved = json.loads(path.read_text())
-    now = json.loads(json.dumps(budget(cfg, study), default=str))
-    # A TrainConfig field added after the run, left at its default, changes nothing.
-    defaults = TrainConfig().to_dict()
-    old_train = saved.get("budget", {}).get("train", {})
-    for key in NEUTRAL:
-        old_train.pop(key, None)
-    for key, value in now["train"].items():
-        if key not in old_train and value == defaults.get(key):
-            old_train[key] = value
-    # Likewise a model field named at its VLMConfig default is the field left out.
-    model_defaults = json.loads(json.dumps(VLMConfig().to_dict()))
-    for train in (old_train, now["train"]):
-        train["model"] = {k: v for k, v in train.get("model", {}).items()
-                          if model_defaults.get(k, object()) != v}
-    return saved["row"] if saved.get("budget") == now else None
+    then = saved.get("budget", {})
+    try:
+        ran = TrainConfig.from_dict(then.get("train", {}))
+    except ValueError:  # a field since removed or a value since refused: not this budget
+        return None
+    then = {**then, "train": budget(ran, study)["train"]}
+    now = budget(cfg, study)
+    same = json.dumps(then, sort_keys=True, default=str) == json.dumps(now, sort_keys=True,
+                                                                       default=str)
+    return saved["row"] if same else None
 
 
 # ---------------------------------------------------------------- the study
 def plan_runs(study: Study) -> list[tuple[str, int, TrainConfig]]:
     """(variant, seed, TrainConfig) of every run. Bad settings (a model or scene field,
     an infeasible value) raise ValueError here, not after hours of training."""
-    plan = [(v, s, run_config(study, v, s)) for v in study.variants for s in study.seeds]
-    for _, _, cfg in plan:
-        VLMConfig(**cfg.model)
-        SceneConfig(**{"img_size": cfg.model.get("img_size", VLMConfig().img_size),
-                       **cfg.scenes})
-    return plan
+    return [(v, s, run_config(study, v, s)) for v in study.variants for s in study.seeds]
 
 
 def run_study(study: Study, plan: list[tuple[str, int, TrainConfig]] | None = None
@@ -429,11 +410,16 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _changed(config: Any, base: Any) -> dict[str, Any]:
+    """The fields of dataclass `config` whose values differ from `base`'s, as JSON values."""
+    ours, theirs = (json.loads(json.dumps(dataclasses.asdict(c))) for c in (config, base))
+    return {k: v for k, v in ours.items() if theirs[k] != v}
+
+
 def _model_overrides(cfg: TrainConfig) -> dict[str, Any]:
     """The run's model fields that differ from its preset's (the bridge type aside)."""
-    preset = TRAIN_PRESETS.get(cfg.preset, {}).get("model", {})
-    return {k: v for k, v in cfg.model.items()
-            if k != "bridge_type" and preset.get(k, getattr(VLMConfig(), k, None)) != v}
+    preset = VLMConfig.from_preset(TRAIN_PRESETS[cfg.preset]["model"])
+    return {k: v for k, v in _changed(cfg.model, preset).items() if k != "bridge_type"}
 
 
 def budget_text(cfg: TrainConfig, study: Study) -> str:
@@ -441,7 +427,7 @@ def budget_text(cfg: TrainConfig, study: Study) -> str:
     return (f"Budget per run: preset `{cfg.preset}`, {cfg.max_steps} steps of batch "
             f"{cfg.batch_size * cfg.grad_accum}, lr {cfg.lr:g} (warmup {cfg.warmup_steps}, "
             f"cosine), task `{cfg.task}`, {cfg.num_train} training scenes with "
-            f"{json.dumps(cfg.scenes, default=str)}, model overrides "
+            f"{json.dumps(_changed(cfg.scenes, scene_config(cfg.model, {})))}, model overrides "
             f"{json.dumps(_model_overrides(cfg))}, "
             f"{cfg.threads or 'default'} torch thread(s) per run. Evaluation: "
             f"{study.test_num} `{study.test_split}` scenes, greedy decoding.")

@@ -8,7 +8,8 @@
     torchrun --nproc_per_node=2 -m ssm_bridge.training.train --preset=test-tiny  # DDP, gloo
 
 Options are TrainConfig fields as --key=value; model.<field> and scenes.<field> reach
-VLMConfig and SceneConfig (see ssm_bridge/training/train_config.py for every field and preset).
+VLMConfig and SceneConfig (see ssm_bridge/training/train_config.py for every field and
+training preset; each names a model preset of ssm_bridge/config.py).
 --precision=auto (the default) trains in bf16 only where the device computes it natively;
 run_info.json in the run folder says what it chose and why. A bad option is one line on
 stderr and exit status 2; a diverged loss, a checkpoint that cannot be written or a full
@@ -17,13 +18,16 @@ disk (any file of the run), one line and 3.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from ..config import VLMConfig
 from ..data import ImageTransform, SceneCaptions, SceneConfig, Tokenizer, make_scene
 from ..model import EnhancedVLM
 from .checkpoint import NO_SPACE, load_weights
@@ -58,49 +62,76 @@ def init_weights(model: EnhancedVLM, checkpoint: str) -> None:
                          f"model (same preset and --model.* overrides needed): {e}") from e
 
 
-def build(cfg: TrainConfig) -> Trainer:
-    """Data, tokenizer, model and trainer for `cfg`."""
-    img_size = cfg.model.get("img_size", VLMConfig().img_size)
-    transform = ImageTransform(img_size)
-    scene_config = None
-    evaluate = None
+@dataclass
+class Data:
+    """What a run trains on. Built once, it can serve several runs that share their data
+    settings (the ablation study's variants and seeds)."""
+
+    train_set: Any
+    collate: Callable
+    tokenizer: Tokenizer
+    transform: ImageTransform
+    scene_config: SceneConfig | None  # None: not the scene world (data=coco)
+    evaluate: Callable[[EnhancedVLM], dict] | None  # periodic evaluation (data=scenes)
+
+
+def build_data(cfg: TrainConfig) -> Data:
+    """The training set, tokenizer and image transform of `cfg` (and its evaluation)."""
+    transform = ImageTransform(cfg.model.img_size)
     if cfg.data == "scenes":
-        scene_config = SceneConfig(**{"img_size": img_size, **cfg.scenes})
-        tokenizer = Tokenizer.for_scenes(scene_config)
-        train_set = SceneCaptions("train", cfg.num_train, scene_config, tokenizer, transform,
+        tokenizer = Tokenizer.for_scenes(cfg.scenes)
+        train_set = SceneCaptions("train", cfg.num_train, cfg.scenes, tokenizer, transform,
                                   task=cfg.task, progress=cfg.progress,
                                   workers=cfg.draw_workers)
-        collate = train_set.collate
+        evaluate = None
         if cfg.eval_num:
-            val = [make_scene("val", i, scene_config) for i in range(cfg.eval_num)]
+            val = [make_scene("val", i, cfg.scenes) for i in range(cfg.eval_num)]
             evaluate = partial(scene_eval, tokenizer=tokenizer, transform=transform, scenes=val)
-    elif cfg.data == "coco":
-        from ..data import CocoCaptions, build_tokenizer_from_coco, collate
+        return Data(train_set, train_set.collate, tokenizer, transform, cfg.scenes, evaluate)
+    if cfg.data == "coco":
+        return _coco_data(cfg, transform)
+    raise ValueError(f"--data must be 'scenes' or 'coco', got {cfg.data!r}")
 
-        if not (cfg.coco_annotations or cfg.coco_karpathy) or not cfg.coco_images:
-            raise ValueError("--data=coco needs --coco_images=DIR and --coco_annotations=FILE "
-                             "(or --coco_karpathy=FILE)")
-        karpathy = cfg.coco_karpathy or None
-        annotations = cfg.coco_annotations or None
-        tokenizer = build_tokenizer_from_coco(annotations, karpathy_json=karpathy,
-                                              min_count=cfg.coco_min_count)
-        train_set = CocoCaptions(annotations, cfg.coco_images, tokenizer, transform,
-                                 split="train" if karpathy else None, karpathy_json=karpathy,
-                                 skip_bad=cfg.skip_bad)
-        collate = partial(collate, pad_id=tokenizer.pad_id)
-        if train_set.num_skipped:
-            print(f"skipped {train_set.num_skipped} bad COCO entries (--skip_bad)",
-                  file=sys.stderr)
-    else:
-        raise ValueError(f"--data must be 'scenes' or 'coco', got {cfg.data!r}")
-    model_cfg = VLMConfig(**{**cfg.model, "vocab_size": len(tokenizer),
-                             "gradient_checkpointing": cfg.gradient_checkpointing})
+
+def _coco_data(cfg: TrainConfig, transform: ImageTransform) -> Data:
+    from ..data import CocoCaptions, build_tokenizer_from_coco, collate
+
+    if not (cfg.coco_annotations or cfg.coco_karpathy) or not cfg.coco_images:
+        raise ValueError("--data=coco needs --coco_images=DIR and --coco_annotations=FILE "
+                         "(or --coco_karpathy=FILE)")
+    karpathy = cfg.coco_karpathy or None
+    annotations = cfg.coco_annotations or None
+    tokenizer = build_tokenizer_from_coco(annotations, karpathy_json=karpathy,
+                                          min_count=cfg.coco_min_count)
+    train_set = CocoCaptions(annotations, cfg.coco_images, tokenizer, transform,
+                             split="train" if karpathy else None, karpathy_json=karpathy,
+                             skip_bad=cfg.skip_bad)
+    if train_set.num_skipped:
+        print(f"skipped {train_set.num_skipped} bad COCO entries (--skip_bad)",
+              file=sys.stderr)
+    return Data(train_set, partial(collate, pad_id=tokenizer.pad_id), tokenizer, transform,
+                None, None)
+
+
+def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> EnhancedVLM:
+    """cfg.model with the tokenizer's vocabulary, initialised from cfg.seed (or from the
+    weights of cfg.init_from)."""
     torch.manual_seed(cfg.seed)
-    model = EnhancedVLM(model_cfg)
+    model = EnhancedVLM(cfg.model.replace(vocab_size=len(tokenizer)))
     if cfg.init_from:
         init_weights(model, cfg.init_from)
-    return Trainer(cfg, model, train_set, collate, tokenizer, evaluate,
-                   extras=partial(write_extras, transform=transform, scene_config=scene_config))
+    return model
+
+
+def build(cfg: TrainConfig, data: Data | None = None) -> Trainer:
+    """Data (unless given), tokenizer, model and trainer for `cfg`. The trainer's config
+    holds the model's config as built (the tokenizer's vocab_size)."""
+    data = build_data(cfg) if data is None else data
+    model = build_model(cfg, data.tokenizer)
+    return Trainer(dataclasses.replace(cfg, model=model.config), model, data.train_set,
+                   data.collate, data.tokenizer, data.evaluate,
+                   extras=partial(write_extras, transform=data.transform,
+                                  scene_config=data.scene_config))
 
 
 def start(trainer: Trainer, resume: bool) -> bool:

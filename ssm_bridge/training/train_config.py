@@ -4,6 +4,8 @@
 
 Keys are TrainConfig fields; `model.<field>` sets a VLMConfig field and
 `scenes.<field>` a SceneConfig field. Values are parsed by the field's type.
+A training preset (TRAIN_PRESETS) names a model preset of `config.PRESETS` and gives its
+own training fields (and scene fields, if any); the command line's values go on top.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..config import VLMConfig, check_types
+from ..data.scenes import SceneConfig
 
 
 @dataclass
@@ -72,17 +77,42 @@ class TrainConfig:
     # vocabulary must match; optimizer, schedule and step start fresh (unlike --resume).
     init_from: str = ""
     progress: bool = True  # tqdm bar
-    model: dict[str, Any] = field(default_factory=dict)  # VLMConfig overrides
-    scenes: dict[str, Any] = field(default_factory=dict)  # SceneConfig overrides
+    # The model to train. Its vocab_size is a placeholder: the model is built with the
+    # tokenizer's (train.build_model), as the vocabulary comes from the data.
+    model: VLMConfig = field(default_factory=VLMConfig)
+    # The scene world (data=scenes); None: SceneConfig's defaults at the model's img_size.
+    scenes: SceneConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.scenes is None and isinstance(self.model, VLMConfig):
+            self.scenes = scene_config(self.model, {})
         _validate(self)
-        # Either switch turns checkpointing on, so that the model override is never undone.
-        self.gradient_checkpointing = bool(self.gradient_checkpointing
-                                           or self.model.get("gradient_checkpointing"))
+        # Either switch turns checkpointing on, so that the model's is never undone.
+        on = self.gradient_checkpointing or self.model.gradient_checkpointing
+        self.gradient_checkpointing = on
+        if self.model.gradient_checkpointing != on:
+            self.model = self.model.replace(gradient_checkpointing=on)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """The TrainConfig that `to_dict()` (train_config.json, a checkpoint's
+        trainer_state.json, an ablation run's result.json) was written from. Fields added
+        since are at their defaults. It also reads the form written before `model` and
+        `scenes` were typed, which held only the fields given (the preset's and the
+        command line's): the others were the VLMConfig / SceneConfig defaults, with the
+        scenes at the model's img_size, and are read so."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known fields are "
+                             f"{sorted(known)}")
+        top = {k: v for k, v in d.items() if k not in ("model", "scenes")}
+        model = VLMConfig.from_dict(_mapping(d.get("model", {}), "model"))
+        scenes = _mapping(d.get("scenes", {}), "scenes")
+        return cls(**top, model=model, scenes=scene_config(model, scenes))
 
     def save(self, path) -> None:
         from .checkpoint import atomic_write
@@ -119,8 +149,7 @@ def _validate(cfg: TrainConfig) -> None:
     for name, typ in _field_types(TrainConfig).items():
         value = getattr(cfg, name)
         if not _has_type(value, typ):
-            kind = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}
-            raise ValueError(f"{name} must be {kind.get(typ, 'a dict')}, got {value!r}")
+            raise ValueError(f"{name} must be {_kind(typ)}, got {value!r}")
     if cfg.preset not in TRAIN_PRESETS:
         raise ValueError(f"preset must be one of {', '.join(TRAIN_PRESETS)}, got {cfg.preset!r}")
     for name, allowed in CHOICES.items():
@@ -143,7 +172,39 @@ def _has_type(value: Any, typ: Any) -> bool:
     if typ in (int, float, str):  # a float field takes an int too; True is no number
         accepted = (int, float) if typ is float else typ
         return isinstance(value, accepted) and not isinstance(value, bool)
-    return isinstance(value, dict)
+    return isinstance(value, _config_class(typ))
+
+
+def _config_class(typ: Any) -> type:
+    """VLMConfig or SceneConfig, from a field annotated `X` or `X | None`."""
+    return next(a for a in (typ, *typing.get_args(typ)) if dataclasses.is_dataclass(a))
+
+
+def _kind(typ: Any) -> str:
+    names = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}
+    if typ in names:
+        return names[typ]
+    cls = _config_class(typ).__name__
+    return f"a {cls} (build_train_config makes one from a preset, TrainConfig.from_dict from " \
+           "a dict)"
+
+
+def _mapping(value: Any, name: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name} must be a JSON object of its fields, got {value!r}")
+    return value
+
+
+def scene_config(model: VLMConfig, fields: Mapping[str, Any]) -> SceneConfig:
+    """The scene world of a run of `model`: SceneConfig's defaults at the model's img_size
+    (the size the images are used at), then `fields`; one ValueError for a bad field."""
+    known = {f.name for f in dataclasses.fields(SceneConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown SceneConfig field(s) {unknown}; known fields are "
+                         f"{sorted(known)}")
+    check_types(SceneConfig, fields, "SceneConfig")
+    return SceneConfig(**{"img_size": model.img_size, **fields})
 
 
 def _is_cuda_index(device: str) -> bool:
@@ -151,42 +212,28 @@ def _is_cuda_index(device: str) -> bool:
     return kind == "cuda" and index.isdigit()
 
 
+# Training presets: `model` names the model preset (config.PRESETS), `scenes` (optional)
+# sets SceneConfig fields, every other key a TrainConfig field. A new model trains like
+# shapes-tiny with one entry: "NAME": dict(SHAPES_TINY_TRAINING, model="NAME").
+# shapes-tiny (the shipped checkpoint) trains in ~35 min on 2 cores (1.6 drawing the
+# scenes, 33 training; docs/training-notes.md has the runs behind each choice). Batch 32
+# learns ~2x more per sample than 64 early on; precision "auto" picks bf16 only where the
+# CPU computes it natively (1.2x faster there, 19x slower emulated on AVX2); 200 000
+# scenes are seen ~2.4 times each (40 000 seen 7 times left a 3-point gap between training
+# and test scenes); the weight average smooths the last steps' noise. The model's
+# image-prefix dropout from the start stalls learning; over the last third it moves the
+# decoder onto its cross-attention.
+SHAPES_TINY_TRAINING: dict[str, Any] = dict(
+    num_train=200_000, draw_workers=2, batch_size=32, warmup_steps=200, max_steps=15_000,
+    precision="auto", ema_decay=0.998, prefix_dropout_start=10_000, eval_every=250,
+    eval_num=200, save_every=1000, keep_checkpoints=3,
+)
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    # The shipped checkpoint: 64 px scenes of 1-3 objects, 1.4 M parameters, ~35 min on
-    # 2 cores (1.6 drawing the scenes, 33 training; docs/training-notes.md has the runs
-    # behind each choice). The conv stem learns small shapes ~3x faster than a patch conv;
-    # batch 32 learns ~2x more per sample than 64 early on; bf16 autocast runs a step 1.2x
-    # faster than fp32 on a CPU with native bf16 and learns as fast per step, but emulated
-    # on an AVX2 CPU it is 19x slower, so precision "auto" picks bf16 only where it is
-    # native; 200 000 scenes are seen ~2.4 times each (40 000 seen 7 times left a 3-point
-    # gap between training and test scenes); the weight average smooths the last steps'
-    # noise. Image-prefix dropout from the start stalls learning; over the last third it
-    # moves the decoder onto its cross-attention.
-    "shapes-tiny": dict(
-        num_train=200_000, draw_workers=2, batch_size=32, warmup_steps=200, max_steps=15_000,
-        precision="auto", ema_decay=0.998, prefix_dropout_start=10_000, eval_every=250,
-        eval_num=200, save_every=1000, keep_checkpoints=3,
-        model=dict(
-            vision_stem="conv", img_size=64, patch_size=8, vision_embed_dim=128,
-            vision_num_layers=3,
-            vision_num_heads=4, text_embed_dim=128, text_num_layers=2, text_num_heads=4,
-            text_kv_heads=1, max_seq_length=32, ssm_state_dim=16, ssm_hidden_dim=128,
-            ssm_num_layers=2, cross_attn_layers=1, cross_attn_heads=4, dropout=0.0,
-            ssm_dropout=0.0, image_prefix_dropout=0.2,
-        ),
-    ),
+    "shapes-tiny": dict(SHAPES_TINY_TRAINING, model="shapes-tiny"),
     # Tests: seconds on 2 cores.
     "test-tiny": dict(
-        out_dir="runs/test-tiny", num_train=64, batch_size=8, max_steps=20,
-        warmup_steps=2, lr=3e-3, log_every=5, eval_every=0, save_every=10, eval_num=8,
-        progress=False,
-        model=dict(
-            img_size=32, patch_size=8, vision_embed_dim=32, vision_num_layers=1,
-            vision_num_heads=2, text_embed_dim=32, text_num_layers=1, text_num_heads=2,
-            max_seq_length=32, ssm_state_dim=4, ssm_hidden_dim=16, ssm_num_layers=1,
-            cross_attn_layers=1, cross_attn_heads=2, dropout=0.0, ssm_dropout=0.0,
-        ),
-        scenes=dict(img_size=32),
+        model="test-tiny", num_train=64, batch_size=8, max_steps=20, warmup_steps=2, lr=3e-3,
+        log_every=5, eval_every=0, save_every=10, eval_num=8, progress=False,
     ),
 }
 
@@ -217,9 +264,6 @@ def _field_types(cls) -> dict[str, Any]:
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
     """['--lr=1e-3', '--model.img_size=32'] -> {'lr': 1e-3, 'model': {'img_size': 32}}."""
-    from ..config import VLMConfig
-    from ..data import SceneConfig
-
     nested = {"model": _field_types(VLMConfig), "scenes": _field_types(SceneConfig)}
     top = _field_types(TrainConfig)
     out: dict[str, Any] = {"model": {}, "scenes": {}}
@@ -246,11 +290,18 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 
 
 def build_train_config(preset: str, overrides: dict[str, Any]) -> TrainConfig:
+    """The training preset `preset`, its model preset and scene fields, then `overrides`
+    (as parse_overrides returns them: TrainConfig fields, and dicts of VLMConfig and
+    SceneConfig fields under "model" and "scenes")."""
     if preset not in TRAIN_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
-    base = {k: v for k, v in TRAIN_PRESETS[preset].items()}
-    merged = {**base, **{k: v for k, v in overrides.items() if k not in ("model", "scenes")}}
-    for group in ("model", "scenes"):
-        merged[group] = {**base.get(group, {}), **overrides.get(group, {})}
-    merged.setdefault("out_dir", f"runs/{preset}")
-    return TrainConfig(preset=preset, **{k: v for k, v in merged.items() if k != "preset"})
+    base = TRAIN_PRESETS[preset]
+    model_overrides = overrides.get("model", {})
+    if "vocab_size" in model_overrides:  # would be replaced by the tokenizer's
+        raise ValueError("model.vocab_size is the tokenizer's (the words of the training "
+                         "data); leave it out")
+    model = VLMConfig.from_preset(base["model"], **model_overrides)
+    scenes = scene_config(model, {**base.get("scenes", {}), **overrides.get("scenes", {})})
+    top = {k: v for k, v in {**base, **overrides}.items() if k not in ("model", "scenes")}
+    top.setdefault("out_dir", f"runs/{preset}")
+    return TrainConfig(**{**top, "preset": preset}, model=model, scenes=scenes)

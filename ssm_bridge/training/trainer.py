@@ -2,7 +2,8 @@
 gradient checkpointing, DDP, atomic checkpoints and exact resume.
 
 A run folder holds:
-    train_config.json   the TrainConfig as given (precision may say "auto")
+    train_config.json   the TrainConfig as given (precision may say "auto"), its model as
+                        built (the tokenizer's vocab_size); TrainConfig.from_dict reads it
     run_info.json       what this start resolved: precision and why, device, world size
     metrics.jsonl       one JSON object per log / eval event, one per (kind, step)
     loss_curve.png      redrawn at every evaluation and at the end
