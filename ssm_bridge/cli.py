@@ -4,6 +4,8 @@
     ssm-bridge eval --checkpoint NAME_OR_DIR --split test --num N [--json PATH]
     ssm-bridge caption IMAGE... [--checkpoint NAME_OR_DIR] [--names]
     ssm-bridge interpret --checkpoint NAME_OR_DIR --num N [--maps KINDS] [--json PATH]
+    ssm-bridge faithfulness --checkpoint NAME_OR_DIR --num N [--maps KINDS] [--json PATH]
+    ssm-bridge trace --checkpoint NAME_OR_DIR --attribute colour --num N [--plot PNG]
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def caption_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("train", "eval", "caption", "interpret")
+    commands = ("train", "eval", "caption", "interpret", "faithfulness", "trace")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help")
               else sys.stdout)
@@ -117,6 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         from .interp.interpret import main as interpret_main
 
         return interpret_main(rest)
+    if cmd == "faithfulness":
+        from .interp.faithfulness_study import main as faithfulness_main
+
+        return faithfulness_main(rest)
+    if cmd == "trace":
+        from .interp.tracing import main as trace_main
+
+        return trace_main(rest)
     if cmd == "train":
         from .training.train import main as train_main
 

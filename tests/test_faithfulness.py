@@ -36,11 +36,22 @@ def test_perturbed_images_switch_exactly_the_ranked_patches():
     assert ins[0][:, 2:, 2:].eq(1).all() and ins[0].sum() == 3 * 4
 
 
-def test_normalised_auc_endpoints_and_undefined_case():
+def test_normalised_auc_endpoints_and_unreadable_case():
     f = torch.linspace(0, 1, 5)
     assert fa.normalised_auc(f, torch.full((5,), -1.0), -1.0, -3.0) == pytest.approx(1.0)
     assert fa.normalised_auc(f, torch.full((5,), -3.0), -1.0, -3.0) == pytest.approx(0.0)
-    assert math.isnan(fa.normalised_auc(f, torch.zeros(5), -1.0, -1.0))
+    half = torch.tensor([-1.0, -2.0, -2.0, -2.0, -2.0])  # half the drop after one step
+    assert fa.normalised_auc(f, half, -1.0, -3.0) == pytest.approx(0.25 * 0.75 + 0.75 * 0.5)
+    assert math.isnan(fa.normalised_auc(f, torch.zeros(5), -1.0, -1.5))  # < MIN_DROP
+
+
+def test_insertion_is_lerf_read_backwards():
+    image, base = torch.rand(3, 8, 8), torch.zeros(3, 8, 8)
+    ranking = fa.patch_ranking(torch.rand(4, 4), "morf")
+    counts = list(range(17))
+    inserted = fa.perturbed_images(image, base, ranking, counts, insertion=True)
+    deleted = fa.perturbed_images(image, base, ranking.flip(0), counts)  # LeRF order
+    assert torch.equal(inserted, deleted.flip(0))
 
 
 def test_average_precision_and_spearman_known_values():
@@ -89,9 +100,13 @@ def test_true_mask_map_beats_random_map_on_deletion_and_insertion(shipped):
     image, ids, position, mask = _colour_word(shipped, 1)
     truth = fa.pixel_grid(mask, 8)
     rand = torch.rand(8, 8, generator=torch.Generator().manual_seed(0))
-    c_true = fa.perturbation_curves(shipped.model, image, ids, position, truth)
-    c_rand = fa.perturbation_curves(shipped.model, image, ids, position, rand)
+    # the image's mean colour as baseline: a blurred object keeps its colour
+    c_true = fa.perturbation_curves(shipped.model, image, ids, position, truth, baseline="mean")
+    c_rand = fa.perturbation_curves(shipped.model, image, ids, position, rand, baseline="mean")
     assert c_true.logprob["morf"].shape == (fa.FRACTIONS + 1,)
+    assert c_true.auc["insertion"] == pytest.approx(c_true.auc["lerf"])
+    blur = fa.perturbation_curves(shipped.model, image, ids, position, truth)
+    assert math.isnan(blur.auc["morf"])  # blurring leaves the colour: nothing to read
     assert c_true.auc["morf"] < c_rand.auc["morf"]
     assert c_true.auc["insertion"] > c_rand.auc["insertion"]
     assert c_true.delta_af > c_rand.delta_af
@@ -119,3 +134,35 @@ def test_randomisation_flags_a_map_that_ignores_the_model():
     assert used[-2][1] == pytest.approx(1.0)  # untouched until its own group is re-drawn
     assert used[-1][0] == "vision.patch_embed" and not fa.flag_unfaithful(used)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_faithfulness_cli_rows(tmp_path, capsys):
+    import json
+
+    from ssm_bridge.cli import main
+
+    out = tmp_path / "f.json"
+    assert main(["faithfulness", "--num", "2", "--maps", "cross_attention,delta",
+                 "--json", str(out), "--no-progress"]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["map"], r["baseline"]) for r in rows] == [
+        (k, b) for k in ("cross_attention", "delta", "random") for b in ("blur", "mean")]
+    for r in rows:
+        assert r["n_words"] > 0 and 0 <= r["miou"] <= 1
+        assert r["insertion"] == pytest.approx(r["lerf"], nan_ok=True)
+    assert "cross_attention" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["faithfulness", "--maps", "attention"])
+    assert e.value.code == 2 and "unknown map kinds" in capsys.readouterr().err
+
+
+def test_faithfulness_plots():
+    import viz
+
+    fig = viz.deletion_curves({"a": [torch.zeros(5), torch.ones(5)], "random": [torch.ones(5)]},
+                              torch.linspace(0, 1, 5))
+    assert len(fig.axes[0].lines) == 2
+    fig = viz.cascade_plot({"a": [("decoder.lm_head", 0.9), ("vision.patch_embed", 0.1)]})
+    assert len(fig.axes[0].lines) == 2  # the curve and the zero line
+    with pytest.raises(ValueError, match="points"):
+        viz.deletion_curves({"a": [torch.zeros(3)]}, torch.linspace(0, 1, 5))

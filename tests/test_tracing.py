@@ -59,3 +59,18 @@ def test_bad_arguments_are_one_line_errors(shipped, colour_pairs):
                        transform=shipped.transform, metric="kl")
     with pytest.raises(ValueError, match="pass transform="):
         tr.site_effect(shipped.model, colour_pairs, "bridge.hook_out")
+
+
+def test_trace_cli_writes_effects_and_heatmap(tmp_path, capsys):
+    from ssm_bridge.cli import main
+
+    out, png = tmp_path / "t.json", tmp_path / "t.png"
+    assert main(["trace", "--num", "1", "--sites", "cross,bridge_out", "--json", str(out),
+                 "--plot", str(png), "--no-progress"]) == 0
+    effects = __import__("json").loads(out.read_text())
+    assert set(effects) == {"cross.0", "bridge_out.0", "bridge_out.1"}
+    assert len(effects["bridge_out.1"]) == 65 and png.stat().st_size > 1000
+    assert "1 colour pairs, total effect" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["trace", "--sites", "attention"])
+    assert e.value.code == 2 and "choose from" in capsys.readouterr().err

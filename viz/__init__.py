@@ -11,6 +11,7 @@ example of a batch first (x[0]). Wrong shapes raise a ValueError naming the expe
     tokens.py     token_heatmap (per-token Δ, gate, |h| of a language model's layers)
     scrubber.py   scan_scrubber_frame
     tables.py     localisation_table, localisation_bars, gate_values
+    faithfulness.py  deletion_curves, cascade_plot, trace_heatmap
     training.py   plot_training_curves
     arrays.py     to_numpy, as_image, grid_values (per-token values -> (g, g) map)
     style.py      new_figure, colour maps, font sizes, overlay / colourbar helpers
@@ -18,6 +19,7 @@ example of a batch first (x[0]). Wrong shapes raise a ValueError naming the expe
 
 from .arrays import as_image, grid_values, to_numpy
 from .attention import implicit_attention_grid, implicit_attention_matrix, word_attention_grid
+from .faithfulness import cascade_plot, deletion_curves, trace_heatmap
 from .maps import attribution_overlay, layer_maps, map_panels, overlay
 from .scrubber import scan_scrubber_frame
 from .ssm import delta_map, gate_map, state_norm_map, state_pca, state_trajectory
@@ -30,6 +32,8 @@ __all__ = [
     "add_colorbar",
     "as_image",
     "attribution_overlay",
+    "cascade_plot",
+    "deletion_curves",
     "delta_map",
     "gate_map",
     "gate_values",
@@ -50,5 +54,6 @@ __all__ = [
     "state_trajectory",
     "to_numpy",
     "token_heatmap",
+    "trace_heatmap",
     "word_attention_grid",
 ]

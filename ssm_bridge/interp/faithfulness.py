@@ -11,15 +11,25 @@ Glossary (a map is a (g, g) saliency over the ViT patch grid; a patch is img_siz
                    map and replaced by a baseline image (blurred, or the dataset mean) in
                    steps of a fixed fraction; a faithful map makes the word's log p fall fast
                    under MoRF and slowly under LeRF.
-    insertion      start from the baseline and restore patches most relevant first.
+    insertion      start from the baseline and restore patches most relevant first. With
+                   the same baseline this is LeRF read backwards (restoring the top k
+                   patches = deleting the P - k least relevant), so its AUC equals LeRF's:
+                   it is computed from the LeRF images, not run again.
     random         a random ranking (seeded): the row every map must beat.
-    normalised AUC each curve is rescaled to (lp - lp_base) / (lp_clean - lp_base), 1 on the
-                   clean image and 0 on the full baseline, and integrated over the fraction
-                   (trapezoid): MoRF lower is better, LeRF and insertion higher.
+    normalised AUC each log-p curve is rescaled to (lp - lp_base) / (lp_clean - lp_base): 1
+                   on the clean image, 0 on the full baseline; its area over the fraction
+                   (trapezoid) is the share of the baseline's drop still missing, on
+                   average: MoRF lower is better, LeRF and insertion higher. When the full
+                   baseline lowers log p by less than MIN_DROP nats, the baseline does not
+                   remove what the word needs (a blurred red blob is still red) and no
+                   ordering can be read: the AUCs are NaN and such words are counted apart.
+                   (p / p_clean instead saturates: a word at p ~ 1 stays there until the
+                   last patches go, for every map.)
     ΔA^F           A_LeRF - A_MoRF (MambaLRP's faithfulness gap): higher is more faithful.
     segmentation   Chefer et al.'s protocol: bilinear upsampling to the mask, binarised at
-                   the map's mean; pixel accuracy, mIoU over {object, background}, and the
-                   average precision of the continuous map ranking the object's pixels.
+                   the map's mean; pixel accuracy, mIoU over {object, background}, and
+                   mean_ap (their mAP): the average precision of the continuous map ranking
+                   the object's pixels.
     cascade        Adebayo et al.'s model-parameter randomisation: groups of layers are
                    re-initialised from the logits down, one group at a time, and each map is
                    compared with the trained model's by Spearman rank correlation. A map that
@@ -45,6 +55,8 @@ from ..core.layers import eval_mode
 from .attribution import WordLogit, make_baseline
 
 ORDERS = ("morf", "lerf", "insertion", "random")
+RUN_ORDERS = ("morf", "lerf", "random")  # insertion is LeRF reversed (module docstring)
+MIN_DROP = 1.0  # nats the full baseline must take off log p for the curves to be read
 FRACTIONS = 16  # steps of 1/16 of the patches: 17 images per curve, one forward
 # The model's parts, from the logits down: the cascade re-initialises them in this order.
 CASCADE_PARTS = ("decoder", "bridge", "vision")
@@ -99,12 +111,12 @@ def perturbed_images(image: torch.Tensor, baseline: torch.Tensor, ranking: torch
 
 def perturbation_curves(model: nn.Module, image: torch.Tensor, ids: torch.Tensor,
                         position: int, saliency: torch.Tensor, *, baseline="blur",
-                        steps: int = FRACTIONS, orders: Sequence[str] = ORDERS,
-                        seed: int = 0) -> Curves:
+                        steps: int = FRACTIONS, seed: int = 0) -> Curves:
     """The word ids[position] (teacher-forced by ids[:position]) under deletion (MoRF, LeRF,
     random) and insertion of the patches ranked by `saliency` (g, g). image (3, H, W) as
-    the model takes it; baseline: "blur" (as the attributions' baseline), "mean" (pass the
-    dataset mean image as a tensor for the dataset mean), a float or a tensor."""
+    the model takes it; baseline: "blur" (as the attributions' baseline), a tensor (e.g.
+    `dataset_mean`), a float, or "mean" (this image's mean colour). Every curve's images
+    go through the model in one batched forward."""
     ids = torch.as_tensor(ids)
     if not 0 < position < ids.numel():
         raise ValueError(f"position must index a word after BOS (1..{ids.numel() - 1}), "
@@ -114,23 +126,23 @@ def perturbation_curves(model: nn.Module, image: torch.Tensor, ids: torch.Tensor
     counts = [round(P * s / steps) for s in range(steps + 1)]
     target = WordLogit(model, ids[: position + 1], position - 1, int(ids[position]),
                        score="logprob")
-    lp = {}
+    curves = [perturbed_images(image, base, patch_ranking(saliency, o, seed), counts)
+              for o in RUN_ORDERS]
     with eval_mode(model), torch.no_grad():
-        for order in orders:
-            ranking = patch_ranking(saliency, order, seed)
-            batch = perturbed_images(image, base, ranking, counts, order == "insertion")
-            lp[order] = target(batch).cpu()  # (S,)
-        ends = target(torch.stack([image, base])).cpu()  # (2,): clean, full baseline
+        lp = target(torch.cat(curves)).cpu()  # (3 * S,): one forward for every curve
+    per_order = dict(zip(RUN_ORDERS, lp.view(len(RUN_ORDERS), -1)))  # {order: (S,)}
+    per_order["insertion"] = per_order["lerf"].flip(0)  # top k restored = P - k LeRF-deleted
     fractions = torch.tensor(counts, dtype=torch.float64) / P
-    auc = {o: normalised_auc(fractions, v, float(ends[0]), float(ends[1])) for o, v in lp.items()}
-    return Curves(fractions, lp, auc)
+    clean, full = float(per_order["morf"][0]), float(per_order["morf"][-1])  # fractions 0, 1
+    auc = {o: normalised_auc(fractions, per_order[o], clean, full) for o in ORDERS}
+    return Curves(fractions, per_order, auc)
 
 
 def normalised_auc(fractions: torch.Tensor, logprob: torch.Tensor, clean: float,
                    base: float) -> float:
-    """Area under (logprob - base) / (clean - base) over `fractions`; NaN when the baseline
-    does not change the word (|clean - base| < 1e-6), as no curve can then be read."""
-    if abs(clean - base) < 1e-6:
+    """Area under (logprob - base) / (clean - base) over `fractions`; NaN when the full
+    baseline takes less than MIN_DROP nats off the word (clean - base < MIN_DROP)."""
+    if not clean - base >= MIN_DROP:
         return float("nan")
     y = (logprob.double() - base) / (clean - base)
     return float(torch.trapezoid(y, fractions.double()))
@@ -149,7 +161,7 @@ def segmentation_scores(saliency, mask) -> dict[str, float]:
     pred = up > up.mean()
     return {"pixel_accuracy": float((pred == m).float().mean()),
             "miou": float(np.mean([_iou(pred, m), _iou(~pred, ~m)])),
-            "map": average_precision(up.flatten(), m.flatten())}
+            "mean_ap": average_precision(up.flatten(), m.flatten())}
 
 
 def _iou(pred: torch.Tensor, truth: torch.Tensor) -> float:

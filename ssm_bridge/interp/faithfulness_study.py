@@ -1,0 +1,153 @@
+"""The faithfulness leaderboard: every map kind, per caption word, over N test scenes.
+
+    rows = leaderboard("shapes-tiny", n=100)          # one row per (map kind, baseline)
+    print(format_rows(rows))
+    ssm-bridge faithfulness --num 100 --json f.json   # the same from the command line
+
+For each scene the model captions the image; each object word of the chosen role (the
+shape noun by default) that names the right object is scored with every map kind, and
+with a seeded random map (the "random" row every map must beat):
+
+    morf, lerf, insertion   normalised AUCs of the deletion / insertion curves
+                            (faithfulness.perturbation_curves) under each baseline:
+                            "blur" (the attributions' baseline) and "mean" (the mean
+                            image of 256 training scenes)
+    delta_af                lerf - morf
+    pixel_accuracy, miou, mean_ap   segmentation scores against the object's mask
+
+Each value is a mean over the scored words with its standard deviation (`<key>_std`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import make_scene
+from . import faithfulness as fa
+from . import localization as loc
+from .interpret import _bundle, _check_maps
+from .maps import MAP_KINDS, analyse, word_maps
+
+BASELINES = ("blur", "mean")
+CURVE_KEYS = ("morf", "lerf", "insertion", "delta_af")
+SEGMENT_KEYS = ("pixel_accuracy", "miou", "mean_ap")
+
+
+def dataset_mean(transform, scene_config, n: int = 256) -> torch.Tensor:
+    """The mean model input (3, H, W) over the first n training scenes."""
+    images = [transform(make_scene("train", i, scene_config).image) for i in range(n)]
+    return torch.stack(images).mean(0)
+
+
+def collect(pretrained_or_model, n: int = 100, split: str = "test", maps=MAP_KINDS, *,
+            role: str = "shape", baselines=BASELINES, seed: int = 0, progress: bool = True,
+            **bundle_kwargs) -> dict:
+    """{(kind, baseline): {key: [values]}} and {kind: {segment key: [values]}} over the
+    scored words of the first n scenes of `split` (see the module docstring)."""
+    maps = [*_check_maps(maps), "random"]
+    bad = [b for b in baselines if b not in BASELINES]
+    if bad or not baselines:
+        raise ValueError(f"baselines must be some of {BASELINES}, got {list(baselines)}")
+    model, tok, transform, cfg = _bundle(pretrained_or_model, **bundle_kwargs)
+    base = {"blur": "blur", "mean": dataset_mean(transform, cfg)}
+    curves: dict = {(k, b): {key: [] for key in CURVE_KEYS} for k in maps for b in baselines}
+    segments: dict = {k: {key: [] for key in SEGMENT_KEYS} for k in maps}
+    rng = torch.Generator().manual_seed(seed)
+    scored = skipped = 0
+    for i in tqdm(range(n), desc=f"faithfulness ({split})", disable=not progress):
+        scene = make_scene(split, i, cfg)
+        a = analyse(model, transform(scene.image), tokenizer=tok)
+        pairs = loc.object_words(scene, a.words, role)
+        if pairs is None:
+            skipped += 1
+            continue
+        scored += 1
+        words = [w for w, _ in pairs]
+        for kind in maps:
+            kind_maps = (torch.rand(len(words), a.grid_side, a.grid_side, generator=rng)
+                         if kind == "random" else word_maps(a, kind, model, words))
+            for m, (w, j) in zip(kind_maps, pairs):
+                _score_word(model, a, w, m, scene.objects[j].mask, kind, base, seed,
+                            curves, segments)
+    return {"curves": curves, "segments": segments, "maps": maps, "baselines": list(baselines),
+            "images": scored, "skipped": skipped, "n": n, "role": role}
+
+
+def _score_word(model, a, w: int, m: torch.Tensor, mask, kind: str, base: dict, seed: int,
+                curves: dict, segments: dict) -> None:
+    for key, value in fa.segmentation_scores(m, mask).items():
+        segments[kind][key].append(value)
+    for b, baseline in base.items():
+        if (kind, b) not in curves:
+            continue
+        c = fa.perturbation_curves(model, a.image, a.ids, a.word_index[w], m,
+                                   baseline=baseline, seed=seed)
+        for key in ("morf", "lerf", "insertion"):
+            curves[kind, b][key].append(c.auc[key])
+        curves[kind, b]["delta_af"].append(c.delta_af)
+
+
+def leaderboard(pretrained_or_model, n: int = 100, split: str = "test", maps=MAP_KINDS,
+                **kwargs) -> list[dict]:
+    """One row per (map kind, baseline): mean and std of every score (module docstring),
+    n_words, images (captions scored) and skipped (captions whose objects did not match)."""
+    s = collect(pretrained_or_model, n, split, maps, **kwargs)
+    rows = []
+    for kind in s["maps"]:
+        for b in s["baselines"]:
+            row = {"map": kind, "baseline": b}
+            for key, values in {**s["curves"][kind, b], **s["segments"][kind]}.items():
+                v = np.asarray(values, dtype=np.float64)
+                v = v[np.isfinite(v)]
+                row[key] = float(v.mean()) if v.size else float("nan")
+                row[f"{key}_std"] = float(v.std()) if v.size else float("nan")
+            row.update(n_words=len(s["segments"][kind]["miou"]), images=s["images"],
+                       skipped=s["skipped"])
+            rows.append(row)
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    """The leaderboard as aligned text: mean ± std per score."""
+    keys = (*CURVE_KEYS, *SEGMENT_KEYS)
+    head = f"{'map':<18}{'baseline':<9}" + "".join(f"{k:>17}" for k in keys)
+    lines = [head]
+    for r in rows:
+        cells = "".join(f"{r[k]:>9.3f} ±{r[k + '_std']:<6.3f}" for k in keys)
+        lines.append(f"{r['map']:<18}{r['baseline']:<9}{cells}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """ssm-bridge faithfulness: the leaderboard on a checkpoint, as text (and JSON)."""
+    import json
+    import sys
+
+    from ..cli import Parser, int_at_least, load_or_exit, writable_file
+    from ..data import SPLITS
+
+    p = Parser(prog="ssm-bridge faithfulness", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", default="shapes-tiny", help="shipped name or folder")
+    p.add_argument("--num", type=int_at_least(1), default=100, help="scenes to caption")
+    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--maps", default=",".join(MAP_KINDS),
+                   help=f"comma-separated kinds from {','.join(MAP_KINDS)}")
+    p.add_argument("--role", default="shape", choices=loc.ROLES,
+                   help="which word of each object phrase is scored")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="random map and ties")
+    p.add_argument("--json", type=writable_file, help="write the rows as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        maps = _check_maps([m.strip() for m in args.maps.split(",") if m.strip()])
+    except ValueError as e:
+        p.error(f"argument --maps: {e}")
+    bundle = load_or_exit(p, args.checkpoint)
+    rows = leaderboard(bundle, args.num, args.split, maps, role=args.role, seed=args.seed,
+                       progress=not args.no_progress and sys.stderr.isatty())
+    print(format_rows(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
