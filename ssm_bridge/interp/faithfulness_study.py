@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..data import make_scene
 from . import faithfulness as fa
 from . import localization as loc
-from .interpret import _bundle, _check_maps
-from .maps import MAP_KINDS, analyse, word_maps
+from .interpret import _bundle, _check_maps, captioned_scenes
+from .maps import MAP_KINDS, word_maps
 
 BASELINES = ("blur", "mean")
 CURVE_KEYS = ("morf", "lerf", "insertion", "delta_af")
@@ -55,15 +54,9 @@ def collect(pretrained_or_model, n: int = 100, split: str = "test", maps=MAP_KIN
     curves: dict = {(k, b): {key: [] for key in CURVE_KEYS} for k in maps for b in baselines}
     segments: dict = {k: {key: [] for key in SEGMENT_KEYS} for k in maps}
     rng = torch.Generator().manual_seed(seed)
-    scored = skipped = 0
-    for i in tqdm(range(n), desc=f"faithfulness ({split})", disable=not progress):
-        scene = make_scene(split, i, cfg)
-        a = analyse(model, transform(scene.image), tokenizer=tok)
-        pairs = loc.object_words(scene, a.words, role)
-        if pairs is None:
-            skipped += 1
-            continue
-        scored += 1
+    skipped = [0]
+    for scene, a, pairs in captioned_scenes(model, tok, transform, cfg, n, split, role,
+                                            skipped, progress, "faithfulness"):
         words = [w for w, _ in pairs]
         for kind in maps:
             kind_maps = (torch.rand(len(words), a.grid_side, a.grid_side, generator=rng)
@@ -72,7 +65,7 @@ def collect(pretrained_or_model, n: int = 100, split: str = "test", maps=MAP_KIN
                 _score_word(model, a, w, m, scene.objects[j].mask, kind, base, seed,
                             curves, segments)
     return {"curves": curves, "segments": segments, "maps": maps, "baselines": list(baselines),
-            "images": scored, "skipped": skipped, "n": n, "role": role}
+            "images": n - skipped[0], "skipped": skipped[0], "n": n, "role": role}
 
 
 def _score_word(model, a, w: int, m: torch.Tensor, mask, kind: str, base: dict, seed: int,

@@ -63,19 +63,12 @@ def collect_scores(pretrained_or_model, n: int = 100, split: str = "test",
                    layer: int | None = None, **bundle_kwargs) -> dict:
     """Per-pair scores: {"hits": {kind: [bool]}, "energy": {kind: [float]}, "masks":
     [(H, W) bool], "grid": (g, g), "images": scored images, "skipped": mismatched ones}."""
-    from ..data import make_scene
-
     maps = _check_maps(maps)
     model, tok, transform, cfg = _bundle(pretrained_or_model, **bundle_kwargs)
     hits, energy = defaultdict(list), defaultdict(list)
-    masks, grid, skipped = [], None, 0
-    for i in tqdm(range(n), desc=f"localisation ({split})", disable=not progress):
-        scene = make_scene(split, i, cfg)
-        a = analyse(model, transform(scene.image), tokenizer=tok)
-        pairs = loc.object_words(scene, a.words, role)
-        if pairs is None:
-            skipped += 1
-            continue
+    masks, grid, skipped = [], None, [0]
+    for scene, a, pairs in captioned_scenes(model, tok, transform, cfg, n, split, role,
+                                            skipped, progress, "localisation"):
         grid = (a.grid_side, a.grid_side)
         pair_masks = [scene.objects[j].mask for _, j in pairs]
         masks += pair_masks
@@ -85,7 +78,23 @@ def collect_scores(pretrained_or_model, n: int = 100, split: str = "test",
                 hits[kind].append(loc.pointing_game(m, mask))
                 energy[kind].append(loc.energy_in_mask(m, mask))
     return {"hits": hits, "energy": energy, "masks": masks, "grid": grid,
-            "images": n - skipped, "skipped": skipped, "maps": maps}
+            "images": n - skipped[0], "skipped": skipped[0], "maps": maps}
+
+
+def captioned_scenes(model, tok, transform, cfg, n: int, split: str, role: str,
+                     skipped: list[int], progress: bool = True, what: str = "scenes"):
+    """(scene, analysis, [(word index, object index)]) for the first n scenes of `split`
+    whose caption's object phrases match the scene's; skipped[0] counts the others."""
+    from ..data import make_scene
+
+    for i in tqdm(range(n), desc=f"{what} ({split})", disable=not progress):
+        scene = make_scene(split, i, cfg)
+        a = analyse(model, transform(scene.image), tokenizer=tok)
+        pairs = loc.object_words(scene, a.words, role)
+        if pairs is None:
+            skipped[0] += 1
+            continue
+        yield scene, a, pairs
 
 
 def localisation_table(pretrained_or_model, n: int = 100, split: str = "test",
