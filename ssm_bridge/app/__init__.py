@@ -1,1 +1,2 @@
-"""The captioning demo's analysis layer, used by the top-level app.py (the Gradio UI)."""
+"""The interactive front-ends: the demo's page (`ui`, Gradio; launched by the top-level
+app.py) and its analysis layer (`support`, testable without a server)."""
