@@ -1,2 +1,3 @@
 """The interactive front-ends: the demo's page (`ui`, Gradio; launched by the top-level
-app.py) and its analysis layer (`support`, testable without a server)."""
+app.py), its analysis layer (`support`, testable without a server) and the setup every
+notebook in notebooks/ calls first (`notebook`)."""
