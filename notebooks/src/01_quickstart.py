@@ -168,7 +168,8 @@ for part in ("vision", "bridge", "decoder"):
 print(*[n for n in names if n.startswith("bridge.layers.0.")], sep="\n")
 
 # %%
-_, cache = model.run_with_cache(images[:1], tokens[:1], names_filter="bridge.layers.*.mixer.dirs.*.hook_delta")
+_, cache = model.run_with_cache(images[:1], tokens[:1],
+                                names_filter="bridge.layers.*.mixer.dirs.*.hook_delta")
 for name, t in cache.items():
     print(f"{name:<42} {tuple(t.shape)}  mean Δ {t.mean():.3f}")
 

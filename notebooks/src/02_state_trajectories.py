@@ -126,8 +126,8 @@ def object_patches(scene, g):
 pool = [make_scene("test", i, p.scene_config) for i in range(16)]
 batch = torch.stack([p.transform(s.image) for s in pool])  # (16, 3, 64, 64)
 on_object = torch.stack([object_patches(s, g) for s in pool])  # (16, L) patch order
-_, pooled = model.run_with_cache(batch, None, names_filter="bridge.layers.*.mixer.dirs.*.hook_state",
-                                 heavy=True)
+_, pooled = model.run_with_cache(batch, None, heavy=True,
+                                 names_filter="bridge.layers.*.mixer.dirs.*.hook_state")
 print("layer direction   |h| after object   |h| after background   ratio   matched steps   "
       "scenes > 1")
 norm_ratio, matched_ratio, scenes_above = {}, {}, {}
@@ -180,7 +180,8 @@ for name, h in pooled.items():
 # lag between reading a patch and now.
 
 # %%
-_, deltas = model.run_with_cache(image, None, names_filter="bridge.layers.*.mixer.dirs.*.hook_delta")
+_, deltas = model.run_with_cache(image, None,
+                                 names_filter="bridge.layers.*.mixer.dirs.*.hook_delta")
 half_life = {}
 print("layer direction   half-life in steps: median   share > 8 (one grid row)   share > 64")
 for layer, block in enumerate(layers):

@@ -53,7 +53,7 @@ from viz import delta_map, gate_map, grid_values, layer_maps
 filters = ["bridge.layers.*.mixer.dirs.*.hook_delta", "bridge.layers.*.mixer.hook_gate"]
 _, cache = model.run_with_cache(image, None, names_filter=filters)
 perm0 = direction_perm(dirs[0], L)
-delta0 = cache[f"bridge.layers.0.mixer.dirs.0.hook_delta"][0]  # (L, D) scan order
+delta0 = cache["bridge.layers.0.mixer.dirs.0.hook_delta"][0]  # (L, D) scan order
 gate0 = cache["bridge.layers.0.mixer.hook_gate"][0]  # (L, D) patch order
 show(delta_map(delta0, grid_side=g, scan_perm=perm0, image=scene.image,
                title=f"layer 0 '{dirs[0]}': Δ"))
@@ -190,7 +190,8 @@ def zero(t, name):
 every = "bridge.layers.*.mixer.dirs.*."
 variants = {"clean": []}
 for layer in range(len(layers)):
-    variants[f"flat Δ, layer {layer}"] = [(f"bridge.layers.{layer}.mixer.dirs.*.hook_delta", flatten)]
+    variants[f"flat Δ, layer {layer}"] = [(f"bridge.layers.{layer}.mixer.dirs.*.hook_delta",
+                                           flatten)]
 variants["flat Δ, all layers"] = [(every + "hook_delta", flatten)]
 variants["flat B, C, all layers"] = [(every + h, flatten) for h in ("hook_B", "hook_C")]
 variants["flat Δ, B, C, all layers"] = [(every + h, flatten)
