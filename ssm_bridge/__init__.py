@@ -4,7 +4,7 @@ decoder, built to be looked inside.
 Layout: `model` and `config` (the full model and its settings) assemble `core/` (layers,
 scan, SSM, attention, encoders, bridges, decoder, generation); `mamba/` is a hooked Mamba
 language model; `data/` the scene world, COCO and the tokenizer; `training/` training and
-evaluation; `interp/` the interpretability tools; `app/` the demo's analysis layer;
+evaluation; `interp/` the interpretability tools; `app/` the demo app and the notebooks' setup;
 `tools/` the ablation study and model-card tooling. The 0.1 flat names still import
 (see `_moved`)."""
 

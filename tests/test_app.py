@@ -193,6 +193,15 @@ def test_handler_errors_become_escaped_gr_errors():
     assert "&lt;img src=x" in info.value.message and "<img" not in info.value.message
 
 
+def test_page_parts_may_not_name_a_component_alike():
+    """A new part (tab) reusing a component name would rewire another part's events."""
+    from ssm_bridge.app.ui import _join
+
+    assert vars(_join({"a": 1}, {"b": 2})) == {"a": 1, "b": 2}
+    with pytest.raises(ValueError, match=r"\['a'\]"):
+        _join({"a": 1, "b": 2}, {"a": 3})
+
+
 def test_parse_args():
     args = app.parse_args([])
     assert (args.checkpoint, args.host, args.port, args.device, args.share) == (
@@ -287,7 +296,7 @@ def test_bad_uploads_get_the_message_and_the_server_stays_up(client, bad_files, 
 def test_nothing_outside_the_app_is_served(server):
     """Files outside gradio's upload cache are refused (or answered with the page, never
     their content)."""
-    targets = {"/etc/passwd": b"root:", str(ROOT / "app.py"): b"def build_app",
+    targets = {"/etc/passwd": b"root:", str(ROOT / "app.py"): b"def main(",
                str(ROOT / "pyproject.toml"): b"[tool.ruff]"}
     for target, marker in targets.items():
         for route in ("gradio_api/file=", "file=", "gradio_api/file=.."):

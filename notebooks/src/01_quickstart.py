@@ -13,16 +13,12 @@
 # %%
 # %matplotlib inline
 import torch
-from IPython.display import display
 
-torch.manual_seed(0)
-torch.set_num_threads(1)  # small models run fastest on one thread; fixed for reproducibility
+from ssm_bridge.app.notebook import setup, show
 
-
-def show(fig):
-    """Draw a viz Figure into the notebook's outputs, then free it."""
-    display(fig)
-    fig.clf()
+# One CPU thread: models this small run fastest on it, and the float sums then run in
+# one order, so the numbers below come out the same on every run (nbval compares them).
+setup(seed=0, threads=1)
 
 
 # %% [markdown]
@@ -37,7 +33,7 @@ from ssm_bridge import load_pretrained
 p = load_pretrained("shapes-tiny")
 model, tok = p.model, p.tokenizer
 c = model.config
-grid = c.img_size // c.patch_size
+grid = c.grid_size
 print(f"parameters        {model.num_parameters():,}")
 print(f"image             {c.img_size} x {c.img_size} px, {grid} x {grid} patches + cls")
 print(f"bridge            {c.ssm_num_layers} selective-SSM layers, D = {c.ssm_hidden_dim}, "
@@ -118,7 +114,8 @@ samples = [p.caption([noise], temperature=1.0, top_k=50, top_p=0.95, seed=seed)[
 for seed, cap in enumerate(samples):
     print(f"  seed {seed}: {cap}")
 shared = 0  # words every sample shares from the start
-while all(len(c.split()) > shared for c in samples) and len({c.split()[shared] for c in samples}) == 1:
+while (all(len(c.split()) > shared for c in samples)
+       and len({c.split()[shared] for c in samples}) == 1):
     shared += 1
 from ssm_bridge.interp.localization import parse_objects  # None: not in the scene grammar
 
@@ -202,7 +199,8 @@ maps = rearrange(attn[:, 1:], "n (r c) -> n r c", r=grid)  # (n, 8, 8), cls drop
 
 def patch_cover(mask, g):
     """(H, W) bool mask -> (g, g) share of each patch the object covers."""
-    return reduce(torch.as_tensor(mask, dtype=torch.float32), "(r h) (c w) -> r c", "mean", r=g, c=g)
+    return reduce(torch.as_tensor(mask, dtype=torch.float32), "(r h) (c w) -> r c", "mean",
+                  r=g, c=g)
 
 
 attribute_words = {"small", "large", *p.scene_config.colours, *p.scene_config.shapes}

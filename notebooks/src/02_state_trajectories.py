@@ -18,28 +18,24 @@ import math
 
 import torch
 from einops import reduce
-from IPython.display import display
 
-torch.manual_seed(0)
-torch.set_num_threads(1)  # small models run fastest on one thread; fixed for reproducibility
+from ssm_bridge.app.notebook import setup, show
 
-
-def show(fig):
-    """Draw a viz Figure into the notebook's outputs, then free it."""
-    display(fig)
-    fig.clf()
+# One CPU thread: models this small run fastest on it, and the float sums then run in
+# one order, so the numbers below come out the same on every run (nbval compares them).
+setup(seed=0, threads=1)
 
 
 # %%
 from ssm_bridge import load_pretrained
-from ssm_bridge.data import make_scene
 from ssm_bridge.core.ssm import direction_perm
+from ssm_bridge.data import make_scene
 
 p = load_pretrained("shapes-tiny")
 model = p.model
 c = model.config
-g = c.img_size // c.patch_size  # patch grid side
-L = 1 + g * g  # tokens the bridge reads: cls + patches
+g = c.grid_size  # patch grid side
+L = c.num_image_tokens  # tokens the bridge reads: cls + patches
 layers = model.bridge.layers
 scene = make_scene("test", 3, p.scene_config)
 image = p.transform(scene.image)[None]  # (1, 3, 64, 64)
@@ -58,6 +54,7 @@ print(f"{len(layers)} layers; directions per layer: {list(layers[0].mixer.direct
 
 # %%
 from matplotlib.colors import Normalize
+
 from viz import new_figure
 from viz.ssm import draw_scan_positions
 from viz.style import set_title
@@ -146,7 +143,8 @@ for name, h in pooled.items():
     steps = [t for t in range(1, L) if obj[:, t].sum() >= 2 and bg[:, t].sum() >= 2]
     matched_ratio[layer, dname] = torch.tensor(
         [norms[obj[:, t], t].mean() / norms[bg[:, t], t].mean() for t in steps]).mean().item()
-    per_scene = torch.stack([norms[i][obj[i]].mean() / norms[i][bg[i]].mean() for i in range(len(pool))])
+    per_scene = torch.stack([norms[i][obj[i]].mean() / norms[i][bg[i]].mean()
+                             for i in range(len(pool))])
     scenes_above[layer, dname] = int((per_scene > 1).sum())
     print(f"{layer:5d} {dname:<9} {a:16.3f}   {b:19.3f}   {a / b:5.2f}   "
           f"{matched_ratio[layer, dname]:13.2f}   {scenes_above[layer, dname]:4d} of {len(pool)}")
@@ -231,7 +229,8 @@ for layer, block in enumerate(layers):
 print("relative change of the state, by steps since the erased patch was read")
 print("layer direction " + " ".join(f"{f'lag {t}':>7}" for t in (0, 1, 2, 4, 8, 16, 32, 63)))
 for (layer, dname), curve in memory.items():
-    print(f"{layer:5d} {dname:<9} " + " ".join(f"{curve[t]:7.3f}" for t in (0, 1, 2, 4, 8, 16, 32, 63)))
+    print(f"{layer:5d} {dname:<9} "
+          + " ".join(f"{curve[t]:7.3f}" for t in (0, 1, 2, 4, 8, 16, 32, 63)))
 
 # %%
 fig, axes = new_figure()
@@ -275,7 +274,8 @@ for key, last in final_step.items():
 for key, curve in memory.items():
     assert curve[g] < 0.5 * curve[0], f"{key}: revise 'a row later, less than half is left'"
     assert curve[-1] < 0.1, f"{key}: revise 'by the end of the scan, little is left'"
-    assert (half_life[key] > 64).float().mean() < 0.25, f"{key}: revise 'few slots outlive the image'"
+    assert (half_life[key] > 64).float().mean() < 0.25, \
+        f"{key}: revise 'few slots outlive the image'"
 for key, (first_half, second_half) in halves.items():
     assert second_half > 2 * first_half, f"{key}: revise 'the half read last'"
 assert all(1.1 < r < 1.35 for r in norm_ratio.values()), "revise 'object patches raise the norm'"
@@ -284,7 +284,8 @@ assert all(12 <= n < len(pool) for n in scenes_above.values()), "revise 'most sc
 assert min(pc_share.values()) > 0.5, "revise 'two components carry about two thirds'"
 assert max(pc_share.values()) - min(pc_share.values()) < 0.1, "revise 'alike in both layers'"
 first, second = (0, layers[0].mixer.direction_names[0]), (1, layers[1].mixer.direction_names[0])
-assert clock[second] > 0.9 and clock[first] < 0.8, "revise 'on this scene, the second layer is the clock'"
+assert clock[second] > 0.9 and clock[first] < 0.8, \
+    "revise 'on this scene, the second layer is the clock'"
 for key, r in clock_pool.items():
     assert 0.5 < r.median() < 0.85, f"{key}: revise 'median about 0.7'"
     assert r.min() < 0.4 and r.max() > 0.9, f"{key}: revise 'from scene to scene'"

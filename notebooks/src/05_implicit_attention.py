@@ -20,28 +20,24 @@
 # %matplotlib inline
 import torch
 from einops import rearrange, reduce
-from IPython.display import display
 
-torch.manual_seed(0)
-torch.set_num_threads(1)  # small models run fastest on one thread; fixed for reproducibility
+from ssm_bridge.app.notebook import setup, show
 
-
-def show(fig):
-    """Draw a viz Figure into the notebook's outputs, then free it."""
-    display(fig)
-    fig.clf()
+# One CPU thread: models this small run fastest on it, and the float sums then run in
+# one order, so the numbers below come out the same on every run (nbval compares them).
+setup(seed=0, threads=1)
 
 
 # %%
-from ssm_bridge.interp import implicit_attention as ia
 from ssm_bridge import load_pretrained
 from ssm_bridge.data import make_scene
+from ssm_bridge.interp import implicit_attention as ia
 
 p = load_pretrained("shapes-tiny")
 model = p.model
 c = model.config
-g = c.img_size // c.patch_size
-L = 1 + g * g
+g = c.grid_size
+L = c.num_image_tokens  # cls + patches
 scene = make_scene("test", 3, p.scene_config)
 image = p.transform(scene.image)[None]  # (1, 3, 64, 64)
 print("scene:", scene.caption)
@@ -124,7 +120,8 @@ print(f"rollout with residual: each patch output keeps {roll[0].diagonal()[1:].m
       f"of its own input on average; the cls input gets {roll[0, 1:, 0].mean():.3f}")
 own_share = roll[0].diagonal()[1:]  # (64,) patch outputs
 own_is_top = int((roll[0, 1:].argmax(1) == torch.arange(1, L)).sum())
-roll_near = (roll[0] * ((lag >= 0) & (lag < 8)))[1:].sum(1).mean().item()  # raster: scan = patch order
+# raster: scan order = patch order
+roll_near = (roll[0] * ((lag >= 0) & (lag < 8)))[1:].sum(1).mean().item()
 print(f"                       own share median {own_share.median():.2f}, range "
       f"{own_share.min():.2f} .. {own_share.max():.2f}; own input the largest source for "
       f"{own_is_top} of {L - 1} patch outputs; {roll_near:.2f} within 8 steps")
@@ -190,7 +187,8 @@ print(f"{len(rows)} attribute words in 8 captions; mean share of each map on the
 print(f"  cross-attention          {t[:, 0].mean():.3f}")
 print(f"  through the bridge       {t[:, 1].mean():.3f}")
 print(f"  uniform map (area)       {t[:, 2].mean():.3f}")
-print(f"  words where the bridge moves attention onto the object: {(t[:, 1] > t[:, 0]).float().mean():.2f}")
+print("  words where the bridge moves attention onto the object: "
+      f"{(t[:, 1] > t[:, 0]).float().mean():.2f}")
 print(f"  correlation of the two maps, median: {t[:, 3].median():.2f}")
 
 # %%
@@ -210,7 +208,8 @@ show(fig)
 # %%
 assert all(err < 1e-5 for err in errors.values()), "revise 'α is exact'"
 assert all(0.5 < v < 0.7 for v in locality.values()), "revise 'just over half within a row'"
-assert c.ssm_scan_order == "raster", "the rollout's 'within 8 steps' assumes scan order = patch order"
+assert c.ssm_scan_order == "raster", \
+    "the rollout's 'within 8 steps' assumes scan order = patch order"
 assert 0.35 < own_share.mean() < 0.5, "revise 'no longer mostly itself: 0.44 of its own input'"
 assert own_is_top == L - 1, "revise 'its own input is still the largest single source'"
 assert roll_near > 0.55, "revise 'most of it within a row'"

@@ -16,16 +16,12 @@
 from collections import defaultdict
 
 import torch
-from IPython.display import display
 
-torch.manual_seed(0)
-torch.set_num_threads(1)  # small models run fastest on one thread; fixed for reproducibility
+from ssm_bridge.app.notebook import setup, show
 
-
-def show(fig):
-    """Draw a viz Figure into the notebook's outputs, then free it."""
-    display(fig)
-    fig.clf()
+# One CPU thread: models this small run fastest on it, and the float sums then run in
+# one order, so the numbers below come out the same on every run (nbval compares them).
+setup(seed=0, threads=1)
 
 
 # %%
@@ -35,7 +31,7 @@ from ssm_bridge.interp.maps import analyse
 
 p = load_pretrained("shapes-tiny")
 model, tok = p.model, p.tokenizer
-g = model.config.img_size // model.config.patch_size
+g = model.config.grid_size
 scene = make_scene("test", 0, p.scene_config)
 a = analyse(model, p.transform(scene.image), tokenizer=tok)
 print("caption:", a.caption)

@@ -18,16 +18,12 @@
 # %matplotlib inline
 import torch
 from einops import reduce
-from IPython.display import display
 
-torch.manual_seed(0)
-torch.set_num_threads(1)  # small models run fastest on one thread; fixed for reproducibility
+from ssm_bridge.app.notebook import setup, show
 
-
-def show(fig):
-    """Draw a viz Figure into the notebook's outputs, then free it."""
-    display(fig)
-    fig.clf()
+# One CPU thread: models this small run fastest on it, and the float sums then run in
+# one order, so the numbers below come out the same on every run (nbval compares them).
+setup(seed=0, threads=1)
 
 
 def num(x, digits=2):
@@ -37,13 +33,13 @@ def num(x, digits=2):
 
 
 # %%
-from ssm_bridge.interp import interventions as iv
 from ssm_bridge import load_pretrained
 from ssm_bridge.data import make_scene
+from ssm_bridge.interp import interventions as iv
 
 p = load_pretrained("shapes-tiny")
 model, tok = p.model, p.tokenizer
-g = model.config.img_size // model.config.patch_size
+g = model.config.grid_size
 n_layers = len(model.bridge.layers)
 
 
@@ -105,15 +101,17 @@ for i, e in enumerate(encoded):
 
 
 @torch.no_grad()
-def evaluate(hooks_for, rows=range(len(test))):
+def evaluate(hooks_for, rows=None):
     """(caption metrics, mean true-caption log-prob) with hooks_for(i) -> hooks for scene
-    i, or one hook list for the whole batch."""
+    i, or one hook list for the whole batch; over `rows` (default: every test scene)."""
+    rows = range(len(test)) if rows is None else rows
     batches = [(list(rows), hooks_for)] if isinstance(hooks_for, list) else \
         [([i], hooks_for(i)) for i in rows]
     preds, logp = [], []
     for idx, hooks in batches:
         with model.hooks(hooks):
-            ids = model.generate(images[idx], max_length=model.config.max_seq_length, temperature=0)
+            ids = model.generate(images[idx], max_length=model.config.max_seq_length,
+                                 temperature=0)
             logits = model(images[idx], tokens[idx])  # (b, T, V)
         lp = logits.log_softmax(-1).gather(-1, targets[idx].clamp_min(0)[..., None])[..., 0]
         logp += (lp * (targets[idx] >= 0)).sum(1).tolist()  # (b,) summed over words
@@ -122,11 +120,16 @@ def evaluate(hooks_for, rows=range(len(test))):
 
 
 all_patches = list(range(g * g))
+
+
+def on_objects_of(i):
+    """The patches that any object of test scene i covers."""
+    return sorted({q for j in range(len(test[i].objects)) for q in object_patches(test[i], j)})
+
+
 suite = {"clean": [],
-         "reset state on the objects": lambda i: iv.reset_state(
-             model, sorted({q for j in range(len(test[i].objects)) for q in object_patches(test[i], j)})),
-         "zero state on the objects": lambda i: iv.zero_state(
-             model, sorted({q for j in range(len(test[i].objects)) for q in object_patches(test[i], j)})),
+         "reset state on the objects": lambda i: iv.reset_state(model, on_objects_of(i)),
+         "zero state on the objects": lambda i: iv.zero_state(model, on_objects_of(i)),
          "reset state everywhere": iv.reset_state(model, all_patches),
          "zero state everywhere": iv.zero_state(model, all_patches)}
 for layer in range(n_layers):
@@ -233,15 +236,19 @@ state_edits = ("reset state on the objects", "zero state on the objects", "reset
 assert clean_em >= 0.95, "revise 'all 64 clean captions right'"
 for edit in state_edits:
     em, lp, m = results[edit]
-    assert clean_em - 0.4 < em < clean_em - 0.15, f"revise 'a quarter to a third of the captions' ({edit})"
+    assert clean_em - 0.4 < em < clean_em - 0.15, \
+        f"revise 'a quarter to a third of the captions' ({edit})"
     assert lp < clean_lp - 1, f"revise 'the true caption's log-probability drops' ({edit})"
     base = results["clean"][2]
     drop = {k: base[k] - m[k] for k in ("colour", "shape", "size", "relation")}
     assert drop["relation"] == max(drop.values()) > 0.15, f"revise 'the relations' ({edit})"
-    assert min(m[k] for k in ("colour", "shape", "size")) >= 0.95, f"revise 'attributes survive' ({edit})"
+    assert min(m[k] for k in ("colour", "shape", "size")) >= 0.95, \
+        f"revise 'attributes survive' ({edit})"
 for kind in ("reset", "zero"):
-    on_obj, everywhere = results[f"{kind} state on the objects"][0], results[f"{kind} state everywhere"][0]
-    assert abs(on_obj - everywhere) < 0.1, f"revise 'the object patches alone cost about as much' ({kind})"
+    on_obj = results[f"{kind} state on the objects"][0]
+    everywhere = results[f"{kind} state everywhere"][0]
+    assert abs(on_obj - everywhere) < 0.1, \
+        f"revise 'the object patches alone cost about as much' ({kind})"
 for mode, drop in (("zero", 0.6), ("one", 0.4), ("mean", 0.2)):
     worst = max(results[f"gate = {mode}, layer {i}"][0] for i in range(n_layers))
     assert worst < clean_em - drop, f"revise the gate = {mode} sentence"
@@ -251,14 +258,16 @@ assert min(gate_mean) - 0.05 < results["zero state everywhere"][0] < max(gate_me
 flip = single_scene["zero state on the objects"]
 before, after = flip.caption_before.split(), flip.caption_after.split()
 assert flip.caption_changed and len(before) == len(after), "revise the relation-flip example"
-assert [(b, a) for b, a in zip(before, after) if b != a] == [("below", "above")], "revise the example"
+assert [(b, a) for b, a in zip(before, after) if b != a] == [("below", "above")], \
+    "revise the example"
 assert transfer["SSM state, all layers"].max() <= 0.25, "revise 'patching the state moves little'"
 assert transfer["all bridge outputs"][2] >= 0.9, "revise the control"
 assert max(transfer[f"residual after layer {i}"][0] for i in range(n_layers)) >= 0.5
 assert transfer["bridge input"][0] >= 0.5, "revise 'the bridge input behaves alike'"
 for site in sites[2:-1]:
     assert transfer[site][1] < transfer[site][0], f"revise 'shape moves less often' ({site})"
-first_res, last_res = transfer["residual after layer 0"], transfer[f"residual after layer {n_layers - 1}"]
+first_res = transfer["residual after layer 0"]
+last_res = transfer[f"residual after layer {n_layers - 1}"]
 assert (last_res[:2] < first_res[:2]).all(), "revise 'after the last layer, less moves'"
 print("claims checked")
 

@@ -20,19 +20,13 @@ import json
 import tempfile
 from pathlib import Path
 
-import torch
-from IPython.display import display
+from ssm_bridge.app.notebook import setup, show
 
-torch.manual_seed(0)
-torch.set_num_threads(1)  # tiny models train fastest on one thread
+# One CPU thread: tiny models train fastest on it, and the float sums then run in
+# one order, so the run below gives the same numbers every time it runs.
+setup(seed=0, threads=1)
 workdir = tempfile.TemporaryDirectory()  # everything this notebook writes goes here
 root = Path(workdir.name)
-
-
-def show(fig):
-    """Draw a viz Figure into the notebook's outputs, then free it."""
-    display(fig)
-    fig.clf()
 
 
 # %% [markdown]
@@ -119,7 +113,8 @@ for r in evals:
 first, last = evals[0], evals[-1]
 print("loss fell to under a third of its first logged value:",
       train[-1]["loss"] < train[0]["loss"] / 3)
-print("colour and size learned (>= 90 % at the end):", last["colour"] >= 0.9 and last["size"] >= 0.9)
+print("colour and size learned (>= 90 % at the end):",
+      last["colour"] >= 0.9 and last["size"] >= 0.9)
 print("shape lags behind colour at every evaluation:",
       all(r["shape"] <= r["colour"] for r in evals))
 print("exact match improved from the first to the last evaluation:",
@@ -157,7 +152,6 @@ show(fig)
 # `{"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}`.
 
 # %%
-import numpy as np
 from PIL import Image
 
 folder = root / "my-captions"
@@ -179,8 +173,9 @@ print(f"{len(images)} images, {len(annotations)} captions; e.g.", annotations[:2
 
 # %%
 coco_cfg = build_train_config("test-tiny", dict(
-    out_dir=str(root / "coco-run"), seed=0, data="coco", coco_annotations=str(folder / "captions.json"),
-    coco_images=str(folder / "images"), coco_min_count=1, batch_size=16, max_steps=150,
+    out_dir=str(root / "coco-run"), seed=0, data="coco",
+    coco_annotations=str(folder / "captions.json"), coco_images=str(folder / "images"),
+    coco_min_count=1, batch_size=16, max_steps=150,
     lr=5e-3, warmup_steps=10, log_every=10, eval_every=0, save_every=150, threads=1,
     progress=False, model=dict(patch_size=4)))
 coco_trainer = build(coco_cfg)

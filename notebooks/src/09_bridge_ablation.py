@@ -30,13 +30,9 @@ from pathlib import Path
 
 from IPython.display import Markdown, display
 
+from ssm_bridge.app.notebook import show
+
 results = Path("..") / "docs" / "ablation"
-
-
-def show(fig):
-    """Draw a viz Figure into the notebook's outputs, then free it."""
-    display(fig)
-    fig.clf()
 
 
 def read_csv(path):
@@ -205,7 +201,8 @@ params = {v: mean_of_runs(v, "params_bridge") for v in variants}
 relation = {(r["variant"], int(r["seed"])): float(r["relation"]) for r in rows}
 others = [x for (v, _), x in relation.items() if v != "ssm"]
 print("runs that left the plateau:", left)
-print("linear's mean VQA >= the SSM's:", mean_of_runs("linear", "vqa") >= mean_of_runs("ssm", "vqa"))
+print("linear's mean VQA >= the SSM's:",
+      mean_of_runs("linear", "vqa") >= mean_of_runs("ssm", "vqa"))
 print("linear's VQA lead over ssm exceeds both seed stds:",
       mean_of_runs("linear", "vqa") - mean_of_runs("ssm", "vqa") > max(
           mean_std([r["vqa"] for r in rows if r["variant"] == v])[1] for v in ("linear", "ssm")))

@@ -18,6 +18,7 @@ attributions.
 from __future__ import annotations
 
 import colorsys
+import html
 import os
 import threading
 from dataclasses import dataclass, field
@@ -267,6 +268,19 @@ def word_spans(words: list[str], selected: int | None) -> list[tuple[str, str | 
     """HighlightedText value: one span per word (index = word index), the selected one
     labelled 'selected'."""
     return [(w + " ", "selected" if i == selected else None) for i, w in enumerate(words)]
+
+
+def word_info(view: View, word: int) -> str:
+    """Markdown line of the selected word: its log-probability, the cross-attention gates
+    and each cross layer's gated update relative to the text stream."""
+    a = view.analysis
+    if not a.n_words:
+        return "*The model wrote no words for this image.*"
+    gates = ", ".join(f"{k} {v:.2f}" for k, v in a.gates.items())
+    updates = ", ".join(f"cross {i} {float(u):.2f}" for i, u in enumerate(a.gated_update[word]))
+    return (f"word {word + 1}/{a.n_words}: **{html.escape(a.words[word])}**, log p = "
+            f"{float(a.logprobs[word]):.3f} · cross-attention gates tanh(g): {gates} · "
+            f"gated update / text stream: {updates or 'none'}")
 
 
 def word_object(scene, words: list[str], word: int) -> int | None:

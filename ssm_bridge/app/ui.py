@@ -1,0 +1,344 @@
+"""The Gradio app's page: one builder per part, one function for the event wiring.
+
+    demo = build_app("shapes-tiny")   # a queued gr.Blocks; app.py's launch(demo) serves it
+
+Left column: `source_panel` (upload, test scenes, sketchpad; the model input they give)
+and `decoding_panel` (greedy or sampling, the caption button). Right column: `word_panel`
+(the caption as clickable words, the selected word's numbers, the layer and direction)
+and, in one tabs group, `map_tabs` (a figure per analysis of support.TABS). `api_inputs`
+holds the hidden components behind the /caption API. Each builder lays out its part and
+returns its components by name; `wire_events` connects them to the `Handlers`, which call
+the analysis layer (support.py) and know nothing of the layout. A new tab is one builder
+called inside the tabs group, plus the wiring of its own events.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import os
+from types import SimpleNamespace
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import gradio as gr
+import numpy as np
+
+from ..data import split_seeds
+from ..training.pretrained import load_pretrained
+from .support import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_UPLOAD_MB,
+    MB,
+    TABS,
+    Analyser,
+    Decoding,
+    brush_colours,
+    default_word,
+    read_upload,
+    scene_pixels,
+    sketch_image,
+    tab_figure,
+    truth_markdown,
+    word_info,
+    word_spans,
+)
+
+INTRO = ("# ssm-bridge\nA ViT reads the image, a stack of selective state-space layers "
+         "(the bridge) carries it to a transformer decoder. Caption an image, click a word, "
+         "and open the tabs to see where that word came from.")
+STATE_TTL_S = 3600  # an idle session's analysis is dropped after this many seconds
+ATTRIBUTION_METHODS = ["ig", "gradcam", "saliency"]
+
+
+def guarded(fn):
+    """Handler wrapper: a ValueError (bad upload, bad setting) becomes a gr.Error whose
+    message the user sees (HTML-escaped: it may quote a file name)."""
+    @functools.wraps(fn)
+    def inner(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as e:
+            raise gr.Error(html.escape(str(e)), print_exception=False) from None
+    return inner
+
+
+def _big(pixels: np.ndarray, factor: int = 4) -> np.ndarray:
+    """Nearest-neighbour upscaling so the 64 px model input displays crisply."""
+    return pixels.repeat(factor, axis=0).repeat(factor, axis=1)  # (fH, fW, 3)
+
+
+# ---------------------------------------------------------------- handlers
+class Handlers:
+    """What the page's events do, on one analyser. Each raises ValueError with a message
+    for the user (`guarded` shows it). Their names are the API names gradio gives them.
+    Annotations on handler parameters are read by gradio (gr.SelectData injects the
+    event), so they must resolve in this module."""
+
+    def __init__(self, analyser: Analyser, max_upload_mb: float, n_examples: int,
+                 seed: int | None, max_pixels: int) -> None:
+        self.analyser = analyser
+        self.scene_config, self.model_config = analyser.p.scene_config, analyser.model.config
+        self.max_upload_mb, self.max_pixels = max_upload_mb, max_pixels
+        self.rng = np.random.default_rng(seed)  # the 'new random scene' button
+        self.test_lo = split_seeds("test", 1)[0]
+        self.example_seeds = [self.test_lo + i for i in range(n_examples)]
+        self.n_layers = len(analyser.model.bridge.layers)
+        self.directions = list(analyser.model.bridge.layers[0].mixer.direction_names)
+
+    # ---- image sources: each returns (source state, preview, description[, seed])
+    def from_upload(self, path):
+        img = read_upload(path, self.max_upload_mb * MB, self.max_pixels)
+        pixels = self.analyser.prepare(img)
+        name = html.escape(os.path.basename(str(path)))
+        return ({"pixels": pixels, "scene": None}, _big(pixels),
+                f"upload `{name}`: {img.width} x {img.height}, mode {img.mode}")
+
+    def from_seed(self, scene_seed):
+        if scene_seed is None:
+            raise ValueError("type a scene seed (an integer >= 0) first")
+        pixels, scene = scene_pixels(int(scene_seed), self.scene_config)
+        return ({"pixels": pixels, "scene": scene}, _big(pixels),
+                f"generated scene, seed **{int(scene_seed)}**", int(scene_seed))
+
+    def random_scene(self):
+        return self.from_seed(int(self.rng.integers(self.test_lo, self.test_lo + 10_000_000)))
+
+    def from_gallery(self, evt: gr.SelectData):
+        return self.from_seed(self.example_seeds[evt.index])
+
+    def from_sketch(self, value):
+        pixels = self.analyser.prepare(sketch_image(value))
+        return {"pixels": pixels, "scene": None}, _big(pixels), "your drawing"
+
+    # ---- analysis and figures
+    def render(self, view, word, tab, layer, direction, step, method):
+        """Figures for every tab: the active one drawn, the others cleared (they redraw
+        when opened), and the ground-truth text."""
+        if view is None:
+            return [None] * len(TABS) + [""]
+        layer, k = int(layer), self.directions.index(direction)
+        figs = [tab_figure(self.analyser, view, t, word, layer, k, step, method) if t == tab
+                else None for t in TABS]
+        return [*figs, truth_markdown(view, word)]
+
+    def run(self, source, mode, temperature, top_k, top_p, max_length, dseed):
+        """Analyse the current image; plots are cleared and redrawn by the next step, which
+        reads the tab open by then."""
+        if source is None:
+            raise ValueError("No image yet: upload one, pick a scene or draw one.")
+        decoding = Decoding(mode, temperature, top_k, top_p, max_length, dseed)
+        view = self.analyser.analyse(source["pixels"], decoding, source["scene"])
+        word = default_word(view.analysis.words)
+        return [view, word, word_spans(view.analysis.words, word), word_info(view, word),
+                *[None] * len(TABS), truth_markdown(view, word)]
+
+    def select_word(self, view, tab, layer, direction, step, method, evt: gr.SelectData):
+        if view is None:
+            raise ValueError("caption an image first")
+        word = int(evt.index if not isinstance(evt.index, (list, tuple)) else evt.index[0])
+        word = min(max(word, 0), max(view.analysis.n_words - 1, 0))
+        return [word, word_spans(view.analysis.words, word), word_info(view, word),
+                *self.render(view, word, tab, layer, direction, step, method)]
+
+    def attribute(self, view, word, method, layer, direction, step):
+        if view is None or not view.analysis.n_words:
+            raise ValueError("caption an image first")
+        self.analyser.attribution(view, word, method)
+        return self.render(view, word, "attribution", layer, direction, step, method)
+
+    def caption_api(self, image, decoding="greedy", temperature=1.0, top_k=0, top_p=1.0,
+                    max_length=None, seed=0) -> str:
+        """/caption: an image file -> its caption (max_length None: the model's maximum)."""
+        if max_length is None:
+            max_length = self.model_config.max_seq_length
+        pixels = self.analyser.prepare(read_upload(image, self.max_upload_mb * MB,
+                                                   self.max_pixels))
+        return self.analyser.caption(pixels, Decoding(decoding, temperature, top_k, top_p,
+                                                      max_length, seed))
+
+
+# ---------------------------------------------------------------- builders of the parts
+def session_state() -> dict:
+    """Per-browser state: the image source, its analysis (View), the selected word and
+    the open tab. The two large ones expire after STATE_TTL_S idle seconds."""
+    return {"source": gr.State(None, time_to_live=STATE_TTL_S),
+            "view": gr.State(None, time_to_live=STATE_TTL_S),
+            "word": gr.State(0), "tab": gr.State("cross")}
+
+
+def source_panel(h: Handlers) -> dict:
+    """Where the image comes from (an upload, a test scene by gallery, seed or at random,
+    a drawing), then the 64 x 64 model input it gives and a line describing it."""
+    with gr.Tabs():
+        with gr.Tab("Upload"):
+            upload = gr.File(label=f"image file (any size or mode, up to "
+                             f"{h.max_upload_mb:g} MB)", type="filepath", elem_id="upload")
+        with gr.Tab("Scenes", elem_id="scenes-tab"):
+            gallery = gr.Gallery(
+                [(_big(scene_pixels(s, h.scene_config)[0], 2), f"test #{i}")
+                 for i, s in enumerate(h.example_seeds)],
+                label="test scenes (click one)", columns=3, allow_preview=False,
+                elem_id="gallery")
+            with gr.Row():
+                seed_box = gr.Number(label="scene seed", precision=0, minimum=0,
+                                     elem_id="scene-seed")
+                load_btn = gr.Button("load seed")
+            random_btn = gr.Button("new random scene", variant="secondary",
+                                   elem_id="random-scene")
+        with gr.Tab("Draw"):
+            sketch = gr.Sketchpad(
+                type="numpy", canvas_size=(256, 256), label="draw shapes", elem_id="sketch",
+                brush=gr.Brush(colors=brush_colours(), color_mode="defaults", default_size=8))
+            draw_btn = gr.Button("caption the drawing")
+    preview = gr.Image(label="model input (64 x 64)", interactive=False, height=256,
+                       elem_id="preview")
+    source_md = gr.Markdown(elem_id="source")
+    return {"upload": upload, "gallery": gallery, "seed_box": seed_box, "load_btn": load_btn,
+            "random_btn": random_btn, "sketch": sketch, "draw_btn": draw_btn,
+            "preview": preview, "source_md": source_md}
+
+
+def decoding_panel(h: Handlers) -> dict:
+    """The decoding settings (greedy, or sampling with temperature, top-k, top-p and a
+    seed; the caption's maximum length) and the caption button, folded by default."""
+    c = h.model_config
+    with gr.Accordion("decoding", open=False):
+        mode = gr.Radio(["greedy", "sampling"], value="greedy", label="decoding")
+        temperature = gr.Slider(0.05, 2.0, 1.0, step=0.05, label="temperature")
+        top_k = gr.Slider(0, c.vocab_size, 0, step=1, label="top-k (0 = off)")
+        top_p = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="top-p (1 = off)")
+        max_len = gr.Slider(2, c.max_seq_length, c.max_seq_length, step=1,
+                            label="max length (tokens)")
+        dseed = gr.Number(0, precision=0, label="sampling seed")
+        caption_btn = gr.Button("caption", variant="primary", elem_id="caption-btn")
+    return {"mode": mode, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+            "max_len": max_len, "dseed": dseed, "caption_btn": caption_btn}
+
+
+def word_panel(h: Handlers) -> dict:
+    """The caption as clickable words (the selected one highlighted), the selected word's
+    log-probability and gate numbers, and the bridge layer and scan direction that the
+    State and Scrubber tabs show."""
+    caption = gr.HighlightedText(label="caption (click a word)", elem_id="caption",
+                                 color_map={"selected": "#f59e0b"}, show_inline_category=False)
+    info = gr.Markdown(elem_id="word-info")
+    with gr.Row():
+        layer = gr.Dropdown(list(range(h.n_layers)), value=0,
+                            label="bridge layer (state, scrubber)")
+        direction = gr.Dropdown(h.directions, value=h.directions[0],
+                                label="scan direction (state, scrubber)")
+    return {"caption": caption, "info": info, "layer": layer, "direction": direction}
+
+
+def _attribution_controls(h: Handlers) -> dict:
+    with gr.Row():
+        method = gr.Dropdown(ATTRIBUTION_METHODS, value="ig", label="method")
+        attr_btn = gr.Button("compute attribution", elem_id="attr-btn")
+    return {"method": method, "attr_btn": attr_btn}
+
+
+def _truth_controls(h: Handlers) -> dict:
+    return {"truth_md": gr.Markdown(elem_id="truth")}
+
+
+def _scrubber_controls(h: Handlers) -> dict:
+    return {"step": gr.Slider(0, h.model_config.num_patches, 0, step=1, label="scan step",
+                              elem_id="scan-step")}
+
+
+TAB_CONTROLS = {  # tab id -> builder of what the tab shows above its figure
+    "attribution": _attribution_controls, "truth": _truth_controls,
+    "scrubber": _scrubber_controls,
+}
+
+
+def map_tabs(h: Handlers) -> dict:
+    """One tab per analysis of support.TABS (call it inside a gr.Tabs): its own controls
+    (TAB_CONTROLS), then its figure for the selected word, layer and direction."""
+    plots, items, controls = {}, {}, {}
+    for t, title in TABS.items():
+        with gr.Tab(title, id=t, elem_id=f"tab-{t}") as items[t]:
+            if t in TAB_CONTROLS:
+                controls.update(TAB_CONTROLS[t](h))
+            plots[t] = gr.Plot(format="png", show_label=False, elem_id=f"plot-{t}")
+    return {"plots": plots, "tab_items": items, **controls}
+
+
+def api_inputs() -> dict:
+    """Hidden components behind the /caption API (the decoding controls are shared)."""
+    return {"api_image": gr.File(visible=False, label="image"),
+            "api_caption": gr.Textbox(visible=False, label="caption"),
+            "api_btn": gr.Button(visible=False)}
+
+
+def _join(*parts: dict) -> SimpleNamespace:
+    """The parts' components in one namespace; a name two parts use is a bug."""
+    names = [n for part in parts for n in part]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"two parts of the page name a component alike: {twice}")
+    return SimpleNamespace(**{n: c for part in parts for n, c in part.items()})
+
+
+# ---------------------------------------------------------------- wiring and the page
+def wire_events(h: Handlers, ui: SimpleNamespace) -> None:
+    """Every image source captions and renders; the caption button re-captions; a word
+    click, a tab, a layer, direction or step change redraw; the attribution button
+    computes one; the hidden button serves /caption."""
+    view_opts = [ui.layer, ui.direction, ui.step, ui.method]
+    outs = [*ui.plots.values(), ui.truth_md]
+    src_outs = [ui.source, ui.preview, ui.source_md]
+    quiet = {"api_visibility": "undocumented"}
+    run_ev = dict(fn=guarded(h.run), inputs=[ui.source, ui.mode, ui.temperature, ui.top_k,
+                                             ui.top_p, ui.max_len, ui.dseed],
+                  outputs=[ui.view, ui.word, ui.caption, ui.info, *outs], api_name="analyse",
+                  **quiet)
+    render_ev = dict(fn=guarded(h.render), inputs=[ui.view, ui.word, ui.tab, *view_opts],
+                     outputs=outs, api_name="render", **quiet)
+    for trigger, fn, inputs, outputs in (
+            (ui.upload.upload, h.from_upload, ui.upload, src_outs),
+            (ui.random_btn.click, h.random_scene, None, [*src_outs, ui.seed_box]),
+            (ui.load_btn.click, h.from_seed, ui.seed_box, [*src_outs, ui.seed_box]),
+            (ui.gallery.select, h.from_gallery, None, [*src_outs, ui.seed_box]),
+            (ui.draw_btn.click, h.from_sketch, ui.sketch, src_outs)):
+        trigger(guarded(fn), inputs, outputs, **quiet).success(**run_ev).success(**render_ev)
+    ui.caption_btn.click(**run_ev).success(**render_ev)
+    ui.caption.select(guarded(h.select_word), [ui.view, ui.tab, *view_opts],
+                      [ui.word, ui.caption, ui.info, *outs], **quiet)
+    for t, item in ui.tab_items.items():
+        item.select(guarded(lambda *a, t=t: [t, *h.render(a[0], a[1], t, *a[2:])]),
+                    [ui.view, ui.word, *view_opts], [ui.tab, *outs], **quiet)
+    for control in (ui.layer, ui.direction, ui.step):
+        control.change(**render_ev, trigger_mode="always_last")
+    ui.attr_btn.click(guarded(h.attribute), [ui.view, ui.word, ui.method, ui.layer,
+                                             ui.direction, ui.step], outs, **quiet)
+    ui.api_btn.click(guarded(h.caption_api), [ui.api_image, ui.mode, ui.temperature, ui.top_k,
+                                              ui.top_p, ui.max_len, ui.dseed], ui.api_caption,
+                     api_name="caption")
+
+
+def build_app(checkpoint: str = "shapes-tiny", device: str = "cpu",
+              max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, concurrency: int = 2,
+              n_examples: int = 9, seed: int | None = None,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> gr.Blocks:
+    """The app on `checkpoint`, queued with `concurrency` parallel events; `seed` seeds the
+    'new random scene' button (None: fresh entropy). Raises CheckpointError for a bad
+    checkpoint before anything is laid out."""
+    h = Handlers(Analyser(load_pretrained(checkpoint, device=device)), max_upload_mb,
+                 n_examples, seed, max_pixels)
+    with gr.Blocks(title="ssm-bridge", analytics_enabled=False) as demo:
+        gr.Markdown(INTRO)
+        state = session_state()
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                sources, decoding = source_panel(h), decoding_panel(h)
+            with gr.Column(scale=2):
+                words = word_panel(h)
+                with gr.Tabs():
+                    maps = map_tabs(h)
+        wire_events(h, _join(state, sources, decoding, words, maps, api_inputs()))
+    demo.queue(default_concurrency_limit=concurrency, max_size=256)
+    demo.analyser = h.analyser  # for tests and benchmarks
+    return demo
