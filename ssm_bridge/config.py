@@ -232,8 +232,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The scene world at 64 px (training presets of the same names in
     # training/train_config.py, where vocab_size becomes the tokenizer's). Both have
     # shapes-tiny's widths and encoder depth and the same Mamba decoder, so that the
-    # ablation compares parts, not sizes; expand 1 keeps a training step at about
-    # shapes-tiny's cost on a CPU (expand 2 in the decoder: +13 %, in the Vim: +55 %).
+    # ablation compares parts, not sizes. Expand 1 keeps a training step below shapes-tiny's
+    # on a CPU (expand 2 measured +13 % a step in the decoder, +39 % in the Vim).
     # Cobra-style: ViT -> LLaVA's MLP projector -> Mamba decoder over [image ; text].
     "cobra-tiny": dict(
         **_SCENES_64, **_MAMBA_DECODER, vision_embed_dim=128, vision_num_layers=3,

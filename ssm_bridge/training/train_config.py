@@ -184,9 +184,9 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         ),
     ),
     # The Mamba-decoder models, each on the model preset of its name (config.PRESETS):
-    # shapes-tiny's data and optimiser over 6000 steps, ~45 minutes at fp32 on the 2-core
-    # AVX2 CPU (a step costs about shapes-tiny's 0.45 s, measured side by side), by which
-    # step shapes-tiny was past 97 %.
+    # shapes-tiny's data and optimiser over 6000 steps (shapes-tiny passed 97 % at 5500).
+    # A step costs 0.90x shapes-tiny's (all-ssm-tiny) and 0.69x (cobra-tiny), measured side
+    # by side, so ~0.41 s at fp32 on the 2-core AVX2 CPU: ~41 minutes of steps.
     "cobra-tiny": dict(_MAMBA_RUN, out_dir="runs/cobra-tiny", model=dict(PRESETS["cobra-tiny"])),
     "all-ssm-tiny": dict(_MAMBA_RUN, out_dir="runs/all-ssm-tiny",
                          model=dict(PRESETS["all-ssm-tiny"])),
