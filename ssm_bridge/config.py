@@ -37,6 +37,11 @@ VISION_STEMS = ("patch", "conv")
 # Bridges between the ViT and the decoder (ssm_bridge/core/bridge_variants.py builds them; the
 # ablation study ssm_bridge/tools/ablate.py compares them under one training budget).
 BRIDGE_TYPES = ("ssm", "ssm_lti", "seed_ssm", "mlp", "resampler", "linear")
+# The vision encoder: "vit" the ViT (core/vision.py), "vim" Vision Mamba (core/vim.py).
+VISION_TYPES = ("vit", "vim")
+# The language decoder: "transformer" (core/decoder.py), "mamba" Mamba-1 blocks over
+# [image tokens ; text] as in Cobra (core/mamba_decoder.py).
+DECODER_TYPES = ("transformer", "mamba")
 # Upper bounds on every size. A config.json is checked against them before anything is
 # built, so a hostile or mistyped one (a width of 10^9, 10^6 layers) is refused at once
 # instead of allocating terabytes or building modules for minutes. Each is far above this
@@ -51,7 +56,8 @@ MAX_SIZES = {
     "cross_attn_heads": 256, "cross_attn_kv_heads": 256,
     "vocab_size": 1_048_576, "max_seq_length": 131_072, "text_ffn_dim": 131_072,
     "ssm_state_dim": 1024, "ssm_dt_rank": 16384, "ssm_conv_kernel": 64,
-    "resampler_latents": 4096,
+    "resampler_latents": 4096, "decoder_state_dim": 1024, "decoder_expand": 64,
+    "decoder_dt_rank": 16384, "vim_state_dim": 1024, "vim_expand": 64,
 }
 MAX_PATCHES = 65_536  # (img_size / patch_size)^2: a 4096-px image in 16-px patches
 MAX_MLP_RATIO = 64.0  # vision_mlp_ratio
@@ -75,7 +81,10 @@ class VLMConfig:
     ssm_hidden_dim: int = 256  # D: channels of the bridge (the scan runs over D)
     ssm_num_layers: int = 4  # residual selective-SSM blocks in the bridge
     ssm_dropout: float = 0.1
-    cross_attn_layers: int = 2  # gated cross-attention layers (text -> bridge)
+    # Gated cross-attention layers (text -> bridge). None, the default, resolves on
+    # construction: 2 (the original's default) for the transformer decoder, 0 for the Mamba
+    # decoder (Cobra reads the image through its prefix only).
+    cross_attn_layers: int | None = None
     cross_attn_heads: int = 8
     dropout: float = 0.1
     layer_norm_eps: float = 1e-5
@@ -122,8 +131,25 @@ class VLMConfig:
     pad_token_id: int = 0
     bos_token_id: int = 1
     eos_token_id: int = 2
+    # The vision encoder (VISION_TYPES). "vim": Vision Mamba (Zhu et al. 2024), the same
+    # patch embedding (vision_stem) and width (vision_embed_dim, vision_num_layers), with
+    # bidirectional selective-scan blocks instead of attention and the class token in the
+    # middle of the sequence; its output is laid out as the ViT's (cls first).
+    vision_type: str = "vit"
+    vim_state_dim: int = 16  # N of the Vim scans
+    vim_expand: int = 2  # the Vim scans run over vim_expand * vision_embed_dim channels
+    # The language decoder (DECODER_TYPES). "mamba": Mamba-1 blocks (ssm_bridge.mamba.lm's)
+    # of width text_embed_dim, text_num_layers deep, over [image tokens ; text] (Cobra); no
+    # attention unless cross_attn_layers > 0. Its conv kernel is ssm_conv_kernel, its Δ range
+    # ssm_dt_min / ssm_dt_max; text_num_heads, text_kv_heads and pos embeddings do not apply.
+    decoder_type: str = "transformer"
+    decoder_state_dim: int = 16  # N of the Mamba decoder (Hugging Face's state_size)
+    decoder_expand: int = 2  # the decoder's scans run over decoder_expand * text_embed_dim
+    decoder_dt_rank: int | None = None  # rank of its Δ projection; None = ceil(width / 16)
 
     def __post_init__(self) -> None:
+        if self.cross_attn_layers is None:  # the decoder type's own default
+            self.cross_attn_layers = 0 if self.decoder_type == "mamba" else 2
         _validate(self)
 
     # ---- derived sizes ----
@@ -175,6 +201,18 @@ class VLMConfig:
         return dataclasses.replace(self, **changes)
 
 
+# What the scene-world presets share: 64 px scenes in 8 px patches through the conv stem
+# (it learns small shapes ~3x faster than a patch conv), captions of at most 32 tokens, the
+# scene tokenizer's vocabulary (47 words; set from the tokenizer when training), no dropout.
+_SCENES_64: dict[str, Any] = dict(
+    img_size=64, patch_size=8, vision_stem="conv", vocab_size=64, max_seq_length=32,
+    dropout=0.0, ssm_dropout=0.0,
+)
+_MAMBA_DECODER: dict[str, Any] = dict(
+    decoder_type="mamba", text_embed_dim=128, text_num_layers=2, decoder_state_dim=16,
+    decoder_expand=1, cross_attn_layers=0,
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The original package's defaults: ~200 M parameters.
     "seed": {},
@@ -209,6 +247,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         vision_num_heads=2, text_embed_dim=32, text_num_layers=1, text_num_heads=2,
         max_seq_length=32, ssm_state_dim=4, ssm_hidden_dim=16, ssm_num_layers=1,
         cross_attn_layers=1, cross_attn_heads=2, dropout=0.0, ssm_dropout=0.0,
+    ),
+    # The scene world at 64 px (training presets of the same names in
+    # training/train_config.py, where vocab_size becomes the tokenizer's). Both have
+    # shapes-tiny's widths and encoder depth and the same Mamba decoder, so that the
+    # ablation compares parts, not sizes. Expand 1 keeps a training step below shapes-tiny's
+    # on a CPU (expand 2 measured +13 % a step in the decoder, +39 % in the Vim).
+    # Cobra-style: ViT -> LLaVA's MLP projector -> Mamba decoder over [image ; text].
+    "cobra-tiny": dict(
+        **_SCENES_64, **_MAMBA_DECODER, vision_embed_dim=128, vision_num_layers=3,
+        vision_num_heads=4, bridge_type="mlp",
+    ),
+    # No attention anywhere: Vision Mamba -> SSM bridge -> Mamba decoder.
+    "all-ssm-tiny": dict(
+        **_SCENES_64, **_MAMBA_DECODER, vision_type="vim", vision_embed_dim=128,
+        vision_num_layers=3, vim_state_dim=16, vim_expand=1, bridge_type="ssm",
+        ssm_hidden_dim=128, ssm_state_dim=16, ssm_num_layers=1,
     ),
 }
 
@@ -282,7 +336,8 @@ def _validate_sizes(c: VLMConfig) -> None:
         "vocab_size", "text_embed_dim", "text_num_layers", "text_num_heads", "text_kv_heads",
         "max_seq_length", "ssm_state_dim", "ssm_hidden_dim", "cross_attn_heads", "in_channels",
         "ssm_conv_kernel", "cross_attn_kv_heads", "resampler_latents", "resampler_layers",
-        "vision_stem_depth",
+        "vision_stem_depth", "vim_state_dim", "vim_expand", "decoder_state_dim",
+        "decoder_expand",
     ]
     for name in positive:
         v = getattr(c, name)
@@ -333,6 +388,8 @@ def _validate_sizes(c: VLMConfig) -> None:
         f"ssm_dt_rank must be None (auto) or >= 1, got {c.ssm_dt_rank}",
     )
     _need(c.text_ffn_dim is None or c.text_ffn_dim >= 1, "text_ffn_dim must be None or >= 1")
+    _need(c.decoder_dt_rank is None or c.decoder_dt_rank >= 1,
+         f"decoder_dt_rank must be None (auto) or >= 1, got {c.decoder_dt_rank}")
     for name, limit in MAX_SIZES.items():
         v = getattr(c, name)
         _need(v is None or v <= limit, f"{name}={v} is over its limit of {limit} (limits keep "
@@ -359,6 +416,10 @@ def _validate_choices(c: VLMConfig) -> None:
         f"got {c.patch_size}; use vision_stem='patch'",
     )
     _need(c.attn_impl in ATTN_IMPLS, f"attn_impl must be one of {ATTN_IMPLS}, got {c.attn_impl!r}")
+    _need(c.vision_type in VISION_TYPES,
+         f"vision_type must be one of {VISION_TYPES}, got {c.vision_type!r}")
+    _need(c.decoder_type in DECODER_TYPES,
+         f"decoder_type must be one of {DECODER_TYPES}, got {c.decoder_type!r}")
     ids = {"pad_token_id": c.pad_token_id, "bos_token_id": c.bos_token_id,
            "eos_token_id": c.eos_token_id}
     for name, v in ids.items():

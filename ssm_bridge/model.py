@@ -3,6 +3,10 @@
     images (B, 3, H, W) --ViT--> (B, 1 + P, vision_dim) --SSM bridge--> media (B, 1 + P, text_dim)
     tokens (B, T) --embed--> cross-attend to media --> decoder over [media ; text] --> logits
 
+Each part has variants (VLMConfig): vision_type "vit" | "vim" (Vision Mamba, core/vim.py),
+bridge_type (core/bridge_variants.py), decoder_type "transformer" | "mamba" (Mamba-1 blocks,
+core/mamba_decoder.py). Vim -> SSM bridge -> Mamba decoder has no attention anywhere.
+
 The original package's API is kept verbatim:
     from ssm_bridge.model import EnhancedVLM, VLMConfig
     logits, loss = model(images, tokens, targets)     # targets may hold -100 (ignored)
@@ -27,8 +31,10 @@ from .core.checks import check_images, check_tokens
 from .core.decoder import LanguageDecoder
 from .core.generation import generate
 from .core.layers import SwiGLU, Swish
+from .core.mamba_decoder import MambaDecoder
 from .core.ssm import SSMLayer
 from .core.transformer import TransformerBlock
+from .core.vim import VisionMamba
 from .core.vision import EnhancedVisionTransformer
 from .training import checkpoint
 
@@ -38,13 +44,17 @@ __all__ = [
 ]
 
 
+VISION_ENCODERS = {"vit": EnhancedVisionTransformer, "vim": VisionMamba}  # config.VISION_TYPES
+DECODERS = {"transformer": LanguageDecoder, "mamba": MambaDecoder}  # config.DECODER_TYPES
+
+
 class EnhancedVLM(nn.Module):
     def __init__(self, config: VLMConfig | None = None) -> None:
         super().__init__()
-        self.config = config if config is not None else VLMConfig()
-        self.vision = EnhancedVisionTransformer(self.config)
-        self.bridge = build_bridge(self.config)  # config.bridge_type; see bridges.py
-        self.decoder = LanguageDecoder(self.config)
+        self.config = c = config if config is not None else VLMConfig()
+        self.vision = VISION_ENCODERS[c.vision_type](c)
+        self.bridge = build_bridge(c)  # config.bridge_type; see core/bridge_variants.py
+        self.decoder = DECODERS[c.decoder_type](c)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -127,6 +137,16 @@ class EnhancedVLM(nn.Module):
         model = cls(config)
         checkpoint.load_weights(model, directory)
         return model.to(map_location).eval()
+
+    def init_decoder_from_hf(self, source, vocab_map=None) -> dict:
+        """Initialise the Mamba decoder (decoder_type="mamba") from a Hugging Face
+        MambaForCausalLM: a folder on disk (config.json + *.safetensors) or an in-memory
+        model; nothing is downloaded. The vocabulary rule (copy, keep the initialisation, or
+        map rows with `vocab_map`) is `MambaDecoder.init_from_hf`'s. Returns what was done."""
+        if self.config.decoder_type != "mamba":
+            raise ValueError(f"init_decoder_from_hf needs decoder_type='mamba', this model has "
+                             f"{self.config.decoder_type!r}")
+        return self.decoder.init_from_hf(source, vocab_map)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

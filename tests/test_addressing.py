@@ -207,8 +207,8 @@ def test_models_without_the_stack_asked_for(lm):
         SSMStack.of(mlp, what="implicit attention")
     with pytest.raises(ValueError, match=r"needs 'bridge'; this MambaLM has \['lm'\]"):
         SSMStack.of(lm, "bridge")
-    with pytest.raises(ValueError, match=r"unknown SSM stack 'decoder'"):
-        SSMStack.of(lm, "decoder")
+    with pytest.raises(ValueError, match=r"unknown SSM stack 'encoder'"):
+        SSMStack.of(lm, "encoder")
 
 
 def test_bad_hook_and_direction_requests(cross, lm):

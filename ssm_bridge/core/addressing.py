@@ -65,7 +65,9 @@ DIRECTION_NAMES = tuple(dict.fromkeys(n for names in SCAN_DIRECTIONS.values() fo
 # or a ScanDirection). A new SSM stack (a Mamba decoder, a Vision Mamba encoder) is one
 # more line here.
 STACKS = {
+    "vision": ("vision.layers", "the Vision Mamba encoder"),
     "bridge": ("bridge.layers", "the bridge"),
+    "decoder": ("decoder.layers", "the Mamba decoder"),
     "lm": ("layers", "the language model"),
 }
 
@@ -84,15 +86,23 @@ def grid_layout(length: int) -> tuple[int, int]:
     return 0, 0
 
 
-def direction_perm(name: str, length: int, device: torch.device | None = None) -> torch.Tensor:
+def direction_perm(name: str, length: int, device: torch.device | None = None,
+                   prefix: int | None = None) -> torch.Tensor:
     """Token indices (L,) in the order direction `name` reads them (perm[i]: the token
-    read at scan step i). A cls token, when present, is read first by every direction."""
+    read at scan step i). A cls token, when present, is read first by every direction.
+    prefix: how many leading tokens every direction reads first (None: as `grid_layout`
+    reads the length; Vision Mamba passes 0, its class token sitting mid-sequence, so that
+    "row_rev" reverses the whole sequence)."""
     if name == TOKEN_ORDER:
         return torch.arange(length, device=device)
     if name not in DIRECTION_NAMES:
         raise ValueError(f"unknown scan direction {name!r}; the directions are "
                          f"{DIRECTION_NAMES} and {TOKEN_ORDER!r} (token order)")
-    prefix, side = grid_layout(length)
+    if prefix is None:
+        prefix, side = grid_layout(length)
+    else:
+        side = math.isqrt(length - prefix)
+        side = side if side * side == length - prefix else 0
     if name in ("col", "col_rev") and side == 0:
         raise ValueError(
             f"scan order 'cross' needs a square patch grid (length g*g or g*g + 1 with cls), "
@@ -365,7 +375,8 @@ class SSMLayerRef:
 
     def perm(self, direction, length: int, device=None) -> torch.Tensor:
         """(L,) the token read at each scan step of `direction` (a name or index)."""
-        return direction_perm(self.direction_names[self.direction(direction)], length, device)
+        return direction_perm(self.direction_names[self.direction(direction)], length, device,
+                              getattr(self.mixer, "prefix_tokens", None))
 
     def to_token_order(self, x: torch.Tensor, direction, dim: int = 1) -> torch.Tensor:
         """x (dimension `dim` in `direction`'s scan order) in token order."""

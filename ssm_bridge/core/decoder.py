@@ -36,7 +36,32 @@ class DecoderCache:
         return self.layers[0].length if self.layers else 0
 
 
-class LanguageDecoder(nn.Module):
+class ImageConditioning:
+    """What every decoder does with the bridge's media (B, P, dim): image-prefix dropout
+    and gated cross-attention from the text. Needs `config`, `training`,
+    `prefix_dropout_on` and `cross_layers`; a cache, when given, keeps `media_kv`."""
+
+    def _drop_prefix(self, media: torch.Tensor) -> torch.Tensor:
+        """Blank the image prefix of a random subset of samples (training only; see
+        VLMConfig.image_prefix_dropout). media: (B, P, dim)."""
+        p = self.config.image_prefix_dropout
+        if not self.training or p == 0 or not self.prefix_dropout_on:
+            return media
+        keep = torch.rand(media.shape[0], 1, 1, device=media.device) >= p  # (B, 1, 1)
+        return media * keep
+
+    def _cross_attend(self, x: torch.Tensor, media: torch.Tensor, cache=None) -> torch.Tensor:
+        """x (B, T, dim) text through the gated cross-attention layers; the media's keys and
+        values are projected once per cache."""
+        if cache is not None and not cache.media_kv:
+            cache.media_kv = [layer.attn.project_kv(media, media) for layer in self.cross_layers]
+        for i, layer in enumerate(self.cross_layers):
+            media_kv = cache.media_kv[i] if cache is not None else None
+            x = layer(x, media, media_kv=media_kv)
+        return x
+
+
+class LanguageDecoder(ImageConditioning, nn.Module):
     def __init__(self, config: VLMConfig) -> None:
         super().__init__()
         c = self.config = config
@@ -111,15 +136,6 @@ class LanguageDecoder(nn.Module):
         logits = self.lm_head(self.norm(x[:, -T:]))  # (B, T, vocab)
         return self.hook_logits(logits)
 
-    def _drop_prefix(self, media: torch.Tensor) -> torch.Tensor:
-        """Blank the image prefix of a random subset of samples (training only; see
-        VLMConfig.image_prefix_dropout). media: (B, P, dim)."""
-        p = self.config.image_prefix_dropout
-        if not self.training or p == 0 or not self.prefix_dropout_on:
-            return media
-        keep = torch.rand(media.shape[0], 1, 1, device=media.device) >= p  # (B, 1, 1)
-        return media * keep
-
     @contextlib.contextmanager
     def _route_prefix_attention(self, i: int, P: int, T: int):
         """While block i runs, pass its text-to-image slice through hook_prefix_attn[i]."""
@@ -139,15 +155,6 @@ class LanguageDecoder(nn.Module):
 
         with attached(self.blocks[i].attn.hook_pattern, route):  # this thread only
             yield
-
-    def _cross_attend(self, x: torch.Tensor, media: torch.Tensor,
-                      cache: DecoderCache | None) -> torch.Tensor:
-        if cache is not None and not cache.media_kv:
-            cache.media_kv = [layer.attn.project_kv(media, media) for layer in self.cross_layers]
-        for i, layer in enumerate(self.cross_layers):
-            media_kv = cache.media_kv[i] if cache is not None else None
-            x = layer(x, media, media_kv=media_kv)
-        return x
 
     @staticmethod
     def _cached_mask(cached: int, T: int, device: torch.device) -> torch.Tensor:

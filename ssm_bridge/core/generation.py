@@ -68,7 +68,8 @@ class GenerationTraces:
     cross_attention: (B, steps, cross_layers, H, L) each cross-attention layer's pattern
         for the query that produced the token, over the L = 1 + P image tokens (cls first).
     prefix_attention: (B, steps, blocks, H, L) each decoder block's attention from that
-        query to the image prefix (the rest of its row goes to earlier text).
+        query to the image prefix (the rest of its row goes to earlier text); blocks = 0
+        for the Mamba decoder, which has no attention.
     logprobs: (B, steps) log-probability of the chosen token under the model (before
         temperature and filtering). Steps after a row's EOS are padding.
     """
@@ -95,20 +96,28 @@ class _Recorder:
     prefix: list[torch.Tensor] = field(default_factory=list)
     logprobs: list[torch.Tensor] = field(default_factory=list)
 
+    empty: torch.Tensor | None = None  # (B, 0, 1, L): no layers, L image tokens
+
     def fwd_hooks(self):
         def keep(t: torch.Tensor, name: str) -> None:
             self.rows[name] = t[..., -1, :].detach().float()  # (B, H, L)
 
-        return [(n, keep) for n in self.cross_names + self.prefix_names]
+        def prefix(t: torch.Tensor, name: str) -> None:  # t: (B, L, dim)
+            self.empty = t.new_zeros(t.shape[0], 0, 1, t.shape[1], dtype=torch.float32)
+
+        return ([(n, keep) for n in self.cross_names + self.prefix_names]
+                + [("decoder.hook_image_prefix", prefix)])
 
     def on_logits(self) -> None:
-        prefix = torch.stack([self.rows[n] for n in self.prefix_names], 1)  # (B, blocks, H, L)
-        if self.cross_names:
-            cross = torch.stack([self.rows[n] for n in self.cross_names], 1)  # (B, X, H, L)
-        else:  # cross_attn_layers=0
-            cross = prefix.new_zeros(prefix.shape[0], 0, 1, prefix.shape[-1])  # (B, 0, 1, L)
-        self.cross.append(cross)
-        self.prefix.append(prefix)
+        self.cross.append(self._stack(self.cross_names))
+        self.prefix.append(self._stack(self.prefix_names))
+
+    def _stack(self, names: list[str]) -> torch.Tensor:
+        """(B, layers, H, L) rows of `names`; (B, 0, 1, L) when there are none (no cross-
+        attention layers; a Mamba decoder has no attention to the prefix)."""
+        if not names:
+            return self.empty
+        return torch.stack([self.rows[n] for n in names], 1)
 
     def on_token(self, logits: torch.Tensor, nxt: torch.Tensor) -> None:
         lp = logits.float().log_softmax(-1).gather(-1, nxt[:, None])[:, 0]  # (B,)
@@ -157,9 +166,10 @@ def generate(model: EnhancedVLM, images: torch.Tensor, max_length: int | None = 
     with eval_mode(model):
         if not return_traces:
             return _decode(*args)
+        prefix_hooks = getattr(model.decoder, "hook_prefix_attn", ())  # none in a Mamba
         rec = _Recorder([f"decoder.cross_layers.{i}.attn.hook_pattern"
                          for i in range(len(model.decoder.cross_layers))],
-                        [f"decoder.hook_prefix_attn.{i}" for i in range(len(model.decoder.blocks))])
+                        [f"decoder.hook_prefix_attn.{i}" for i in range(len(prefix_hooks))])
         with model.hooks(rec.fwd_hooks()):
             out = _decode(*args, recorder=rec)
         return out, rec.traces(out, seq.shape[1])

@@ -216,19 +216,22 @@ class SSMLayer(nn.Module):
     def __init__(self, hidden_dim: int, state_dim: int, *, conv_kernel: int = 4,
                  dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1,
                  scan_order: str = "raster", backend: str = "auto",
-                 selective: bool = True) -> None:
+                 selective: bool = True, expand: int = 1,
+                 prefix_tokens: int | None = None) -> None:
         super().__init__()
         if scan_order not in DIRECTIONS:
             raise ValueError(f"scan_order must be one of {list(DIRECTIONS)}, got {scan_order!r}")
         self.scan_order = scan_order
         self.direction_names = DIRECTIONS[scan_order]
-        self.in_proj = nn.Linear(hidden_dim, 2 * hidden_dim, bias=False)
+        self.prefix_tokens = prefix_tokens  # direction_perm's `prefix`
+        inner = expand * hidden_dim  # the scans' channels (Mamba's expand; 1 in the bridge)
+        self.in_proj = nn.Linear(hidden_dim, 2 * inner, bias=False)
         self.dirs = nn.ModuleList(
-            ScanDirection(hidden_dim, state_dim, conv_kernel=conv_kernel, dt_rank=dt_rank,
+            ScanDirection(inner, state_dim, conv_kernel=conv_kernel, dt_rank=dt_rank,
                           dt_min=dt_min, dt_max=dt_max, backend=backend, selective=selective)
             for _ in self.direction_names
         )
-        self.out_proj = nn.Linear(hidden_dim, hidden_dim, bias=False)
+        self.out_proj = nn.Linear(inner, hidden_dim, bias=False)
         self.hook_y = HookPoint()  # (B, L, D) sum over directions
         self.hook_gate = HookPoint()  # (B, L, D) SiLU(z)
 
@@ -238,7 +241,7 @@ class SSMLayer(nn.Module):
         L = x.shape[1]
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, D) each
         y = sum(
-            d(xs, direction_perm(name, L, x.device))
+            d(xs, direction_perm(name, L, x.device, self.prefix_tokens))
             for name, d in zip(self.direction_names, self.dirs)
         )  # (B, L, D)
         y = self.hook_y(y)

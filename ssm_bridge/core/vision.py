@@ -39,6 +39,24 @@ def conv_stem(in_channels: int, dim: int, patch_size: int, depth: int = 1) -> nn
     return nn.Sequential(*layers)
 
 
+def patch_embedding(c: VLMConfig) -> nn.Module:
+    """The patch embedding config.vision_stem names: (B, C, H, W) -> (B, dim, g, g)."""
+    dim = c.vision_embed_dim
+    if c.vision_stem == "conv":
+        return conv_stem(c.in_channels, dim, c.patch_size, c.vision_stem_depth)
+    return nn.Conv2d(c.in_channels, dim, c.patch_size, stride=c.patch_size)
+
+
+def route_grid(hook_grid: HookPoint, x: torch.Tensor) -> torch.Tensor:
+    """Pass the patch tokens of x (B, 1 + P, dim), cls first, through `hook_grid` as a
+    (B, dim, g, g) feature map (a GradCAM target); only when a hook watches it."""
+    if not hook_grid.active:
+        return x
+    g = math.isqrt(x.shape[1] - 1)
+    grid = hook_grid(rearrange(x[:, 1:], "b (gh gw) d -> b d gh gw", gh=g))
+    return torch.cat([x[:, :1], rearrange(grid, "b d gh gw -> b (gh gw) d")], dim=1)
+
+
 class EnhancedVisionTransformer(nn.Module):
     """images (B, C, H, W) -> tokens (B, 1 + num_patches, vision_embed_dim), cls first."""
 
@@ -46,10 +64,7 @@ class EnhancedVisionTransformer(nn.Module):
         super().__init__()
         c = config
         dim = c.vision_embed_dim
-        if c.vision_stem == "conv":
-            self.patch_embed = conv_stem(c.in_channels, dim, c.patch_size, c.vision_stem_depth)
-        else:
-            self.patch_embed = nn.Conv2d(c.in_channels, dim, c.patch_size, stride=c.patch_size)
+        self.patch_embed = patch_embedding(c)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, c.num_patches + 1, dim))
         self.drop = nn.Dropout(c.dropout)
@@ -75,9 +90,4 @@ class EnhancedVisionTransformer(nn.Module):
         x = self.hook_embed(self.drop(x))
         for block in self.blocks:
             x = maybe_checkpoint(block, x, self.gradient_checkpointing and self.training)
-        x = self.norm(x)
-        if self.hook_grid.active:
-            g = math.isqrt(x.shape[1] - 1)
-            grid = self.hook_grid(rearrange(x[:, 1:], "b (gh gw) d -> b d gh gw", gh=g))
-            x = torch.cat([x[:, :1], rearrange(grid, "b d gh gw -> b (gh gw) d")], dim=1)
-        return x  # (B, 1 + P, dim)
+        return route_grid(self.hook_grid, self.norm(x))  # (B, 1 + P, dim)
