@@ -25,8 +25,7 @@ import torch
 
 from ..data import make_scene
 from . import faithfulness as fa
-from . import localization as loc
-from .interpret import _bundle, _check_maps, captioned_scenes
+from .interpret import _bundle, _check_maps, add_scene_map_args, captioned_scenes, parsed_maps
 from .maps import MAP_KINDS, word_maps
 
 BASELINES = ("blur", "mean")
@@ -118,25 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     import json
     import sys
 
-    from ..cli import Parser, int_at_least, load_or_exit, writable_file
-    from ..data import SPLITS
+    from ..cli import Parser, load_or_exit
 
     p = Parser(prog="ssm-bridge faithfulness", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", default="shapes-tiny", help="shipped name or folder")
-    p.add_argument("--num", type=int_at_least(1), default=100, help="scenes to caption")
-    p.add_argument("--split", default="test", choices=SPLITS)
-    p.add_argument("--maps", default=",".join(MAP_KINDS),
-                   help=f"comma-separated kinds from {','.join(MAP_KINDS)}")
-    p.add_argument("--role", default="shape", choices=loc.ROLES,
-                   help="which word of each object phrase is scored")
-    p.add_argument("--seed", type=int_at_least(0), default=0, help="random map and ties")
-    p.add_argument("--json", type=writable_file, help="write the rows as JSON")
-    p.add_argument("--no-progress", action="store_true")
+    add_scene_map_args(p)
     args = p.parse_args(argv)
-    try:
-        maps = _check_maps([m.strip() for m in args.maps.split(",") if m.strip()])
-    except ValueError as e:
-        p.error(f"argument --maps: {e}")
+    maps = parsed_maps(p, args)
     bundle = load_or_exit(p, args.checkpoint)
     rows = leaderboard(bundle, args.num, args.split, maps, role=args.role, seed=args.seed,
                        progress=not args.no_progress and sys.stderr.isatty())

@@ -160,11 +160,11 @@ def write_outputs(rows: list[dict], json_path=None, csv_path=None, plot_path=Non
         localisation_bars(rows, metric="pointing_game").savefig(plot_path, dpi=150)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ..cli import Parser, int_at_least, load_or_exit, writable_file
+def add_scene_map_args(p) -> None:
+    """The options of the commands that caption test scenes and score maps per word."""
+    from ..cli import int_at_least, writable_file
     from ..data import SPLITS
 
-    p = Parser(prog="ssm-bridge interpret", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default="shapes-tiny", help="shipped name or folder")
     p.add_argument("--num", type=int_at_least(1), default=100,
                    help="scenes to caption and score")
@@ -176,15 +176,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int_at_least(0), default=0,
                    help="seed of the random-map baseline")
     p.add_argument("--json", type=writable_file, help="write the rows as JSON")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def parsed_maps(p, args) -> list[str]:
+    """args.maps as a checked list of kinds, or the parser's one-line error."""
+    try:
+        return _check_maps([m.strip() for m in args.maps.split(",") if m.strip()])
+    except ValueError as e:
+        p.error(f"argument --maps: {e}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..cli import Parser, load_or_exit, writable_file
+
+    p = Parser(prog="ssm-bridge interpret", description=__doc__.split("\n")[0])
+    add_scene_map_args(p)
     p.add_argument("--csv", type=writable_file, help="write the rows as CSV")
     p.add_argument("--plot", type=writable_file,
                    help="write a bar chart of the pointing game (PNG)")
-    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    try:
-        maps = _check_maps([m.strip() for m in args.maps.split(",") if m.strip()])
-    except ValueError as e:
-        p.error(f"argument --maps: {e}")
+    maps = parsed_maps(p, args)
     bundle = load_or_exit(p, args.checkpoint)
     rows = localisation_table(bundle, args.num, args.split, maps, args.seed,
                               not args.no_progress and sys.stderr.isatty(), role=args.role)
