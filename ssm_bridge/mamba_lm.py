@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import hooks as hk
+from . import mamba_step
 from .checks import check_sampling_params
 from .config import SCAN_BACKENDS, check_types
 from .generation import sample_next
@@ -180,6 +181,11 @@ class MambaBlock(nn.Module):
         self.hook_resid_post = HookPoint()  # (B, L, H) the residual stream after the block
 
     def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        if state is not None and x.shape[1] == 1:  # a decoding step: fused when unwatched
+            weights = mamba_step.block_weights(self)
+            if mamba_step.block_fusable(self, x, weights):
+                out = mamba_step.block_step(x[:, 0], weights, state)  # (B, H)
+                return self.hook_resid_post(out[:, None])
         residual = x.float() if self.residual_in_fp32 else x
         out = self.mixer(self.norm(x.to(self.norm.weight.dtype)), state)  # (B, L, H)
         return self.hook_resid_post(residual + out)
@@ -248,7 +254,11 @@ class MambaLM(nn.Module):
         if state is not None:
             state.position += input_ids.shape[1]
         x = self.hook_resid_final(self.norm_f(x.to(self.norm_f.weight.dtype)))  # (B, L, H)
-        return self.hook_logits(F.linear(x, self.output_weight).float())  # (B, L, vocab)
+        if x.shape[1] == 1:  # a decoding step: the head streamed once (mamba_step.head)
+            logits = mamba_step.head(x[:, 0], self.output_weight)[:, None]  # (B, 1, vocab)
+        else:
+            logits = F.linear(x, self.output_weight)
+        return self.hook_logits(logits.float())  # (B, L, vocab)
 
     def new_state(self, batch: int, device=None) -> MambaState:
         """A zero decoding state for `batch` sequences."""

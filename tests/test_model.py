@@ -144,6 +144,30 @@ def test_scan_direction_matters_for_reversed_orders():
     assert not torch.allclose(bi(x)[:, 1], bi(x2)[:, 1])
 
 
+@pytest.mark.parametrize("kernel, bias", [(4, True), (3, False), (1, True)])
+def test_causal_conv_is_a_causal_conv1d(kernel, bias):
+    """The depthwise causal conv (K multiply-adds in (B, L, D) layout) equals torch's conv1d
+    with K-1 zeros of left padding, values and gradients, and with a carried window the
+    same conv continues the sequence."""
+    torch.manual_seed(0)
+    d = SSMLayer(6, 4, conv_kernel=kernel).dirs[0]
+    if not bias:
+        d.conv1d.bias = None
+    x = torch.randn(2, 9, 6, requires_grad=True)
+    out = d.causal_conv(x)
+    ref = F.conv1d(x.transpose(1, 2), d.conv1d.weight, d.conv1d.bias, padding=kernel - 1,
+                   groups=6)[..., :9].transpose(1, 2)  # (2, 9, 6)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    w = torch.randn_like(out)
+    got = torch.autograd.grad((out * w).sum(), [x, *d.conv1d.parameters()])
+    want = torch.autograd.grad((ref * w).sum(), [x, *d.conv1d.parameters()])
+    for g, g_ref in zip(got, want):
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
+    state = {"conv": torch.zeros(2, 6, kernel - 1)}
+    parts = [d.causal_conv(x[:, s:e], state) for s, e in [(0, 4), (4, 5), (5, 9)]]
+    torch.testing.assert_close(torch.cat(parts, 1), ref, rtol=1e-6, atol=1e-6)
+
+
 def test_recurrent_step_matches_forward():
     torch.manual_seed(0)
     layer = SSMLayer(8, 4, conv_kernel=3).eval()

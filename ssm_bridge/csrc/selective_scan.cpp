@@ -19,7 +19,8 @@
 //     the inner loop over n is vectorised (AVX-512: 16 lanes; exp is inlined
 //     below so the whole loop body vectorises without calls).
 //   * Forward keeps the state of one pair in an N-float buffer (L1) and writes
-//     only y; the (B, L, D, N) trajectory is never materialised. Nothing but
+//     only y (and, asked for, the last state, where decoding carries on); the
+//     (B, L, D, N) trajectory is never materialised. Nothing but
 //     the inputs is saved for backward.
 //   * Backward recomputes the states of one (b, d) pair into a small
 //     (L + 1) x N buffer (and Ā into an L x N one, so exp runs once per
@@ -105,12 +106,16 @@ int num_threads() {
 
 }  // namespace
 
-// y = selective_scan(x, delta, A, B, C, D): (batch, L, D).
-at::Tensor scan_fwd(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
-                    const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D) {
+// {y} = selective_scan(x, delta, A, B, C, D): (batch, L, D); with return_last,
+// {y, h_{L-1}}: the state after the last token (batch, D, N), as decoding carries on.
+std::vector<at::Tensor> scan_fwd(const at::Tensor& x, const at::Tensor& delta,
+                                 const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+                                 const std::optional<at::Tensor>& D, bool return_last) {
   check_inputs(x, delta, A, B, C, D);
   const int64_t batch = x.size(0), L = x.size(1), dim = x.size(2), N = A.size(1);
   at::Tensor y = at::empty_like(x);
+  at::Tensor last = return_last ? at::empty({batch, dim, N}, x.options()) : at::Tensor();
+  float* __restrict plast = return_last ? last.data_ptr<float>() : nullptr;
   const float* __restrict px = x.data_ptr<float>();
   const float* __restrict pdt = delta.data_ptr<float>();
   const float* __restrict pA = A.data_ptr<float>();
@@ -142,20 +147,25 @@ at::Tensor scan_fwd(const at::Tensor& x, const at::Tensor& delta, const at::Tens
         }
         py[i] = acc + skip * px[i];
       }
+      if (plast) std::copy(h, h + N, plast + pair * N);  // pair = b * dim + d
     }
   }
-  return y;
+  return return_last ? std::vector<at::Tensor>{y, last} : std::vector<at::Tensor>{y};
 }
 
-// Gradients (dx, ddelta, dA, dB, dC, dD) of <dy, selective_scan(...)>; dD is
-// undefined when D is None.
+// Gradients (dx, ddelta, dA, dB, dC, dD) of <dy, y> + <dlast, h_{L-1}>; dD is
+// undefined when D is None, dlast (batch, D, N) is optional (the last state unused).
 std::vector<at::Tensor> scan_bwd(const at::Tensor& dy, const at::Tensor& x,
                                  const at::Tensor& delta, const at::Tensor& A,
                                  const at::Tensor& B, const at::Tensor& C,
-                                 const std::optional<at::Tensor>& D) {
+                                 const std::optional<at::Tensor>& D,
+                                 const std::optional<at::Tensor>& dlast) {
   check_inputs(x, delta, A, B, C, D);
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.is_contiguous() && dy.scalar_type() == at::kFloat,
               "dy: contiguous float32 like x");
+  TORCH_CHECK(!dlast || (dlast->sizes() == at::IntArrayRef({x.size(0), x.size(2), A.size(1)}) &&
+                         dlast->is_contiguous() && dlast->scalar_type() == at::kFloat),
+              "dlast: contiguous float32 (batch, D, N)");
   const int64_t batch = x.size(0), L = x.size(1), dim = x.size(2), N = A.size(1);
   // Enough (b, channel-chunk) tasks to keep every thread busy; one chunk per
   // batch row when the batch alone suffices (then dB, dC need no reduction).
@@ -177,6 +187,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dy, const at::Tensor& x,
   const float* __restrict pB = B.data_ptr<float>();
   const float* __restrict pC = C.data_ptr<float>();
   const float* __restrict pD = D ? D->data_ptr<float>() : nullptr;
+  const float* __restrict pdlast = dlast ? dlast->data_ptr<float>() : nullptr;
   float* __restrict pdx = dx.data_ptr<float>();
   float* __restrict pddt = ddelta.data_ptr<float>();
   float* __restrict pdA = dA_part.data_ptr<float>();
@@ -214,8 +225,13 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dy, const at::Tensor& x,
             h[n] = a[n] * h_prev[n] + dtx * Bt[n];
           }
         }
-        // 2. Reverse recurrence, reading every gradient off g_t.
-        std::fill(carry, carry + N, 0.0f);
+        // 2. Reverse recurrence, reading every gradient off g_t (g_{L-1} also takes
+        //    the last state's gradient: it enters as the carry).
+        if (pdlast) {
+          std::copy(pdlast + (b * dim + d) * N, pdlast + (b * dim + d + 1) * N, carry);
+        } else {
+          std::fill(carry, carry + N, 0.0f);
+        }
         float dD_acc = 0.0f;
         float* __restrict dA_acc = pdA + (b * dim + d) * N;
         std::fill(dA_acc, dA_acc + N, 0.0f);
@@ -256,8 +272,183 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dy, const at::Tensor& x,
   return {dx, ddelta, dA_part.sum(0), dB, dC, dD};
 }
 
+// ------------------------------------------------------------------ decoding
+// One token through a whole Mamba block, for generation at small batch
+// (ssm_bridge/mamba_step.py; its PyTorch twin is mamba_step.block_step_ref).
+// At batch 1 a token is bound by reading the weights once from memory, so the
+// matrix-vector products stream each weight row once for all rows of the batch,
+// split over threads by rows when the matrix is large (MKL's sgemv stays on one
+// thread: about half the bandwidth of two), and everything between them (conv,
+// Δ, the scan step, the gate: ~1% of the bytes) is one serial pass per channel,
+// as a parallel region costs more than it saves there.
+
+namespace {
+
+float silu(float v) { return v / (1.0f + std::exp(-v)); }
+
+float softplus(float v) { return v > 20.0f ? v : std::log1p(std::exp(v)); }  // as torch's
+
+// y[b, m] = W[m] . v[b] (+ bias[m]) for m < M, b < batch. W: (M, K) contiguous;
+// v, y: rows of K and M floats, `ldv` and `ldy` apart. Four rows at a time, so that
+// four weight streams are in flight and each v[b] load feeds four products. Threads
+// share the rows when each gets at least 1 MiB of weights to read.
+void gemv(const float* __restrict W, const float* __restrict bias, int64_t M, int64_t K,
+          const float* __restrict v, int64_t ldv, float* __restrict y, int64_t ldy,
+          int64_t batch) {
+  const int64_t blocks = (M + 3) / 4;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / (4 * std::max<int64_t>(K, 1)));
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t m0 = blk * 4, rows = std::min<int64_t>(4, M - m0);
+      const float* __restrict r0 = W + m0 * K;
+      const float* __restrict r1 = rows > 1 ? r0 + K : r0;  // repeats are not stored
+      const float* __restrict r2 = rows > 2 ? r0 + 2 * K : r0;
+      const float* __restrict r3 = rows > 3 ? r0 + 3 * K : r0;
+      for (int64_t b = 0; b < batch; ++b) {
+        const float* __restrict vb = v + b * ldv;
+        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+        for (int64_t k = 0; k < K; ++k) {
+          a0 += r0[k] * vb[k];
+          a1 += r1[k] * vb[k];
+          a2 += r2[k] * vb[k];
+          a3 += r3[k] * vb[k];
+        }
+        const float acc[4] = {a0, a1, a2, a3};
+        for (int64_t r = 0; r < rows; ++r) {
+          y[b * ldy + m0 + r] = acc[r] + (bias ? bias[m0 + r] : 0.0f);
+        }
+      }
+    }
+  });
+}
+
+void check_f32(const at::Tensor& t, const char* name, std::initializer_list<int64_t> shape) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
+              "mamba block step (C++): ", name, " must be a contiguous float32 CPU tensor");
+  TORCH_CHECK(t.sizes().equals(shape), "mamba block step (C++): ", name, " has shape ",
+              t.sizes(), ", expected ", at::IntArrayRef(shape));
+}
+
+const float* data_or_null(const std::optional<at::Tensor>& t, const char* name, int64_t n) {
+  if (!t) return nullptr;
+  check_f32(*t, name, {n});
+  return t->data_ptr<float>();
+}
+
+}  // namespace
+
+// x (batch, H) -> logits-free output of one block: x + out_proj(y * SiLU(z)), where
+//   u = RMSNorm(x); (xs, z) = in_proj(u); xc = SiLU(causal conv of [window, xs]);
+//   (dt, B, C) = x_proj(xc); Δ = softplus(dt_proj(dt)); A = -exp(A_log);
+//   h = exp(Δ A) h + Δ B xc; y = C . h + D xc.
+// conv_state (batch, D, K-1) and ssm_state (batch, D, N) move on by one token, in place.
+at::Tensor mamba_block_step(const at::Tensor& x, const at::Tensor& norm_w, double eps,
+                            const at::Tensor& in_w, const std::optional<at::Tensor>& in_b,
+                            const at::Tensor& conv_w, const std::optional<at::Tensor>& conv_b,
+                            const at::Tensor& xproj_w, const at::Tensor& dt_w,
+                            const at::Tensor& dt_b, const at::Tensor& A_log,
+                            const at::Tensor& skip, const at::Tensor& out_w,
+                            const std::optional<at::Tensor>& out_b, at::Tensor& conv_state,
+                            at::Tensor& ssm_state) {
+  TORCH_CHECK(x.dim() == 2 && A_log.dim() == 2 && conv_w.dim() == 2 && dt_w.dim() == 2,
+              "mamba block step (C++): x (batch, H), A_log (D, N), conv_w (D, K), dt_w (D, R)");
+  const int64_t batch = x.size(0), H = x.size(1), D = A_log.size(0), N = A_log.size(1);
+  const int64_t K = conv_w.size(1), R = dt_w.size(1), P = R + 2 * N;
+  check_f32(x, "x", {batch, H});
+  check_f32(norm_w, "norm weight", {H});
+  check_f32(in_w, "in_proj weight", {2 * D, H});
+  check_f32(conv_w, "conv weight", {D, K});
+  check_f32(xproj_w, "x_proj weight", {P, D});
+  check_f32(dt_w, "dt_proj weight", {D, R});
+  check_f32(dt_b, "dt_proj bias", {D});
+  check_f32(A_log, "A_log", {D, N});
+  check_f32(skip, "D", {D});
+  check_f32(out_w, "out_proj weight", {H, D});
+  check_f32(conv_state, "conv state", {batch, D, K - 1});
+  check_f32(ssm_state, "ssm state", {batch, D, N});
+  const float* in_bias = data_or_null(in_b, "in_proj bias", 2 * D);
+  const float* conv_bias = data_or_null(conv_b, "conv bias", D);
+  const float* out_bias = data_or_null(out_b, "out_proj bias", H);
+
+  // Scratch: u (batch, H), xz (batch, 2D), xc (batch, D), dbc (batch, P), g (batch, D).
+  at::Tensor scratch = at::empty({batch * (H + 4 * D + P)}, x.options());
+  float* u = scratch.data_ptr<float>();
+  float* xz = u + batch * H;
+  float* xc = xz + batch * 2 * D;
+  float* dbc = xc + batch * D;
+  float* g = dbc + batch * P;
+  const float* px = x.data_ptr<float>();
+  const float* nw = norm_w.data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) {  // RMSNorm
+    double ss = 0.0;
+    for (int64_t i = 0; i < H; ++i) ss += double(px[b * H + i]) * px[b * H + i];
+    const float scale = 1.0f / std::sqrt(float(ss / H) + float(eps));
+    for (int64_t i = 0; i < H; ++i) u[b * H + i] = px[b * H + i] * scale * nw[i];
+  }
+  gemv(in_w.data_ptr<float>(), in_bias, 2 * D, H, u, H, xz, 2 * D, batch);
+
+  const float* cw = conv_w.data_ptr<float>();
+  float* win = conv_state.data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) {  // causal conv, SiLU
+    for (int64_t d = 0; d < D; ++d) {
+      float* w = win + (b * D + d) * (K - 1);  // the K-1 inputs before this token
+      const float now = xz[b * 2 * D + d];
+      float acc = (conv_bias ? conv_bias[d] : 0.0f) + cw[d * K + K - 1] * now;
+      for (int64_t k = 0; k < K - 1; ++k) acc += cw[d * K + k] * w[k];
+      for (int64_t k = 0; k + 1 < K - 1; ++k) w[k] = w[k + 1];
+      if (K > 1) w[K - 2] = now;
+      xc[b * D + d] = silu(acc);
+    }
+  }
+  gemv(xproj_w.data_ptr<float>(), nullptr, P, D, xc, D, dbc, P, batch);
+
+  const float* dw = dt_w.data_ptr<float>();
+  const float* db = dt_b.data_ptr<float>();
+  const float* al = A_log.data_ptr<float>();
+  const float* ps = skip.data_ptr<float>();
+  float* hs = ssm_state.data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) {  // Δ, the scan step, the gate
+    const float* __restrict dt = dbc + b * P;
+    const float* __restrict Bt = dt + R;
+    const float* __restrict Ct = Bt + N;
+    for (int64_t d = 0; d < D; ++d) {
+      const float* __restrict Al = al + d * N;
+      float acc = db[d];
+      for (int64_t r = 0; r < R; ++r) acc += dw[d * R + r] * dt[r];
+      const float delta = softplus(acc), xt = xc[b * D + d], dtx = delta * xt;
+      float* __restrict h = hs + (b * D + d) * N;
+      float y = 0.0f;
+#pragma omp simd reduction(+ : y)
+      for (int64_t n = 0; n < N; ++n) {
+        h[n] = fast_exp(-delta * fast_exp(Al[n])) * h[n] + dtx * Bt[n];
+        y += Ct[n] * h[n];
+      }
+      g[b * D + d] = (y + ps[d] * xt) * silu(xz[b * 2 * D + D + d]);
+    }
+  }
+  at::Tensor out = at::empty({batch, H}, x.options());
+  float* po = out.data_ptr<float>();
+  gemv(out_w.data_ptr<float>(), out_bias, H, D, g, D, po, H, batch);
+  for (int64_t i = 0; i < batch * H; ++i) po[i] += px[i];  // the residual
+  return out;
+}
+
+// y (batch, M) = v (batch, K) @ W.T for W (M, K): the output head of a decoding step.
+at::Tensor rows_times(const at::Tensor& v, const at::Tensor& W) {
+  TORCH_CHECK(v.dim() == 2 && W.dim() == 2, "rows_times: v (batch, K), W (M, K)");
+  check_f32(v, "v", {v.size(0), W.size(1)});
+  check_f32(W, "W", {W.size(0), W.size(1)});
+  at::Tensor y = at::empty({v.size(0), W.size(0)}, v.options());
+  gemv(W.data_ptr<float>(), nullptr, W.size(0), W.size(1), v.data_ptr<float>(), W.size(1),
+       y.data_ptr<float>(), W.size(0), v.size(0));
+  return y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Fused selective scan (Mamba S6) for CPU float32; see selective_scan.cpp.";
-  m.def("fwd", &scan_fwd, "y = selective_scan(x, delta, A, B, C, D)");
+  m.def("fwd", &scan_fwd, "[y] or [y, last state] = selective_scan(x, delta, A, B, C, D)");
   m.def("bwd", &scan_bwd, "(dx, ddelta, dA, dB, dC, dD) = backward of selective_scan");
+  m.def("block_step", &mamba_block_step, "one decoding step of a Mamba block, states in place");
+  m.def("rows_times", &rows_times, "v @ W.T streaming W once (decoding's output head)");
 }
