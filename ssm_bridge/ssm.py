@@ -53,11 +53,12 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .config import SCAN_DIRECTIONS as DIRECTIONS  # scan order -> its directions
 from .hooks import HEAVY_SUFFIXES, HookPoint
 from .layers import gate_product, silu
-from .scan import linear_recurrence, selective_scan, selective_scan_step
+from .scan import linear_recurrence, load_extension, selective_scan, selective_scan_step
 
 
 def grid_layout(length: int) -> tuple[int, int]:
@@ -95,6 +96,48 @@ def _inv_softplus_dt(dim: int, dt_min: float, dt_max: float) -> torch.Tensor:
     u = torch.rand(dim)
     dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))  # (D,)
     return dt + torch.log(-torch.expm1(-dt))  # softplus(result) == dt
+
+
+def causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                past: torch.Tensor | None = None) -> torch.Tensor:
+    """Depthwise causal conv over time: x (B, L, D), weight (D, K), bias (D,) or None ->
+    (B, L, D); past (B, K-1, D): the inputs before x (None: zeros).
+
+    out_t = bias + Σ_k w_k x_{t-K+1+k}: K multiply-adds over contiguous (B, L, D) slices, in
+    the layout the projections and the scan read (conv1d wants (B, D, L), and the transposes
+    around it cost more than the convolution itself)."""
+    L, K = x.shape[1], weight.shape[1]
+    if past is None:
+        past = x.new_zeros(x.shape[0], K - 1, x.shape[2])  # (B, K-1, D) zero padding
+    xp = torch.cat([past, x], dim=1)  # (B, K-1+L, D)
+    w = weight.to(x.dtype)
+    out = xp[:, :L] * w[:, 0] if bias is None else torch.addcmul(
+        bias.to(x.dtype), xp[:, :L], w[:, 0])  # (B, L, D)
+    for k in range(1, K):
+        out = out.addcmul_(xp[:, k:k + L], w[:, k])
+    return out
+
+
+class _ConvSiLU(torch.autograd.Function):
+    """SiLU(causal_conv(x)) as one pass of the C++ kernel (csrc, conv_silu); gradients
+    from the PyTorch formulation, recomputed in backward as a checkpoint would (the conv is
+    cheap next to the projections), with explain mode's SiLU rule when it is on."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, explain):
+        ctx.save_for_backward(x, weight, bias)
+        ctx.explain = explain
+        return load_extension().conv_silu(x, weight, bias)  # (B, L, D)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        leaves = [None if t is None else t.detach().requires_grad_() for t in ctx.saved_tensors]
+        with torch.enable_grad():
+            out = silu(causal_conv(*leaves), ctx.explain)
+        given = [t for t in leaves if t is not None]
+        grads = iter(torch.autograd.grad(out, given, grad))
+        return *(None if t is None else next(grads) for t in leaves), None
 
 
 class ScanDirection(nn.Module):
@@ -150,7 +193,7 @@ class ScanDirection(nn.Module):
         "ssm": (B, D, N)} to continue from (see `SSMLayer.allocate_state`), updated in place:
         from a fresh state a whole prompt, after it one token at a time (perm must be None)."""
         xs = x if perm is None else x[:, perm]  # (B, L, D) in scan order
-        xs = self.hook_conv(silu(self.causal_conv(xs, state), self.explain))  # (B, L, D)
+        xs = self.hook_conv(self.conv_silu(xs, state))  # (B, L, D)
         if state is None:
             y = self.ssm(xs)  # (B, L, D)
         else:
@@ -158,28 +201,27 @@ class ScanDirection(nn.Module):
         y = self.hook_ssm_out(y)
         return self.hook_out(y if perm is None else y[:, torch.argsort(perm)])  # (B, L, D)
 
+    def conv_silu(self, xs: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """SiLU(causal_conv(xs)): (B, L, D) -> (B, L, D). Without a carried window it is one
+        C++ pass where that kernel may run (float32 CPU, backend "auto" or "cpp"), in every
+        grad mode alike (so values never depend on it), with the PyTorch gradients."""
+        w, bias = self.conv1d.weight[:, 0], self.conv1d.bias  # (D, K), (D,)
+        if (state is None and self.backend in ("auto", "cpp") and xs.device.type == "cpu"
+                and xs.stride(-1) == 1 and xs.dtype == w.dtype == torch.float32
+                and load_extension() is not None):
+            return _ConvSiLU.apply(xs, w, bias, self.explain)
+        return silu(self.causal_conv(xs, state), self.explain)
+
     def causal_conv(self, xs: torch.Tensor, state: dict | None = None) -> torch.Tensor:
         """Depthwise causal conv over time: (B, L, D) -> (B, L, D). With a state its
         window {"conv": (B, D, K-1)}, the K-1 inputs before xs, replaces the zero padding
         and is moved on by L tokens."""
-        L, K = xs.shape[1], self.conv1d.kernel_size[0]
-        if state is None:
-            past = xs.new_zeros(xs.shape[0], K - 1, xs.shape[2])  # (B, K-1, D) zero padding
-        else:
-            past = rearrange(state["conv"].to(xs.dtype), "b d k -> b k d")  # (B, K-1, D)
-        xp = torch.cat([past, xs], dim=1)  # (B, K-1+L, D)
+        past = None
         if state is not None:
-            state["conv"] = rearrange(xp[:, L:], "b k d -> b d k")  # (B, D, K-1)
-        # out_t = bias + Σ_k w_k x_{t-K+1+k}: K multiply-adds over contiguous (B, L, D) slices,
-        # in the layout the projections and the scan read (conv1d wants (B, D, L), and the
-        # transposes around it cost more than the convolution itself)
-        w = self.conv1d.weight[:, 0].to(xs.dtype)  # (D, K)
-        bias = self.conv1d.bias
-        out = xp[:, :L] * w[:, 0] if bias is None else torch.addcmul(
-            bias.to(xs.dtype), xp[:, :L], w[:, 0])  # (B, L, D)
-        for k in range(1, K):
-            out = out.addcmul_(xp[:, k:k + L], w[:, k])
-        return out
+            past = rearrange(state["conv"].to(xs.dtype), "b d k -> b k d")  # (B, K-1, D)
+            window = torch.cat([past, xs], dim=1)[:, xs.shape[1]:]  # (B, K-1, D)
+            state["conv"] = rearrange(window, "b k d -> b d k")
+        return causal_conv(xs, self.conv1d.weight[:, 0], self.conv1d.bias, past)
 
     def ssm(self, x: torch.Tensor, h0: torch.Tensor | None = None, *,
             return_last: bool = False):

@@ -104,6 +104,20 @@ int num_threads() {
   return static_cast<int>(at::get_num_threads());
 }
 
+// The checks of the conv and decoding kernels (their Python callers check first).
+void check_f32(const at::Tensor& t, const char* name, std::initializer_list<int64_t> shape) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
+              "ssm_bridge C++ kernel: ", name, " must be a contiguous float32 CPU tensor");
+  TORCH_CHECK(t.sizes().equals(shape), "ssm_bridge C++ kernel: ", name, " has shape ",
+              t.sizes(), ", expected ", at::IntArrayRef(shape));
+}
+
+const float* data_or_null(const std::optional<at::Tensor>& t, const char* name, int64_t n) {
+  if (!t) return nullptr;
+  check_f32(*t, name, {n});
+  return t->data_ptr<float>();
+}
+
 }  // namespace
 
 // {y} = selective_scan(x, delta, A, B, C, D): (batch, L, D); with return_last,
@@ -272,6 +286,46 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dy, const at::Tensor& x,
   return {dx, ddelta, dA_part.sum(0), dB, dC, dD};
 }
 
+// ------------------------------------------------------------------ causal conv
+// SiLU(depthwise causal conv over time) in one pass, for a forward that needs no
+// gradient (ScanDirection.conv_silu; the PyTorch path is SiLU(causal_conv(x))):
+//   out[b, t, d] = SiLU(bias[d] + Σ_k w[d, k] x[b, t - K + 1 + k, d]),  x before 0 is 0.
+// x: (batch, L, D) with unit stride over D (a view of in_proj's output is fine).
+at::Tensor conv_silu(const at::Tensor& x, const at::Tensor& w,
+                     const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 3 && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
+              x.stride(2) == 1, "conv_silu (C++): x must be a float32 CPU (batch, L, D) tensor "
+              "with unit stride over D");
+  const int64_t batch = x.size(0), L = x.size(1), D = x.size(2), K = w.size(1);
+  check_f32(w, "conv weight", {D, K});
+  const float* pb = data_or_null(bias, "conv bias", D);
+  const float* pw = w.data_ptr<float>();
+  std::vector<float> wt(K * D);  // transposed, wt[k * D + d], so the loops run over d
+  for (int64_t d = 0; d < D; ++d) {
+    for (int64_t k = 0; k < K; ++k) wt[k * D + d] = pw[d * K + k];
+  }
+  at::Tensor out = at::empty({batch, L, D}, x.options());
+  const float* px = x.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  const int64_t sb = x.stride(0), st = x.stride(1);
+  at::parallel_for(0, batch * L, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / L, t = row % L;
+      float* __restrict o = po + row * D;
+      for (int64_t d = 0; d < D; ++d) o[d] = pb ? pb[d] : 0.0f;
+      for (int64_t k = std::max<int64_t>(0, K - 1 - t); k < K; ++k) {
+        const float* __restrict xk = px + b * sb + (t - K + 1 + k) * st;
+        const float* __restrict wk = wt.data() + k * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) o[d] += wk[d] * xk[d];
+      }
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) o[d] = o[d] / (1.0f + fast_exp(-o[d]));
+    }
+  });
+  return out;
+}
+
 // ------------------------------------------------------------------ decoding
 // One token through a whole Mamba block, for generation at small batch
 // (ssm_bridge/mamba_step.py; its PyTorch twin is mamba_step.block_step_ref).
@@ -321,19 +375,6 @@ void gemv(const float* __restrict W, const float* __restrict bias, int64_t M, in
       }
     }
   });
-}
-
-void check_f32(const at::Tensor& t, const char* name, std::initializer_list<int64_t> shape) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
-              "mamba block step (C++): ", name, " must be a contiguous float32 CPU tensor");
-  TORCH_CHECK(t.sizes().equals(shape), "mamba block step (C++): ", name, " has shape ",
-              t.sizes(), ", expected ", at::IntArrayRef(shape));
-}
-
-const float* data_or_null(const std::optional<at::Tensor>& t, const char* name, int64_t n) {
-  if (!t) return nullptr;
-  check_f32(*t, name, {n});
-  return t->data_ptr<float>();
 }
 
 }  // namespace
@@ -449,6 +490,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Fused selective scan (Mamba S6) for CPU float32; see selective_scan.cpp.";
   m.def("fwd", &scan_fwd, "[y] or [y, last state] = selective_scan(x, delta, A, B, C, D)");
   m.def("bwd", &scan_bwd, "(dx, ddelta, dA, dB, dC, dD) = backward of selective_scan");
+  m.def("conv_silu", &conv_silu, "SiLU(depthwise causal conv1d) of x (batch, L, D)");
   m.def("block_step", &mamba_block_step, "one decoding step of a Mamba block, states in place");
   m.def("rows_times", &rows_times, "v @ W.T streaming W once (decoding's output head)");
 }
