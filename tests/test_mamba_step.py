@@ -4,6 +4,7 @@ MambaLM takes it only where no hook watches, and hooks see what they saw without
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import pytest
@@ -66,6 +67,35 @@ def test_fused_head_equals_linear():
     x, W = torch.randn(3, 40, generator=g), torch.randn(37, 40, generator=g)  # 37 rows: 9 x 4 + 1
     with torch.no_grad():
         assert_close(mamba_step.head(x, W), F.linear(x, W), 1e-6)
+
+
+@needs_cpp
+def test_big_products_are_shared_between_threads_and_callers():
+    """Matrices of 1 MiB and more are split over torch's threads (csrc ChunkPool): the same
+    products, also with four Python threads calling at once (all but one work alone)."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(1001, 300, generator=g)  # 300K floats; 1001 rows, not a multiple of 4
+    xs = [torch.randn(2, 300, generator=g) for _ in range(4)]
+    results: list = [None] * 4
+
+    def work(i: int) -> None:
+        for _ in range(20):
+            results[i] = scan.load_extension().rows_times(xs[i], W)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        work(0)
+        assert_close(results[0], F.linear(xs[0], W), 1e-6)
+        callers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join()
+    finally:
+        torch.set_num_threads(threads)
+    for x, out in zip(xs, results):
+        assert_close(out, F.linear(x, W), 1e-6)
 
 
 @pytest.fixture
