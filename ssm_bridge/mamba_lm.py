@@ -182,9 +182,8 @@ class MambaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
         if state is not None and x.shape[1] == 1:  # a decoding step: fused when unwatched
-            weights = mamba_step.block_weights(self)
-            if mamba_step.block_fusable(self, x, weights):
-                out = mamba_step.block_step(x[:, 0], weights, state)  # (B, H)
+            out = mamba_step.fused_block_step(self, x[:, 0], state)  # (B, H) or None
+            if out is not None:
                 return self.hook_resid_post(out[:, None])
         residual = x.float() if self.residual_in_fp32 else x
         out = self.mixer(self.norm(x.to(self.norm.weight.dtype)), state)  # (B, L, H)
