@@ -64,17 +64,17 @@ def test_fused_step_equals_its_twin_and_the_modules(overrides, batch):
 @needs_cpp
 def test_fused_head_equals_linear():
     g = torch.Generator().manual_seed(0)
-    x, W = torch.randn(3, 40, generator=g), torch.randn(37, 40, generator=g)  # 37 rows: 9 x 4 + 1
+    x, W = torch.randn(3, 40, generator=g), torch.randn(37, 40, generator=g)  # 37 rows: 4 x 8 + 5
     with torch.no_grad():
         assert_close(mamba_step.head(x, W), F.linear(x, W), 1e-6)
 
 
 @needs_cpp
 def test_big_products_are_shared_between_threads_and_callers():
-    """Matrices of 1 MiB and more are split over torch's threads (csrc ChunkPool): the same
+    """Matrices of 256 KiB and more are split over torch's threads (csrc ChunkPool): the same
     products, also with four Python threads calling at once (all but one work alone)."""
     g = torch.Generator().manual_seed(0)
-    W = torch.randn(1001, 300, generator=g)  # 300K floats; 1001 rows, not a multiple of 4
+    W = torch.randn(1001, 300, generator=g)  # 300K floats; 1001 rows, not a multiple of 8
     xs = [torch.randn(2, 300, generator=g) for _ in range(4)]
     results: list = [None] * 4
 

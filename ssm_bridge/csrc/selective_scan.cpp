@@ -338,8 +338,7 @@ at::Tensor conv_silu(const at::Tensor& x, const at::Tensor& w,
 // matrix-vector products stream each weight row once for all rows of the batch,
 // split over threads by rows when the matrix is large (MKL's sgemv stays on one
 // thread: about half the bandwidth of two), and everything between them (conv,
-// Δ, the scan step, the gate: ~1% of the bytes) is one serial pass per channel,
-// as a parallel region costs more than it saves there.
+// Δ, the scan step, the gate: ~1% of the bytes) is one serial pass per channel.
 
 namespace {
 
@@ -467,7 +466,7 @@ void rows_dot(const float* __restrict r, int64_t K, const float* __restrict v, f
 
 // y[b, m] = W[m] . v[b] (+ bias[m]) for m < M, b < batch. W: (M, K) contiguous; v, y:
 // rows of K and M floats, `ldv` and `ldy` apart. Eight rows at a time (rows_dot); chunks
-// of ~64 KiB of rows go to the ChunkPool's threads when the matrix has 1 MiB or more.
+// of ~64 KiB of rows go to the ChunkPool's threads when the matrix has 256 KiB or more.
 void gemv(const float* __restrict W, const float* __restrict bias, int64_t M, int64_t K,
           const float* __restrict v, int64_t ldv, float* __restrict y, int64_t ldy,
           int64_t batch) {
@@ -476,7 +475,7 @@ void gemv(const float* __restrict W, const float* __restrict bias, int64_t M, in
   const int64_t per_chunk = std::max({int64_t{1}, 2048 / std::max<int64_t>(K, 1),  // blocks
                                       blocks / ChunkPool::MAX_CHUNKS + 1});
   const int64_t chunks = (blocks + per_chunk - 1) / per_chunk;
-  const int helpers = M * K >= (int64_t{1} << 18) ? num_threads() - 1 : 0;
+  const int helpers = M * K >= (int64_t{1} << 16) ? num_threads() - 1 : 0;
   chunk_pool().run(chunks, helpers, [&](int64_t chunk) {
     const int64_t end = std::min(blocks, (chunk + 1) * per_chunk);
     for (int64_t blk = chunk * per_chunk; blk < end; ++blk) {
