@@ -59,6 +59,21 @@ def test_step_by_step_decoding_equals_forward(overrides):
     assert state.position == state2.position == 23
 
 
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+@pytest.mark.parametrize("heavy", [False, True])
+def test_a_prompt_leaves_only_the_last_state(backend, heavy):
+    """After a prompt the state holds h (B, D, N) alone. Before, it was a view into the
+    prompt's whole (B, L, D, N) trajectory, which it kept alive through the decoding."""
+    model = tiny_mamba(scan_backend=backend)
+    state = model.new_state(2)
+    watch = [("layers.*.mixer.hook_state", lambda t, name: None)] if heavy else []
+    with torch.no_grad(), model.hooks(watch, heavy=True):
+        model(random_ids(2, 30), state)
+    for layer in state.layers:
+        assert layer["ssm"].shape == (2, 32, 4)
+        assert layer["ssm"].untyped_storage().nbytes() == 2 * 32 * 4 * 4
+
+
 def test_decoding_state_does_not_grow():
     model = tiny_mamba()
     state = model.new_state(2)

@@ -7,7 +7,9 @@ from conftest import batch, make_model, open_gates
 
 from ssm_bridge import EnhancedSSMBridge, SSMLayer, VLMConfig
 from ssm_bridge.config import SCAN_ORDERS
+from ssm_bridge.core import scan
 from ssm_bridge.core.attention import attend
+from ssm_bridge.core.layers import silu
 from ssm_bridge.core.ssm import DIRECTIONS, direction_perm, grid_layout
 
 
@@ -142,6 +144,45 @@ def test_scan_direction_matters_for_reversed_orders():
     raster, bi = SSMLayer(8, 4).eval(), SSMLayer(8, 4, scan_order="bidirectional").eval()
     torch.testing.assert_close(raster(x)[:, :9], raster(x2)[:, :9])
     assert not torch.allclose(bi(x)[:, 1], bi(x2)[:, 1])
+
+
+@pytest.mark.parametrize("kernel, bias", [(4, True), (3, False), (1, True)])
+def test_causal_conv_is_a_causal_conv1d(kernel, bias):
+    """The depthwise causal conv (K multiply-adds in (B, L, D) layout) equals torch's conv1d
+    with K-1 zeros of left padding, values and gradients; with a carried window the same
+    conv continues the sequence; SiLU of it in one C++ pass gives the same values and
+    gradients (explain mode's included)."""
+    torch.manual_seed(0)
+    d = SSMLayer(6, 4, conv_kernel=kernel).dirs[0]
+    if not bias:
+        d.conv1d.bias = None
+    x = torch.randn(2, 9, 6, requires_grad=True)
+    out = d.causal_conv(x)
+    ref = F.conv1d(x.transpose(1, 2), d.conv1d.weight, d.conv1d.bias, padding=kernel - 1,
+                   groups=6)[..., :9].transpose(1, 2)  # (2, 9, 6)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    w = torch.randn_like(out)
+    got = torch.autograd.grad((out * w).sum(), [x, *d.conv1d.parameters()])
+    want = torch.autograd.grad((ref * w).sum(), [x, *d.conv1d.parameters()])
+    for g, g_ref in zip(got, want):
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
+    state = {"conv": torch.zeros(2, 6, kernel - 1)}
+    parts = [d.causal_conv(x[:, s:e], state) for s, e in [(0, 4), (4, 5), (5, 9)]]
+    torch.testing.assert_close(torch.cat(parts, 1), ref, rtol=1e-6, atol=1e-6)
+    # SiLU and the conv in one C++ pass where it builds, on a strided view like in_proj's
+    # half, with the same values and gradients (explain mode's too)
+    xz = torch.cat([x, -x], dim=-1)
+    for explain in (False, True):
+        d.explain = explain
+        fused = d.conv_silu(xz[..., :6])
+        if scan.load_extension() is not None:
+            assert fused.grad_fn.name().endswith("_ConvSiLUBackward")
+        want_out = silu(d.causal_conv(xz[..., :6]), explain)
+        torch.testing.assert_close(fused, want_out, rtol=1e-6, atol=1e-6)
+        got = torch.autograd.grad((fused * w).sum(), [x, *d.conv1d.parameters()])
+        want = torch.autograd.grad((want_out * w).sum(), [x, *d.conv1d.parameters()])
+        for g, g_ref in zip(got, want):
+            torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
 
 
 def test_recurrent_step_matches_forward():

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssm_bridge.config import SCAN_BACKENDS
-from ssm_bridge.core import scan as scan
+from ssm_bridge.core import scan
 from ssm_bridge.core.scan import selective_scan, selective_scan_ref, selective_scan_step
 
 NAMES = ("x", "delta", "A", "B", "C", "D")
@@ -110,6 +110,27 @@ def test_return_state_matches_reference_and_is_differentiable():
     grads_ref = torch.autograd.grad(y_ref.sum() + (h_ref * w).sum(), inputs)
     for name, g, g_ref in zip(NAMES, grads, grads_ref):
         assert_close(g, g_ref, name=f"d{name}")
+
+
+@pytest.mark.parametrize("backend", SCAN_BACKENDS)
+def test_return_last_is_the_last_state_and_differentiable(backend):
+    """return_last=True gives (y, h after the last token), what decoding carries on, with
+    gradients through both (the C++ kernel takes the last state's gradient as its carry)."""
+    if backend == "cpp" and not cpp_available():
+        pytest.skip("C++ extension unavailable")
+    inputs = make_inputs(length=13)
+    y, last = selective_scan(*inputs, return_last=True, backend=backend)
+    y_ref, h_ref = selective_scan_ref(*inputs, return_state=True)
+    assert last.shape == (2, 5, 4) and last.untyped_storage().nbytes() == 2 * 5 * 4 * 4
+    assert_close(y, y_ref, name="y")
+    assert_close(last, h_ref[:, -1], name="last")
+    w = torch.randn_like(last)
+    grads = torch.autograd.grad(y.sum() + (last * w).sum(), inputs)
+    grads_ref = torch.autograd.grad(y_ref.sum() + (h_ref[:, -1] * w).sum(), inputs)
+    for name, g, g_ref in zip(NAMES, grads, grads_ref):
+        assert_close(g, g_ref, name=f"d{name}")
+    with pytest.raises(ValueError, match="not both"):
+        selective_scan(*inputs, return_state=True, return_last=True)
 
 
 @pytest.mark.parametrize("backend", ["auto", "torch"])

@@ -70,6 +70,24 @@ class HookPoint(nn.Module):
                 or bool(_attached and getattr(_local, "hooks", {}).get(self)))
 
 
+def watched(*modules: nn.Module) -> bool:
+    """Whether a hook may act inside `modules` in this thread: one it attached to a
+    HookPoint there, a torch forward (pre-)hook on any of their submodules, or a global one
+    (fused fast paths, which skip the hook points, run only when this is False)."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    mine = getattr(_local, "hooks", None) if _attached else None
+    stack = list(modules)  # a walk of the submodules (module.modules() costs 3x more)
+    while stack:
+        m = stack.pop()
+        if m._forward_hooks or m._forward_pre_hooks or (mine and m in mine):
+            return True
+        stack.extend(m._modules.values())
+    return False
+
+
 @contextlib.contextmanager
 def attached(point: HookPoint, fn: PointFn) -> Iterator[None]:
     """Run `fn(x) -> replacement | None` at `point` in this thread's forward passes until

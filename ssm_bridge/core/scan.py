@@ -125,26 +125,39 @@ def linear_recurrence(A_bar: torch.Tensor, Bx: torch.Tensor,
 
 
 # ---------------------------------------------------------------- dispatch
-def selective_scan(x, delta, A, B, C, D=None, *, return_state=False, backend="auto"):
+def selective_scan(x, delta, A, B, C, D=None, *, return_state=False, return_last=False,
+                   backend="auto"):
     """y_t = C_t · h_t + D ⊙ x_t with h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t x_t, h_{-1} = 0.
 
     x, delta: (B, L, D); A: (D, N); B, C: (B, L, N); D: (D,) or None.
     Returns y (B, L, D) in x's dtype; with return_state=True, (y, h) with the state
-    trajectory h (B, L, D, N) (computed by the "torch" backend, differentiable).
+    trajectory h (B, L, D, N) (computed by the "torch" backend, differentiable); with
+    return_last=True, (y, h_last) with only the state after the last token (B, D, N), in
+    float32 (float64 for float64 x): what decoding carries on, and the C++ kernel computes
+    it without building the trajectory.
     backend: "auto" | "torch" | "cpp" | "ref", all the same maths (see module docstring).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if return_state and return_last:
+        raise ValueError("selective_scan: pass return_state=True (the whole trajectory) or "
+                         "return_last=True (its last state), not both")
     _check_shapes(x, delta, A, B, C, D)
-    if backend == "ref":
-        return selective_scan_ref(x, delta, A, B, C, D, return_state=return_state)
     dtype = x.dtype
-    with torch.autocast(x.device.type, enabled=False):
-        args = _upcast(x, delta, A, B, C, D)
-        if not return_state and _use_cpp(backend, *args):
-            args = [None if t is None else t.contiguous() for t in args]
-            return _FusedScan.apply(*args).to(dtype)
-        y, h = _ChunkedScan.apply(*args, return_state)
+    if backend == "ref":
+        if not (return_state or return_last):
+            return selective_scan_ref(x, delta, A, B, C, D)
+        y, h = selective_scan_ref(x, delta, A, B, C, D, return_state=True)
+    else:
+        with torch.autocast(x.device.type, enabled=False):
+            args = _upcast(x, delta, A, B, C, D)
+            if not return_state and _use_cpp(backend, *args):
+                args = [None if t is None else t.contiguous() for t in args]
+                out = _FusedScan.apply(*args, return_last)
+                return (out[0].to(dtype), out[1]) if return_last else out.to(dtype)
+            y, h = _ChunkedScan.apply(*args, return_state or return_last)
+    if return_last:
+        return y.to(dtype), h[:, -1].clone()  # a copy: a view would keep the trajectory
     return (y.to(dtype), h) if return_state else y.to(dtype)
 
 
@@ -283,17 +296,21 @@ class _FusedScan(torch.autograd.Function):
     """The C++ kernel (csrc/selective_scan.cpp); saves only the inputs."""
 
     @staticmethod
-    def forward(ctx, x, delta, A, B, C, D):
+    def forward(ctx, x, delta, A, B, C, D, return_last):
         ctx.save_for_backward(x, delta, A, B, C, D)
-        return load_extension().fwd(x, delta, A, B, C, D)  # (B, L, D)
+        ctx.set_materialize_grads(False)
+        out = load_extension().fwd(x, delta, A, B, C, D, return_last)
+        return (out[0], out[1]) if return_last else out[0]  # (B, L, D), (B, D, N)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dy):
+    def backward(ctx, dy, dlast=None):
         x, delta, A, B, C, D = ctx.saved_tensors
-        dy = dy.to(torch.float32).contiguous()
-        dx, dd, dA, dB, dC, dD = load_extension().bwd(dy, x, delta, A, B, C, D)
-        return dx, dd, dA, dB, dC, dD if D is not None else None
+        dy = torch.zeros_like(x) if dy is None else dy.to(torch.float32).contiguous()
+        if dlast is not None:
+            dlast = dlast.to(torch.float32).contiguous()
+        dx, dd, dA, dB, dC, dD = load_extension().bwd(dy, x, delta, A, B, C, D, dlast)
+        return dx, dd, dA, dB, dC, dD if D is not None else None, None
 
 
 _ext_state: dict = {"module": None, "error": None, "warned": False}

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from ..config import SCAN_DIRECTIONS as DIRECTIONS  # scan order -> its directions
 from .addressing import (
@@ -64,7 +65,7 @@ from .addressing import (
 )
 from .hooks import HEAVY_SUFFIXES, HookPoint
 from .layers import gate_product, silu
-from .scan import linear_recurrence, selective_scan, selective_scan_step
+from .scan import linear_recurrence, load_extension, selective_scan, selective_scan_step
 
 
 def _inv_softplus_dt(dim: int, dt_min: float, dt_max: float) -> torch.Tensor:
@@ -72,6 +73,48 @@ def _inv_softplus_dt(dim: int, dt_min: float, dt_max: float) -> torch.Tensor:
     u = torch.rand(dim)
     dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))  # (D,)
     return dt + torch.log(-torch.expm1(-dt))  # softplus(result) == dt
+
+
+def causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                past: torch.Tensor | None = None) -> torch.Tensor:
+    """Depthwise causal conv over time: x (B, L, D), weight (D, K), bias (D,) or None ->
+    (B, L, D); past (B, K-1, D): the inputs before x (None: zeros).
+
+    out_t = bias + Σ_k w_k x_{t-K+1+k}: K multiply-adds over contiguous (B, L, D) slices, in
+    the layout the projections and the scan read (conv1d wants (B, D, L), and the transposes
+    around it cost more than the convolution itself)."""
+    L, K = x.shape[1], weight.shape[1]
+    if past is None:
+        past = x.new_zeros(x.shape[0], K - 1, x.shape[2])  # (B, K-1, D) zero padding
+    xp = torch.cat([past, x], dim=1)  # (B, K-1+L, D)
+    w = weight.to(x.dtype)
+    out = xp[:, :L] * w[:, 0] if bias is None else torch.addcmul(
+        bias.to(x.dtype), xp[:, :L], w[:, 0])  # (B, L, D)
+    for k in range(1, K):
+        out = out.addcmul_(xp[:, k:k + L], w[:, k])
+    return out
+
+
+class _ConvSiLU(torch.autograd.Function):
+    """SiLU(causal_conv(x)) as one pass of the C++ kernel (csrc, conv_silu); gradients
+    from the PyTorch formulation, recomputed in backward as a checkpoint would (the conv is
+    cheap next to the projections), with explain mode's SiLU rule when it is on."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, explain):
+        ctx.save_for_backward(x, weight, bias)
+        ctx.explain = explain
+        return load_extension().conv_silu(x, weight, bias)  # (B, L, D)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        leaves = [None if t is None else t.detach().requires_grad_() for t in ctx.saved_tensors]
+        with torch.enable_grad():
+            out = silu(causal_conv(*leaves), ctx.explain)
+        given = [t for t in leaves if t is not None]
+        grads = iter(torch.autograd.grad(out, given, grad))
+        return *(None if t is None else next(grads) for t in leaves), None
 
 
 class ScanDirection(nn.Module):
@@ -127,7 +170,7 @@ class ScanDirection(nn.Module):
         "ssm": (B, D, N)} to continue from (see `SSMLayer.allocate_state`), updated in place:
         from a fresh state a whole prompt, after it one token at a time (perm must be None)."""
         xs = x if perm is None else to_scan_order(x, perm)  # (B, L, D) in scan order
-        xs = self.hook_conv(silu(self.causal_conv(xs, state), self.explain))  # (B, L, D)
+        xs = self.hook_conv(self.conv_silu(xs, state))  # (B, L, D)
         if state is None:
             y = self.ssm(xs)  # (B, L, D)
         else:
@@ -135,22 +178,27 @@ class ScanDirection(nn.Module):
         y = self.hook_ssm_out(y)
         return self.hook_out(y if perm is None else to_token_order(y, perm))  # (B, L, D)
 
+    def conv_silu(self, xs: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """SiLU(causal_conv(xs)): (B, L, D) -> (B, L, D). Without a carried window it is one
+        C++ pass where that kernel may run (float32 CPU, backend "auto" or "cpp"), in every
+        grad mode alike (so values never depend on it), with the PyTorch gradients."""
+        w, bias = self.conv1d.weight[:, 0], self.conv1d.bias  # (D, K), (D,)
+        if (state is None and self.backend in ("auto", "cpp") and xs.device.type == "cpu"
+                and xs.stride(-1) == 1 and xs.dtype == w.dtype == torch.float32
+                and load_extension() is not None):
+            return _ConvSiLU.apply(xs, w, bias, self.explain)
+        return silu(self.causal_conv(xs, state), self.explain)
+
     def causal_conv(self, xs: torch.Tensor, state: dict | None = None) -> torch.Tensor:
         """Depthwise causal conv over time: (B, L, D) -> (B, L, D). With a state its
         window {"conv": (B, D, K-1)}, the K-1 inputs before xs, replaces the zero padding
         and is moved on by L tokens."""
-        L = xs.shape[1]
-        xs = rearrange(xs, "b l d -> b d l")  # (B, D, L)
-        if state is None:
-            return rearrange(self.conv1d(xs)[..., :L], "b d l -> b l d")  # (B, L, D) causal
-        xs = torch.cat([state["conv"].to(xs.dtype), xs], dim=-1)  # (B, D, K-1+L)
-        state["conv"] = xs[..., xs.shape[-1] - state["conv"].shape[-1]:]  # (B, D, K-1)
-        if L == 1:  # a decoding step: one dot product per channel (5x cheaper than conv1d)
-            out = (xs * self.conv1d.weight[:, 0]).sum(-1, keepdim=True)  # (B, D, 1)
-            out = out if self.conv1d.bias is None else out + self.conv1d.bias[:, None]
-        else:
-            out = F.conv1d(xs, self.conv1d.weight, self.conv1d.bias, groups=self.dim)  # (B, D, L)
-        return rearrange(out, "b d l -> b l d")
+        past = None
+        if state is not None:
+            past = rearrange(state["conv"].to(xs.dtype), "b d k -> b k d")  # (B, K-1, D)
+            window = torch.cat([past, xs], dim=1)[:, xs.shape[1]:]  # (B, K-1, D)
+            state["conv"] = rearrange(window, "b k d -> b d k")
+        return causal_conv(xs, self.conv1d.weight[:, 0], self.conv1d.bias, past)
 
     def ssm(self, x: torch.Tensor, h0: torch.Tensor | None = None, *,
             return_last: bool = False):
@@ -170,10 +218,8 @@ class ScanDirection(nn.Module):
         if h0 is not None and bool(h0.any()):
             raise ValueError("a carried SSM state continues one token at a time; run the "
                              "whole prompt from a fresh state, then step")
-        if not return_last:
-            return selective_scan(x, delta, A, B, C, self.D, backend=self.backend)
-        y, h = selective_scan(x, delta, A, B, C, self.D, return_state=True, backend=self.backend)
-        return y, h[:, -1]  # (B, L, D), (B, D, N)
+        return selective_scan(x, delta, A, B, C, self.D, return_last=return_last,
+                              backend=self.backend)  # y (B, L, D) [, h_last (B, D, N)]
 
     def ssm_explicit(self, x, delta, A, B, C, h0=None, *, return_last=False):
         """The scan with Ā, B̄x and h materialised and hookable (float32). Same maths as
@@ -186,7 +232,7 @@ class ScanDirection(nn.Module):
         h = linear_recurrence(A_bar, dBx, h0)  # (B, L, D, N)
         y = torch.einsum("bldn,bln->bld", self.hook_state(h), C.float()) + x.float() * self.D
         y = y.to(x.dtype)  # (B, L, D)
-        return (y, h[:, -1]) if return_last else y
+        return (y, h[:, -1].clone()) if return_last else y  # a copy frees the trajectory
 
     def dt_bc(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The selection mechanism: (Δ (B, L, D), B (B, L, N), C (B, L, N)) from x.

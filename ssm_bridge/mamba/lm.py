@@ -47,6 +47,7 @@ from ..core.generation import sample_next
 from ..core.hooks import HookPoint
 from ..core.layers import gate_product, silu
 from ..core.ssm import ScanDirection
+from . import step as mamba_step
 
 # Per thread: {id(model): position of the current call's first token}. A module-level
 # thread-local rather than an attribute, so models still deep-copy.
@@ -182,6 +183,10 @@ class MambaBlock(nn.Module):
         self.hook_resid_post = HookPoint()  # (B, L, H) the residual stream after the block
 
     def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        if state is not None and x.shape[1] == 1:  # a decoding step: fused when unwatched
+            out = mamba_step.fused_block_step(self, x[:, 0], state)  # (B, H) or None
+            if out is not None:
+                return self.hook_resid_post(out[:, None])
         residual = x.float() if self.residual_in_fp32 else x
         out = self.mixer(self.norm(x.to(self.norm.weight.dtype)), state)  # (B, L, H)
         return self.hook_resid_post(residual + out)
@@ -250,7 +255,11 @@ class MambaLM(nn.Module):
         if state is not None:
             state.position += input_ids.shape[1]
         x = self.hook_resid_final(self.norm_f(x.to(self.norm_f.weight.dtype)))  # (B, L, H)
-        return self.hook_logits(F.linear(x, self.output_weight).float())  # (B, L, vocab)
+        if x.shape[1] == 1:  # a decoding step: the head streamed once (mamba_step.head)
+            logits = mamba_step.head(x[:, 0], self.output_weight)[:, None]  # (B, 1, vocab)
+        else:
+            logits = F.linear(x, self.output_weight)
+        return self.hook_logits(logits.float())  # (B, L, vocab)
 
     def new_state(self, batch: int, device=None) -> MambaState:
         """A zero decoding state for `batch` sequences."""

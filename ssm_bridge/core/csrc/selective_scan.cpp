@@ -19,7 +19,8 @@
 //     the inner loop over n is vectorised (AVX-512: 16 lanes; exp is inlined
 //     below so the whole loop body vectorises without calls).
 //   * Forward keeps the state of one pair in an N-float buffer (L1) and writes
-//     only y; the (B, L, D, N) trajectory is never materialised. Nothing but
+//     only y (and, asked for, the last state, where decoding carries on); the
+//     (B, L, D, N) trajectory is never materialised. Nothing but
 //     the inputs is saved for backward.
 //   * Backward recomputes the states of one (b, d) pair into a small
 //     (L + 1) x N buffer (and Ā into an L x N one, so exp runs once per
@@ -50,10 +51,15 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <mutex>
 #include <optional>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -103,14 +109,32 @@ int num_threads() {
   return static_cast<int>(at::get_num_threads());
 }
 
+// The checks of the conv and decoding kernels (their Python callers check first).
+void check_f32(const at::Tensor& t, const char* name, std::initializer_list<int64_t> shape) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
+              "ssm_bridge C++ kernel: ", name, " must be a contiguous float32 CPU tensor");
+  TORCH_CHECK(t.sizes().equals(shape), "ssm_bridge C++ kernel: ", name, " has shape ",
+              t.sizes(), ", expected ", at::IntArrayRef(shape));
+}
+
+const float* data_or_null(const std::optional<at::Tensor>& t, const char* name, int64_t n) {
+  if (!t) return nullptr;
+  check_f32(*t, name, {n});
+  return t->data_ptr<float>();
+}
+
 }  // namespace
 
-// y = selective_scan(x, delta, A, B, C, D): (batch, L, D).
-at::Tensor scan_fwd(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& A,
-                    const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D) {
+// {y} = selective_scan(x, delta, A, B, C, D): (batch, L, D); with return_last,
+// {y, h_{L-1}}: the state after the last token (batch, D, N), as decoding carries on.
+std::vector<at::Tensor> scan_fwd(const at::Tensor& x, const at::Tensor& delta,
+                                 const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+                                 const std::optional<at::Tensor>& D, bool return_last) {
   check_inputs(x, delta, A, B, C, D);
   const int64_t batch = x.size(0), L = x.size(1), dim = x.size(2), N = A.size(1);
   at::Tensor y = at::empty_like(x);
+  at::Tensor last = return_last ? at::empty({batch, dim, N}, x.options()) : at::Tensor();
+  float* __restrict plast = return_last ? last.data_ptr<float>() : nullptr;
   const float* __restrict px = x.data_ptr<float>();
   const float* __restrict pdt = delta.data_ptr<float>();
   const float* __restrict pA = A.data_ptr<float>();
@@ -142,20 +166,25 @@ at::Tensor scan_fwd(const at::Tensor& x, const at::Tensor& delta, const at::Tens
         }
         py[i] = acc + skip * px[i];
       }
+      if (plast) std::copy(h, h + N, plast + pair * N);  // pair = b * dim + d
     }
   }
-  return y;
+  return return_last ? std::vector<at::Tensor>{y, last} : std::vector<at::Tensor>{y};
 }
 
-// Gradients (dx, ddelta, dA, dB, dC, dD) of <dy, selective_scan(...)>; dD is
-// undefined when D is None.
+// Gradients (dx, ddelta, dA, dB, dC, dD) of <dy, y> + <dlast, h_{L-1}>; dD is
+// undefined when D is None, dlast (batch, D, N) is optional (the last state unused).
 std::vector<at::Tensor> scan_bwd(const at::Tensor& dy, const at::Tensor& x,
                                  const at::Tensor& delta, const at::Tensor& A,
                                  const at::Tensor& B, const at::Tensor& C,
-                                 const std::optional<at::Tensor>& D) {
+                                 const std::optional<at::Tensor>& D,
+                                 const std::optional<at::Tensor>& dlast) {
   check_inputs(x, delta, A, B, C, D);
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.is_contiguous() && dy.scalar_type() == at::kFloat,
               "dy: contiguous float32 like x");
+  TORCH_CHECK(!dlast || (dlast->sizes() == at::IntArrayRef({x.size(0), x.size(2), A.size(1)}) &&
+                         dlast->is_contiguous() && dlast->scalar_type() == at::kFloat),
+              "dlast: contiguous float32 (batch, D, N)");
   const int64_t batch = x.size(0), L = x.size(1), dim = x.size(2), N = A.size(1);
   // Enough (b, channel-chunk) tasks to keep every thread busy; one chunk per
   // batch row when the batch alone suffices (then dB, dC need no reduction).
@@ -177,6 +206,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dy, const at::Tensor& x,
   const float* __restrict pB = B.data_ptr<float>();
   const float* __restrict pC = C.data_ptr<float>();
   const float* __restrict pD = D ? D->data_ptr<float>() : nullptr;
+  const float* __restrict pdlast = dlast ? dlast->data_ptr<float>() : nullptr;
   float* __restrict pdx = dx.data_ptr<float>();
   float* __restrict pddt = ddelta.data_ptr<float>();
   float* __restrict pdA = dA_part.data_ptr<float>();
@@ -214,8 +244,13 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dy, const at::Tensor& x,
             h[n] = a[n] * h_prev[n] + dtx * Bt[n];
           }
         }
-        // 2. Reverse recurrence, reading every gradient off g_t.
-        std::fill(carry, carry + N, 0.0f);
+        // 2. Reverse recurrence, reading every gradient off g_t (g_{L-1} also takes
+        //    the last state's gradient: it enters as the carry).
+        if (pdlast) {
+          std::copy(pdlast + (b * dim + d) * N, pdlast + (b * dim + d + 1) * N, carry);
+        } else {
+          std::fill(carry, carry + N, 0.0f);
+        }
         float dD_acc = 0.0f;
         float* __restrict dA_acc = pdA + (b * dim + d) * N;
         std::fill(dA_acc, dA_acc + N, 0.0f);
@@ -256,8 +291,328 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dy, const at::Tensor& x,
   return {dx, ddelta, dA_part.sum(0), dB, dC, dD};
 }
 
+// ------------------------------------------------------------------ causal conv
+// SiLU(depthwise causal conv over time) in one pass, for a forward that needs no
+// gradient (ScanDirection.conv_silu; the PyTorch path is SiLU(causal_conv(x))):
+//   out[b, t, d] = SiLU(bias[d] + Σ_k w[d, k] x[b, t - K + 1 + k, d]),  x before 0 is 0.
+// x: (batch, L, D) with unit stride over D (a view of in_proj's output is fine).
+at::Tensor conv_silu(const at::Tensor& x, const at::Tensor& w,
+                     const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 3 && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
+              x.stride(2) == 1, "conv_silu (C++): x must be a float32 CPU (batch, L, D) tensor "
+              "with unit stride over D");
+  const int64_t batch = x.size(0), L = x.size(1), D = x.size(2), K = w.size(1);
+  check_f32(w, "conv weight", {D, K});
+  const float* pb = data_or_null(bias, "conv bias", D);
+  const float* pw = w.data_ptr<float>();
+  std::vector<float> wt(K * D);  // transposed, wt[k * D + d], so the loops run over d
+  for (int64_t d = 0; d < D; ++d) {
+    for (int64_t k = 0; k < K; ++k) wt[k * D + d] = pw[d * K + k];
+  }
+  at::Tensor out = at::empty({batch, L, D}, x.options());
+  const float* px = x.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  const int64_t sb = x.stride(0), st = x.stride(1);
+  at::parallel_for(0, batch * L, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / L, t = row % L;
+      float* __restrict o = po + row * D;
+      for (int64_t d = 0; d < D; ++d) o[d] = pb ? pb[d] : 0.0f;
+      for (int64_t k = std::max<int64_t>(0, K - 1 - t); k < K; ++k) {
+        const float* __restrict xk = px + b * sb + (t - K + 1 + k) * st;
+        const float* __restrict wk = wt.data() + k * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) o[d] += wk[d] * xk[d];
+      }
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) o[d] = o[d] / (1.0f + fast_exp(-o[d]));
+    }
+  });
+  return out;
+}
+
+// ------------------------------------------------------------------ decoding
+// One token through a whole Mamba block, for generation at small batch
+// (ssm_bridge/mamba_step.py; its PyTorch twin is mamba_step.block_step_ref).
+// At batch 1 a token is bound by reading the weights once from memory, so the
+// matrix-vector products stream each weight row once for all rows of the batch,
+// split over threads by rows when the matrix is large (MKL's sgemv stays on one
+// thread: about half the bandwidth of two), and everything between them (conv,
+// Δ, the scan step, the gate: ~1% of the bytes) is one serial pass per channel.
+
+namespace {
+
+float silu(float v) { return v / (1.0f + std::exp(-v)); }
+
+float softplus(float v) { return v > 20.0f ? v : std::log1p(std::exp(v)); }  // as torch's
+
+// Helper threads that join the calling thread on the chunks of one job (the decoding
+// step's matrix-vector products, ~50 per token). Chunks are claimed one at a time from
+// one atomic word, job number | chunk count | next chunk, so the caller never waits for a
+// helper the OS has not run yet, only for chunks a helper is in the middle of. (An
+// OpenMP region's barrier waits for every thread: on a loaded 2-core machine that cost a
+// time slice per product, 1.2 GB/s against 7 GB/s on one thread.)
+class ChunkPool {
+ public:
+  static constexpr int64_t MAX_CHUNKS = 0xffff;
+
+  // fn(chunk) for every chunk < n <= MAX_CHUNKS, on the caller and up to `helpers` helper
+  // threads. A second caller while one runs (two Python threads decoding) works alone.
+  void run(int64_t n, int helpers, const std::function<void(int64_t)>& fn) {
+    std::unique_lock<std::mutex> mine(run_mutex_, std::try_to_lock);
+    if (!mine.owns_lock() || helpers < 1 || n < 2) {
+      for (int64_t c = 0; c < n; ++c) fn(c);
+      return;
+    }
+    while (threads_ < helpers) {  // started on first use, never stopped (detached)
+      const int index = threads_++;
+      std::thread([this, index] { serve(index); }).detach();
+    }
+    const uint32_t job = job_.load(std::memory_order_relaxed) + 1;
+    fn_.store(&fn);
+    helpers_.store(helpers);
+    done_.store(0);
+    next_.store(uint64_t(job) << 32 | uint64_t(n) << 16);  // chunk 0 of n
+    job_.store(job);
+    { std::lock_guard<std::mutex> lock(sleep_mutex_); }  // no helper misses the wake-up
+    wake_.notify_all();
+    work(job, &fn);
+    while (done_.load() < n) std::this_thread::yield();  // chunks helpers are running
+  }
+
+ private:
+  // Claims and runs chunks of `job` until none is left. The word carries the job's
+  // number and chunk count, so a helper holding an older or newer job's fields claims
+  // nothing: a claim succeeds only while the caller is inside that very job.
+  void work(uint32_t job, const std::function<void(int64_t)>* fn) {
+    uint64_t cur = next_.load();
+    while (uint32_t(cur >> 32) == job && (cur & 0xffff) < ((cur >> 16) & 0xffff)) {
+      if (next_.compare_exchange_weak(cur, cur + 1)) {
+        (*fn)(int64_t(cur & 0xffff));
+        done_.fetch_add(1);
+        cur = next_.load();
+      }
+    }
+  }
+
+  void serve(int index) {
+    uint32_t seen = 0;
+    while (true) {
+      uint32_t job = job_.load();
+      for (int spin = 0; job == seen && spin < 2000; ++spin) {  // ~0.1 ms, then sleep
+        pause();
+        job = job_.load();
+      }
+      if (job == seen) {
+        std::unique_lock<std::mutex> lock(sleep_mutex_);
+        wake_.wait(lock, [&] { return job_.load() != seen; });
+        continue;
+      }
+      seen = job;
+      if (index < helpers_.load()) work(job, fn_.load());
+    }
+  }
+
+  static void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#else
+    std::this_thread::yield();
+#endif
+  }
+
+  std::mutex run_mutex_, sleep_mutex_;
+  std::condition_variable wake_;
+  std::atomic<uint32_t> job_{0};
+  std::atomic<uint64_t> next_{0};
+  std::atomic<int64_t> done_{0};
+  std::atomic<const std::function<void(int64_t)>*> fn_{nullptr};
+  std::atomic<int> helpers_{0};
+  int threads_ = 0;  // only touched under run_mutex_
+};
+
+ChunkPool& chunk_pool() {
+  static ChunkPool* pool = new ChunkPool();  // never destroyed: its threads outlive exit
+  return *pool;
+}
+
+// Eight floats as one vector (GCC/Clang vector extension: one AVX register on x86).
+typedef float f32x8 __attribute__((vector_size(32)));
+
+inline f32x8 load8(const float* p) {
+  f32x8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// out[i] = row_i . v for the R rows r, r + K, ..., r + (R-1) K: one accumulator each, so R
+// weight streams are in flight and each load of v feeds R products. (Written with vectors:
+// gcc's own vectorisation of this loop read ~30% slower with two threads.)
+template <int R>
+void rows_dot(const float* __restrict r, int64_t K, const float* __restrict v, float* out) {
+  f32x8 acc[R] = {};
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const f32x8 vk = load8(v + k);
+    for (int i = 0; i < R; ++i) acc[i] += load8(r + i * K + k) * vk;
+  }
+  for (int i = 0; i < R; ++i) {
+    float sum = 0.0f;
+    for (int j = 0; j < 8; ++j) sum += acc[i][j];
+    for (int64_t j = k; j < K; ++j) sum += r[i * K + j] * v[j];
+    out[i] = sum;
+  }
+}
+
+// y[b, m] = W[m] . v[b] (+ bias[m]) for m < M, b < batch. W: (M, K) contiguous; v, y:
+// rows of K and M floats, `ldv` and `ldy` apart. Eight rows at a time (rows_dot); chunks
+// of ~64 KiB of rows go to the ChunkPool's threads when the matrix has 256 KiB or more.
+void gemv(const float* __restrict W, const float* __restrict bias, int64_t M, int64_t K,
+          const float* __restrict v, int64_t ldv, float* __restrict y, int64_t ldy,
+          int64_t batch) {
+  constexpr int64_t R = 8;
+  const int64_t blocks = (M + R - 1) / R;
+  const int64_t per_chunk = std::max({int64_t{1}, 2048 / std::max<int64_t>(K, 1),  // blocks
+                                      blocks / ChunkPool::MAX_CHUNKS + 1});
+  const int64_t chunks = (blocks + per_chunk - 1) / per_chunk;
+  const int helpers = M * K >= (int64_t{1} << 16) ? num_threads() - 1 : 0;
+  chunk_pool().run(chunks, helpers, [&](int64_t chunk) {
+    const int64_t end = std::min(blocks, (chunk + 1) * per_chunk);
+    for (int64_t blk = chunk * per_chunk; blk < end; ++blk) {
+      const int64_t m0 = blk * R, rows = std::min(R, M - m0);
+      for (int64_t b = 0; b < batch; ++b) {
+        float out[R];
+        if (rows == R) {
+          rows_dot<R>(W + m0 * K, K, v + b * ldv, out);
+        } else {
+          for (int64_t r = 0; r < rows; ++r) rows_dot<1>(W + (m0 + r) * K, K, v + b * ldv, out + r);
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          y[b * ldy + m0 + r] = out[r] + (bias ? bias[m0 + r] : 0.0f);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+// x (batch, H) -> logits-free output of one block: x + out_proj(y * SiLU(z)), where
+//   u = RMSNorm(x); (xs, z) = in_proj(u); xc = SiLU(causal conv of [window, xs]);
+//   (dt, B, C) = x_proj(xc); Δ = softplus(dt_proj(dt)); A = -exp(A_log);
+//   h = exp(Δ A) h + Δ B xc; y = C . h + D xc.
+// conv_state (batch, D, K-1) and ssm_state (batch, D, N) move on by one token, in place.
+at::Tensor mamba_block_step(const at::Tensor& x, const at::Tensor& norm_w, double eps,
+                            const at::Tensor& in_w, const std::optional<at::Tensor>& in_b,
+                            const at::Tensor& conv_w, const std::optional<at::Tensor>& conv_b,
+                            const at::Tensor& xproj_w, const at::Tensor& dt_w,
+                            const at::Tensor& dt_b, const at::Tensor& A_log,
+                            const at::Tensor& skip, const at::Tensor& out_w,
+                            const std::optional<at::Tensor>& out_b, at::Tensor& conv_state,
+                            at::Tensor& ssm_state) {
+  TORCH_CHECK(x.dim() == 2 && A_log.dim() == 2 && conv_w.dim() == 3 && dt_w.dim() == 2,
+              "mamba block step (C++): x (batch, H), A_log (D, N), conv_w (D, 1, K), "
+              "dt_w (D, R)");
+  const int64_t batch = x.size(0), H = x.size(1), D = A_log.size(0), N = A_log.size(1);
+  const int64_t K = conv_w.size(2), R = dt_w.size(1), P = R + 2 * N;
+  check_f32(x, "x", {batch, H});
+  check_f32(norm_w, "norm weight", {H});
+  check_f32(in_w, "in_proj weight", {2 * D, H});
+  check_f32(conv_w, "conv weight", {D, 1, K});
+  check_f32(xproj_w, "x_proj weight", {P, D});
+  check_f32(dt_w, "dt_proj weight", {D, R});
+  check_f32(dt_b, "dt_proj bias", {D});
+  check_f32(A_log, "A_log", {D, N});
+  check_f32(skip, "D", {D});
+  check_f32(out_w, "out_proj weight", {H, D});
+  check_f32(conv_state, "conv state", {batch, D, K - 1});
+  check_f32(ssm_state, "ssm state", {batch, D, N});
+  const float* in_bias = data_or_null(in_b, "in_proj bias", 2 * D);
+  const float* conv_bias = data_or_null(conv_b, "conv bias", D);
+  const float* out_bias = data_or_null(out_b, "out_proj bias", H);
+
+  // Scratch: u (batch, H), xz (batch, 2D), xc (batch, D), dbc (batch, P), g (batch, D).
+  at::Tensor scratch = at::empty({batch * (H + 4 * D + P)}, x.options());
+  float* u = scratch.data_ptr<float>();
+  float* xz = u + batch * H;
+  float* xc = xz + batch * 2 * D;
+  float* dbc = xc + batch * D;
+  float* g = dbc + batch * P;
+  const float* px = x.data_ptr<float>();
+  const float* nw = norm_w.data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) {  // RMSNorm
+    double ss = 0.0;
+    for (int64_t i = 0; i < H; ++i) ss += double(px[b * H + i]) * px[b * H + i];
+    const float scale = 1.0f / std::sqrt(float(ss / H) + float(eps));
+    for (int64_t i = 0; i < H; ++i) u[b * H + i] = px[b * H + i] * scale * nw[i];
+  }
+  gemv(in_w.data_ptr<float>(), in_bias, 2 * D, H, u, H, xz, 2 * D, batch);
+
+  const float* cw = conv_w.data_ptr<float>();
+  float* win = conv_state.data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) {  // causal conv, SiLU
+    for (int64_t d = 0; d < D; ++d) {
+      float* w = win + (b * D + d) * (K - 1);  // the K-1 inputs before this token
+      const float now = xz[b * 2 * D + d];
+      float acc = (conv_bias ? conv_bias[d] : 0.0f) + cw[d * K + K - 1] * now;
+      for (int64_t k = 0; k < K - 1; ++k) acc += cw[d * K + k] * w[k];
+      for (int64_t k = 0; k + 1 < K - 1; ++k) w[k] = w[k + 1];
+      if (K > 1) w[K - 2] = now;
+      xc[b * D + d] = silu(acc);
+    }
+  }
+  gemv(xproj_w.data_ptr<float>(), nullptr, P, D, xc, D, dbc, P, batch);
+
+  const float* dw = dt_w.data_ptr<float>();
+  const float* db = dt_b.data_ptr<float>();
+  const float* al = A_log.data_ptr<float>();
+  const float* ps = skip.data_ptr<float>();
+  float* hs = ssm_state.data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) {  // Δ, the scan step, the gate
+    const float* __restrict dt = dbc + b * P;
+    const float* __restrict Bt = dt + R;
+    const float* __restrict Ct = Bt + N;
+    for (int64_t d = 0; d < D; ++d) {
+      const float* __restrict Al = al + d * N;
+      float acc = db[d];
+      for (int64_t r = 0; r < R; ++r) acc += dw[d * R + r] * dt[r];
+      const float delta = softplus(acc), xt = xc[b * D + d], dtx = delta * xt;
+      float* __restrict h = hs + (b * D + d) * N;
+      float y = 0.0f;
+#pragma omp simd reduction(+ : y)
+      for (int64_t n = 0; n < N; ++n) {
+        h[n] = fast_exp(-delta * fast_exp(Al[n])) * h[n] + dtx * Bt[n];
+        y += Ct[n] * h[n];
+      }
+      g[b * D + d] = (y + ps[d] * xt) * silu(xz[b * 2 * D + D + d]);
+    }
+  }
+  at::Tensor out = at::empty({batch, H}, x.options());
+  float* po = out.data_ptr<float>();
+  gemv(out_w.data_ptr<float>(), out_bias, H, D, g, D, po, H, batch);
+  for (int64_t i = 0; i < batch * H; ++i) po[i] += px[i];  // the residual
+  return out;
+}
+
+// y (batch, M) = v (batch, K) @ W.T for W (M, K): the output head of a decoding step.
+at::Tensor rows_times(const at::Tensor& v, const at::Tensor& W) {
+  TORCH_CHECK(v.dim() == 2 && W.dim() == 2, "rows_times: v (batch, K), W (M, K)");
+  check_f32(v, "v", {v.size(0), W.size(1)});
+  check_f32(W, "W", {W.size(0), W.size(1)});
+  at::Tensor y = at::empty({v.size(0), W.size(0)}, v.options());
+  gemv(W.data_ptr<float>(), nullptr, W.size(0), W.size(1), v.data_ptr<float>(), W.size(1),
+       y.data_ptr<float>(), W.size(0), v.size(0));
+  return y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Fused selective scan (Mamba S6) for CPU float32; see selective_scan.cpp.";
-  m.def("fwd", &scan_fwd, "y = selective_scan(x, delta, A, B, C, D)");
+  m.def("fwd", &scan_fwd, "[y] or [y, last state] = selective_scan(x, delta, A, B, C, D)");
   m.def("bwd", &scan_bwd, "(dx, ddelta, dA, dB, dC, dD) = backward of selective_scan");
+  m.def("conv_silu", &conv_silu, "SiLU(depthwise causal conv1d) of x (batch, L, D)");
+  // Without the GIL: other Python threads (another decoding, a server) run meanwhile.
+  m.def("block_step", &mamba_block_step, "one decoding step of a Mamba block, states in place",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("rows_times", &rows_times, "v @ W.T streaming W once (decoding's output head)",
+        py::call_guard<py::gil_scoped_release>());
 }
