@@ -24,7 +24,9 @@ hook_embed, layers.{i}.hook_resid_post, hook_resid_final (after norm_f) and hook
 
 Decoding carries, per layer, the conv window (B, D, K-1) and the state h (B, D, N): each new
 token costs the same, whatever came before. Hooks fire during decoding too, with length-1
-tensors; `token_offset` tells a hook which position the current call starts at.
+tensors; `token_offset` tells a hook which position the current call starts at. A block
+that no hook watches takes its decoding step in one C++ call instead (without a gradient,
+float32 on CPU: ssm_bridge/mamba_step.py, the same maths as its modules).
 """
 
 from __future__ import annotations
