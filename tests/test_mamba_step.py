@@ -101,15 +101,15 @@ def test_big_products_are_shared_between_threads_and_callers():
 
 @pytest.fixture
 def fused_calls(monkeypatch) -> list[int]:
-    """Counts the blocks that ran the fused step (by id of their state dict)."""
+    """Records the blocks that ran the fused step (by id of their state dict)."""
     calls: list[int] = []
-    real = mamba_step.block_step
+    real = mamba_step.blocks_step
 
-    def counting(x, weights, state):
-        calls.append(id(state))
-        return real(x, weights, state)
+    def counting(x, blocks):
+        calls.extend(id(state) for _, state in blocks)
+        return real(x, blocks)
 
-    monkeypatch.setattr(mamba_step, "block_step", counting)
+    monkeypatch.setattr(mamba_step, "blocks_step", counting)
     return calls
 
 
@@ -172,3 +172,20 @@ def test_hooked_decoding_sees_and_gives_what_it_did(fused_calls):
     _, cache = model.run_with_cache(random_ids(2, 9), "layers.1.mixer.hook_gate")
     torch.testing.assert_close(torch.cat(seen, 1), cache["layers.1.mixer.hook_gate"],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_the_vlm_mamba_decoder_decodes_through_the_fused_step(fused_calls):
+    from ssm_bridge.model import EnhancedVLM, VLMConfig
+
+    torch.manual_seed(0)
+    model = EnhancedVLM(VLMConfig.from_preset("tiny", decoder_type="mamba",
+                                              cross_attn_layers=0)).eval()
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        fused = model.generate(images, max_length=8, temperature=0.0)
+    steps = (fused[0] != model.config.pad_token_id).sum().item() - 2  # after prefix + BOS
+    assert len(fused_calls) == steps * len(model.decoder.layers)
+    fused_calls.clear()
+    with torch.no_grad(), model.hooks([("decoder.layers.*.hook_resid_post", lambda t, n: t)]):
+        plain = model.generate(images, max_length=8, temperature=0.0)  # watched: modules
+    assert not fused_calls and torch.equal(fused, plain)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VLMConfig
+from ..mamba import step as mamba_step
 from ..mamba.lm import MambaBlock, MambaConfig, MambaLM, MambaState
 from .decoder import ImageConditioning
 from .hooks import HookPoint
@@ -138,9 +139,12 @@ class MambaDecoder(ImageConditioning, nn.Module):
                              f"first, got {T}; run the whole prompt in the first call")
         state = cache.state if cache is not None else None
         checkpointing = self.gradient_checkpointing and self.training and cache is None
-        for i, layer in enumerate(self.layers):
-            layer_state = state.layers[i] if state is not None else None
-            x = maybe_checkpoint(layer, x, checkpointing, state=layer_state)
+        if state is not None and x.shape[1] == 1:  # a decoding step: fused where unwatched
+            x = mamba_step.step_layers(self.layers, x, state.layers)  # (B, 1, dim)
+        else:
+            for i, layer in enumerate(self.layers):
+                layer_state = state.layers[i] if state is not None else None
+                x = maybe_checkpoint(layer, x, checkpointing, state=layer_state)
         if cache is not None:
             state.position += x.shape[1]
             cache.text_len += T

@@ -25,7 +25,9 @@ Three implementations of the same maths, chosen by `backend`:
              saved; backward recomputes each chunk's states.
     "cpp"    `_FusedScan`: the fused C++/OpenMP CPU kernel in csrc/selective_scan.cpp,
              compiled on first use (or ahead of time: `python -m ssm_bridge.core.scan --build`).
-             Never materialises the (B, L, D, N) states. float32 CPU tensors only.
+             Never materialises the (B, L, D, N) states. float32 CPU tensors only. The
+             same extension holds the fused causal conv + SiLU (ssm.ScanDirection.conv_silu)
+             and Mamba's decoding step (ssm_bridge/mamba/step.py).
     "auto"   "cpp" for CPU tensors when the extension builds, else "torch".
 Half-precision inputs are computed in float32 (autocast is switched off inside) and y is
 cast back to x's dtype; float64 stays float64 on the "torch" and "ref" paths.

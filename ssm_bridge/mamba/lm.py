@@ -24,7 +24,9 @@ hook_embed, layers.{i}.hook_resid_post, hook_resid_final (after norm_f) and hook
 
 Decoding carries, per layer, the conv window (B, D, K-1) and the state h (B, D, N): each new
 token costs the same, whatever came before. Hooks fire during decoding too, with length-1
-tensors; `token_offset` tells a hook which position the current call starts at.
+tensors; `token_offset` tells a hook which position the current call starts at. A block
+that no hook watches takes its decoding step in one C++ call instead (without a gradient,
+float32 on CPU: ssm_bridge/mamba/step.py, the same maths as its modules).
 """
 
 from __future__ import annotations
@@ -183,10 +185,6 @@ class MambaBlock(nn.Module):
         self.hook_resid_post = HookPoint()  # (B, L, H) the residual stream after the block
 
     def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
-        if state is not None and x.shape[1] == 1:  # a decoding step: fused when unwatched
-            out = mamba_step.fused_block_step(self, x[:, 0], state)  # (B, H) or None
-            if out is not None:
-                return self.hook_resid_post(out[:, None])
         residual = x.float() if self.residual_in_fp32 else x
         out = self.mixer(self.norm(x.to(self.norm.weight.dtype)), state)  # (B, L, H)
         return self.hook_resid_post(residual + out)
@@ -250,8 +248,11 @@ class MambaLM(nn.Module):
         _OFFSETS.__dict__.setdefault("by_model", {})[id(self)] = (
             0 if state is None else state.position)
         x = self.hook_embed(self.embeddings(input_ids))  # (B, L, H)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, None if state is None else state.layers[i])
+        if state is not None and input_ids.shape[1] == 1:
+            x = mamba_step.step_layers(self.layers, x, state.layers)
+        else:
+            for i, layer in enumerate(self.layers):
+                x = layer(x, None if state is None else state.layers[i])
         if state is not None:
             state.position += input_ids.shape[1]
         x = self.hook_resid_final(self.norm_f(x.to(self.norm_f.weight.dtype)))  # (B, L, H)

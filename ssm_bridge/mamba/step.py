@@ -3,9 +3,10 @@
 A token at batch 1 costs reading every weight once from memory (the weight-streaming bound
 of benchmarks/bench_mamba.py). Through the modules it also costs ~40 small PyTorch ops per
 layer, and MKL's matrix-vector product reads the weights at about half the bandwidth here.
-The C++ kernel `block_step` (csrc/selective_scan.cpp) does a block's whole step in one
-call, with its matrix-vector products spread over the threads; `block_step_ref` is its
-readable PyTorch twin (same arguments, same maths; the tests hold them equal).
+The C++ kernel (csrc/selective_scan.cpp, mamba_block_step) does a block's whole step, with
+its matrix-vector products spread over the threads, and `blocks_step` runs consecutive
+blocks in one call; `block_step_ref` is its readable PyTorch twin (same arguments, same
+maths; the tests hold them equal).
 
     x = x + out_proj(y * SiLU(z))          (xs, z) = in_proj(RMSNorm(x))
     xc = SiLU(conv1d([window, xs]))        window: the K-1 inputs before (conv state)
@@ -27,7 +28,7 @@ from torch import nn
 from ..core import hooks as hk
 from ..core.scan import load_extension, selective_scan_step
 
-MAX_BATCH = 16  # rows of a fused decoding step; past it the weights are read from cache
+MAX_BATCH = 16  # rows of a fused decoding step; past it a step is a matrix product (MKL's)
 
 
 def block_weights(block: nn.Module) -> tuple:
@@ -64,23 +65,50 @@ def block_step_ref(x, norm_w, eps, in_w, in_b, conv_w, conv_b, xproj_w, dt_w, dt
     return x + F.linear(y * F.silu(z), out_w, out_b)
 
 
+def blocks_step(x: torch.Tensor, blocks: list[tuple[tuple, dict]]) -> torch.Tensor:
+    """x (B, H) through consecutive blocks, given as (block_weights, state) pairs, in one C++
+    call (see `block_step_ref`); each state {"conv", "ssm"} is updated in place."""
+    args = []
+    for weights, state in blocks:
+        for key in ("conv", "ssm"):
+            if not state[key].is_contiguous():  # a prompt's forward leaves views
+                state[key] = state[key].contiguous()
+        args.append((*weights, state["conv"], state["ssm"]))
+    return load_extension().blocks_step(x.contiguous(), args)
+
+
+def step_layers(layers, x: torch.Tensor, states: list[dict]) -> torch.Tensor:
+    """One token x (B, 1, H) through MambaBlocks `layers`, states updated in place: each run
+    of blocks that may run fused (`fused_weights`) goes through C++ in one `blocks_step`
+    call, the others through their modules (a watched block, a gradient, a big batch)."""
+    run: list[tuple[tuple, dict]] = []
+    for layer, layer_state in zip(layers, states):
+        weights = fused_weights(layer, x)
+        if weights is not None:
+            run.append((weights, layer_state))
+            continue
+        if run:
+            x = blocks_step(x[:, 0], run)[:, None]  # (B, 1, H)
+            run = []
+        x = layer(x, layer_state)
+    return blocks_step(x[:, 0], run)[:, None] if run else x  # (B, 1, H)
+
+
 def block_step(x: torch.Tensor, weights: tuple, state: dict) -> torch.Tensor:
-    """The fused C++ step (see `block_step_ref`); state {"conv", "ssm"} updated in place."""
-    for key in ("conv", "ssm"):
-        if not state[key].is_contiguous():  # a prompt's forward leaves views
-            state[key] = state[key].contiguous()
-    return load_extension().block_step(x, *weights, state["conv"], state["ssm"])
+    """One block's fused step: `blocks_step` on one block."""
+    return blocks_step(x, [(weights, state)])
 
 
-def fused_block_step(block: nn.Module, x: torch.Tensor, state: dict) -> torch.Tensor | None:
-    """x (B, H) through a MambaBlock by `block_step` when `fusable` allows, the block's scan
-    backend is "auto" or "cpp" and no hook watches inside the block; else None."""
+def fused_weights(block: nn.Module, x: torch.Tensor) -> tuple | None:
+    """block_weights(block) when the block's decoding step on x (B, 1, H) may run in C++:
+    `fusable`, the scan backend "auto" or "cpp", and no hook anywhere in the block (its
+    hook_resid_post included: a fused run of blocks skips their modules); else None."""
     if block.mixer.backend not in ("auto", "cpp"):
         return None
     weights = block_weights(block)
-    if not fusable(x, *weights) or hk.watched(block.norm, block.mixer):
+    if not fusable(x, *weights) or hk.watched(block):
         return None
-    return block_step(x, weights, state)
+    return weights
 
 
 def head(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -93,8 +121,9 @@ def head(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def fusable(x: torch.Tensor, *tensors) -> bool:
     """Whether a decoding step on x (B, ...) may run in C++: no gradient, a small batch,
-    float32 CPU tensors and the kernel built."""
+    contiguous float32 CPU weights (x is made contiguous) and the kernel built."""
     return (not torch.is_grad_enabled() and x.shape[0] <= MAX_BATCH
-            and all(t is None or isinstance(t, float) or (t.is_cpu and t.dtype is torch.float32)
-                    for t in (x, *tensors))
+            and x.is_cpu and x.dtype is torch.float32
+            and all(t is None or isinstance(t, float) or
+                    (t.is_cpu and t.dtype is torch.float32 and t.is_contiguous()) for t in tensors)
             and load_extension() is not None)

@@ -38,8 +38,11 @@
 //     of a (batch, chunks, L, N) buffer summed over chunks at the end (with one
 //     chunk per batch row, enough when batch >= 2 x threads, nothing to sum).
 //
+// Also here, for the same build: conv_silu (a causal depthwise conv and SiLU in one
+// pass) and Mamba's decoding step (block_step, rows_times; see the sections below).
+//
 // Build: torch.utils.cpp_extension.load with -O3 -march=native -ffast-math
-// -fopenmp (see ssm_bridge/scan.py, which also falls back to PyTorch).
+// -fopenmp (see ssm_bridge/core/scan.py, which also falls back to PyTorch).
 
 // Only the headers used (not <torch/extension.h>): halves the first-use build time.
 #include <ATen/Parallel.h>
@@ -333,18 +336,73 @@ at::Tensor conv_silu(const at::Tensor& x, const at::Tensor& w,
 
 // ------------------------------------------------------------------ decoding
 // One token through a whole Mamba block, for generation at small batch
-// (ssm_bridge/mamba_step.py; its PyTorch twin is mamba_step.block_step_ref).
+// (ssm_bridge/mamba/step.py; its PyTorch twin is mamba_step.block_step_ref).
 // At batch 1 a token is bound by reading the weights once from memory, so the
 // matrix-vector products stream each weight row once for all rows of the batch,
 // split over threads by rows when the matrix is large (MKL's sgemv stays on one
-// thread: about half the bandwidth of two), and everything between them (conv,
-// Δ, the scan step, the gate: ~1% of the bytes) is one serial pass per channel.
+// thread: about half the bandwidth of two). Between them the conv is one serial pass
+// per channel, and Δ, the scan step and the gate are shared by channel chunks.
 
 namespace {
 
 float silu(float v) { return v / (1.0f + std::exp(-v)); }
 
 float softplus(float v) { return v > 20.0f ? v : std::log1p(std::exp(v)); }  // as torch's
+
+// u[b] = RMSNorm(x[b]) * weight for the batch rows of H floats.
+void rms_norm_rows(const float* x, const float* weight, float eps, int64_t batch, int64_t H,
+                   float* u) {
+  for (int64_t b = 0; b < batch; ++b) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < H; ++i) ss += double(x[b * H + i]) * x[b * H + i];
+    const float scale = 1.0f / std::sqrt(float(ss / H) + eps);
+    for (int64_t i = 0; i < H; ++i) u[b * H + i] = x[b * H + i] * scale * weight[i];
+  }
+}
+
+// xc[b, d] = SiLU(bias[d] + Σ_k w[d, k] [window, xs][k]) for the new input xs[b, d] (rows
+// `ld` apart); the window (batch, D, K-1), the K-1 inputs before, moves on by one.
+void conv_step(const float* xs, int64_t ld, const float* w, const float* bias, int64_t batch,
+               int64_t D, int64_t K, float* window, float* xc) {
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t d = 0; d < D; ++d) {
+      float* win = window + (b * D + d) * (K - 1);
+      const float now = xs[b * ld + d];
+      float acc = (bias ? bias[d] : 0.0f) + w[d * K + K - 1] * now;
+      for (int64_t k = 0; k < K - 1; ++k) acc += w[d * K + k] * win[k];
+      for (int64_t k = 0; k + 1 < K - 1; ++k) win[k] = win[k + 1];
+      if (K > 1) win[K - 2] = now;
+      xc[b * D + d] = silu(acc);
+    }
+  }
+}
+
+// The scan step and the gate for channels d0 <= d < d1: Δ = softplus(dt_w[d] . dt + dt_b[d])
+// from dbc[b] = (dt (R), B (N), C (N)); h = exp(Δ A) h + Δ B x; g = (C . h + D x) SiLU(z),
+// with A = -exp(A_log), x = xc[b], z the second half of xz[b] (rows of 2D). h (batch, D, N).
+void scan_step(const float* dbc, int64_t R, int64_t N, const float* xc, const float* xz,
+               const float* dt_w, const float* dt_b, const float* A_log, const float* skip,
+               int64_t batch, int64_t D, int64_t d0, int64_t d1, float* hs, float* g) {
+  for (int64_t b = 0; b < batch; ++b) {
+    const float* __restrict dt = dbc + b * (R + 2 * N);
+    const float* __restrict Bt = dt + R;
+    const float* __restrict Ct = Bt + N;
+    for (int64_t d = d0; d < d1; ++d) {
+      const float* __restrict Al = A_log + d * N;
+      float acc = dt_b[d];
+      for (int64_t r = 0; r < R; ++r) acc += dt_w[d * R + r] * dt[r];
+      const float delta = softplus(acc), xt = xc[b * D + d], dtx = delta * xt;
+      float* __restrict h = hs + (b * D + d) * N;
+      float y = 0.0f;
+#pragma omp simd reduction(+ : y)
+      for (int64_t n = 0; n < N; ++n) {
+        h[n] = fast_exp(-delta * fast_exp(Al[n])) * h[n] + dtx * Bt[n];
+        y += Ct[n] * h[n];
+      }
+      g[b * D + d] = (y + skip[d] * xt) * silu(xz[b * 2 * D + D + d]);
+    }
+  }
+}
 
 // Helper threads that join the calling thread on the chunks of one job (the decoding
 // step's matrix-vector products, ~50 per token). Chunks are claimed one at a time from
@@ -497,7 +555,7 @@ void gemv(const float* __restrict W, const float* __restrict bias, int64_t M, in
 
 }  // namespace
 
-// x (batch, H) -> logits-free output of one block: x + out_proj(y * SiLU(z)), where
+// One token through a Mamba block: x (batch, H) -> x + out_proj(y * SiLU(z)), where
 //   u = RMSNorm(x); (xs, z) = in_proj(u); xc = SiLU(causal conv of [window, xs]);
 //   (dt, B, C) = x_proj(xc); Δ = softplus(dt_proj(dt)); A = -exp(A_log);
 //   h = exp(Δ A) h + Δ B xc; y = C . h + D xc.
@@ -539,54 +597,17 @@ at::Tensor mamba_block_step(const at::Tensor& x, const at::Tensor& norm_w, doubl
   float* dbc = xc + batch * D;
   float* g = dbc + batch * P;
   const float* px = x.data_ptr<float>();
-  const float* nw = norm_w.data_ptr<float>();
-  for (int64_t b = 0; b < batch; ++b) {  // RMSNorm
-    double ss = 0.0;
-    for (int64_t i = 0; i < H; ++i) ss += double(px[b * H + i]) * px[b * H + i];
-    const float scale = 1.0f / std::sqrt(float(ss / H) + float(eps));
-    for (int64_t i = 0; i < H; ++i) u[b * H + i] = px[b * H + i] * scale * nw[i];
-  }
+  rms_norm_rows(px, norm_w.data_ptr<float>(), float(eps), batch, H, u);
   gemv(in_w.data_ptr<float>(), in_bias, 2 * D, H, u, H, xz, 2 * D, batch);
-
-  const float* cw = conv_w.data_ptr<float>();
-  float* win = conv_state.data_ptr<float>();
-  for (int64_t b = 0; b < batch; ++b) {  // causal conv, SiLU
-    for (int64_t d = 0; d < D; ++d) {
-      float* w = win + (b * D + d) * (K - 1);  // the K-1 inputs before this token
-      const float now = xz[b * 2 * D + d];
-      float acc = (conv_bias ? conv_bias[d] : 0.0f) + cw[d * K + K - 1] * now;
-      for (int64_t k = 0; k < K - 1; ++k) acc += cw[d * K + k] * w[k];
-      for (int64_t k = 0; k + 1 < K - 1; ++k) w[k] = w[k + 1];
-      if (K > 1) w[K - 2] = now;
-      xc[b * D + d] = silu(acc);
-    }
-  }
+  conv_step(xz, 2 * D, conv_w.data_ptr<float>(), conv_bias, batch, D, K,
+            conv_state.data_ptr<float>(), xc);
   gemv(xproj_w.data_ptr<float>(), nullptr, P, D, xc, D, dbc, P, batch);
-
-  const float* dw = dt_w.data_ptr<float>();
-  const float* db = dt_b.data_ptr<float>();
-  const float* al = A_log.data_ptr<float>();
-  const float* ps = skip.data_ptr<float>();
-  float* hs = ssm_state.data_ptr<float>();
-  for (int64_t b = 0; b < batch; ++b) {  // Δ, the scan step, the gate
-    const float* __restrict dt = dbc + b * P;
-    const float* __restrict Bt = dt + R;
-    const float* __restrict Ct = Bt + N;
-    for (int64_t d = 0; d < D; ++d) {
-      const float* __restrict Al = al + d * N;
-      float acc = db[d];
-      for (int64_t r = 0; r < R; ++r) acc += dw[d * R + r] * dt[r];
-      const float delta = softplus(acc), xt = xc[b * D + d], dtx = delta * xt;
-      float* __restrict h = hs + (b * D + d) * N;
-      float y = 0.0f;
-#pragma omp simd reduction(+ : y)
-      for (int64_t n = 0; n < N; ++n) {
-        h[n] = fast_exp(-delta * fast_exp(Al[n])) * h[n] + dtx * Bt[n];
-        y += Ct[n] * h[n];
-      }
-      g[b * D + d] = (y + ps[d] * xt) * silu(xz[b * 2 * D + D + d]);
-    }
-  }
+  const int64_t per_chunk = 128;  // channels: ~10 us of exp per chunk, 12 chunks at D=1536
+  chunk_pool().run((D + per_chunk - 1) / per_chunk, num_threads() - 1, [&](int64_t chunk) {
+    scan_step(dbc, R, N, xc, xz, dt_w.data_ptr<float>(), dt_b.data_ptr<float>(),
+              A_log.data_ptr<float>(), skip.data_ptr<float>(), batch, D, chunk * per_chunk,
+              std::min(D, (chunk + 1) * per_chunk), ssm_state.data_ptr<float>(), g);
+  });
   at::Tensor out = at::empty({batch, H}, x.options());
   float* po = out.data_ptr<float>();
   gemv(out_w.data_ptr<float>(), out_bias, H, D, g, D, po, H, batch);
@@ -605,14 +626,51 @@ at::Tensor rows_times(const at::Tensor& v, const at::Tensor& W) {
   return y;
 }
 
+// x (batch, H) through consecutive blocks in one call: each item of `blocks` holds the 13
+// arguments of mamba_block_step after x, then conv_state and ssm_state. Read with the GIL,
+// run without it: no Python between the layers (between them it cost ~4 ms a token at the
+// 130M shape, its caches emptied by each layer's weights).
+at::Tensor blocks_step(at::Tensor x, const py::list& blocks) {
+  struct Block {
+    at::Tensor norm_w;
+    double eps;
+    at::Tensor in_w;
+    std::optional<at::Tensor> in_b;
+    at::Tensor conv_w;
+    std::optional<at::Tensor> conv_b;
+    at::Tensor xproj_w, dt_w, dt_b, A_log, skip, out_w;
+    std::optional<at::Tensor> out_b;
+    at::Tensor conv_state, ssm_state;
+  };
+  const auto tensor = [](py::handle h) { return h.cast<at::Tensor>(); };
+  const auto optional = [](py::handle h) -> std::optional<at::Tensor> {
+    if (h.is_none()) return std::nullopt;
+    return h.cast<at::Tensor>();
+  };
+  std::vector<Block> args;
+  for (py::handle item : blocks) {
+    const py::tuple t = item.cast<py::tuple>();
+    TORCH_CHECK(t.size() == 15, "blocks_step: each block is a tuple of 15 (see mamba_step)");
+    args.push_back({tensor(t[0]), t[1].cast<double>(), tensor(t[2]), optional(t[3]),
+                    tensor(t[4]), optional(t[5]), tensor(t[6]), tensor(t[7]), tensor(t[8]),
+                    tensor(t[9]), tensor(t[10]), tensor(t[11]), optional(t[12]), tensor(t[13]),
+                    tensor(t[14])});
+  }
+  py::gil_scoped_release release;  // other Python threads (a server) run meanwhile
+  for (Block& a : args) {
+    x = mamba_block_step(x, a.norm_w, a.eps, a.in_w, a.in_b, a.conv_w, a.conv_b, a.xproj_w,
+                         a.dt_w, a.dt_b, a.A_log, a.skip, a.out_w, a.out_b, a.conv_state,
+                         a.ssm_state);
+  }
+  return x;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Fused selective scan (Mamba S6) for CPU float32; see selective_scan.cpp.";
   m.def("fwd", &scan_fwd, "[y] or [y, last state] = selective_scan(x, delta, A, B, C, D)");
   m.def("bwd", &scan_bwd, "(dx, ddelta, dA, dB, dC, dD) = backward of selective_scan");
   m.def("conv_silu", &conv_silu, "SiLU(depthwise causal conv1d) of x (batch, L, D)");
-  // Without the GIL: other Python threads (another decoding, a server) run meanwhile.
-  m.def("block_step", &mamba_block_step, "one decoding step of a Mamba block, states in place",
-        py::call_guard<py::gil_scoped_release>());
+  m.def("blocks_step", &blocks_step, "one decoding step through Mamba blocks, states in place");
   m.def("rows_times", &rows_times, "v @ W.T streaming W once (decoding's output head)",
-        py::call_guard<py::gil_scoped_release>());
+        py::call_guard<py::gil_scoped_release>());  // without the GIL, as blocks_step
 }
