@@ -101,7 +101,7 @@ def test_shapes_of_every_map(analysis, model):
     assert set(a.gates) == {"cross 0 attn", "cross 0 ff"}
     assert a.gates["cross 0 attn"] == pytest.approx(torch.tanh(torch.tensor(1.0)).item())
     assert a.kinds == model_kinds(model) == tuple(
-        k for k in MAP_KINDS if not k.startswith(("hidden_", "decoder_")))
+        k for k in MAP_KINDS if not k.startswith(("hidden_", "decoder_", "vision_")))
     for kind in a.kinds:
         assert word_map(a, 1, kind, model).shape == (G, G)
         assert word_maps(a, kind, model).shape == (n, G, G)

@@ -224,7 +224,8 @@ def test_a_transformer_model_keeps_its_kinds():
     from ssm_bridge.interp.maps import MAP_KINDS, model_kinds
 
     kinds = model_kinds(make_model(VLMConfig.from_preset("tiny")))
-    assert kinds == tuple(k for k in MAP_KINDS if not k.startswith(("hidden_", "decoder_")))
+    scan_kinds = ("hidden_", "decoder_", "vision_")  # need a Mamba decoder or a Vim
+    assert kinds == tuple(k for k in MAP_KINDS if not k.startswith(scan_kinds))
 
 
 def test_localisation_table_scores_every_kind_the_model_has():
@@ -236,3 +237,50 @@ def test_localisation_table_scores_every_kind_the_model_has():
     assert [r["map"] for r in rows] == list(model_kinds(model))
     with pytest.raises(ValueError, match="no \\['cross_attention'\\] maps"):
         localisation_table(model, n=1, maps=["cross_attention"], progress=False)
+
+
+def test_vim_encoder_maps_are_in_the_output_order(setup):
+    from ssm_bridge.interp.maps import analyse, word_map
+
+    model, image, _ = setup
+    a = analyse(model, image, max_length=4)
+    vim, g = SSMStack.of(model, "vision"), model.config.grid_size
+    assert sorted(a.vision_delta) == list(range(len(vim)))
+    names = [vim.hook("hook_delta", 0, k) for k in (0, 1)] + [vim.hook("hook_gate", 0)]
+    _, cache = model.run_with_cache(image, None, names_filter=names)
+    forward = cache[names[0]][0].mean(-1)  # (1 + P,) internal order, read forwards
+    backward = cache[names[1]][0].mean(-1).flip(0)  # read backwards: flip to internal
+    internal = (forward + backward) / 2
+    m = model.vision.cls_position
+    patches = torch.cat([internal[:m], internal[m + 1:]])  # (P,) raster order, cls left out
+    torch.testing.assert_close(word_map(a, 0, "vision_delta", layer=0), patches.reshape(g, g))
+    gate = cache[names[2]][0].mean(-1)
+    torch.testing.assert_close(a.vision_gate[0],
+                               torch.cat([gate[:m], gate[m + 1:]]).reshape(g, g))
+
+
+# ---------------------------------------------------------------- the app
+def test_app_tabs_show_the_scans_of_an_all_ssm_model(tmp_path):
+    pytest.importorskip("gradio")
+    from ssm_bridge.app import support
+    from ssm_bridge.app.ui import intro
+    from ssm_bridge.data import ImageTransform, SceneConfig, Tokenizer, generate_scene
+    from ssm_bridge.training.pretrained import Pretrained
+
+    scenes = SceneConfig(img_size=64)
+    tok = Tokenizer.for_scenes(scenes)
+    model = mixing_model(img_size=64, patch_size=16, vocab_size=len(tok), max_seq_length=12)
+    bundle = Pretrained(model, tok, ImageTransform(img_size=64), scenes, tmp_path)
+    titles = support.tab_titles(model)
+    assert [titles[t] for t in support.SCAN_TABS] == list(support.SCAN_TABS.values())
+    assert "Vision Mamba" in intro(model.config) and "no attention" in intro(model.config)
+    analyser = support.Analyser(bundle)
+    pixels, scene = support.scene_pixels(3, scenes)
+    view = analyser.analyse(pixels, support.Decoding(max_length=12), scene)
+    assert view.analysis.n_words > 0
+    for tab in support.TABS:
+        fig = support.tab_figure(analyser, view, tab, word=0)
+        assert fig is not None or tab in ("attribution", "truth"), tab
+    panels = support.selectivity_maps(view.analysis)
+    assert {"bridge 0 Δ", "Vim 0 gate", "decoder 1 Δ"} <= set(panels)
+    assert "reads the image through its scans" in support.word_info(view, 0)

@@ -26,6 +26,9 @@ row-major, the cls token dropped) and follow MAP_KINDS:
     delta, gate,      word-independent bridge maps per layer: Δ (mean over channels and
     state_norm        directions, patch order), SiLU(z) gate (mean over channels), |h| of
                       direction 0 per token (heavy hook_state); word_map averages layers
+    vision_delta,     (Vision Mamba encoder) the same three per encoder layer (Δ over both
+    vision_gate,      directions), in the encoder's output order
+    vision_state_norm
     decoder_delta,    (Mamba decoder) the same three read at the decoder's image-prefix
     decoder_gate,     tokens: which image tokens open the decoder's state. Their values at
     decoder_state_norm  the text tokens are in a.decoder_selectivity (ssm_paths.Selectivity)
@@ -54,7 +57,7 @@ from dataclasses import dataclass, field
 import torch
 from einops import rearrange, reduce
 
-from ..core.addressing import SSMStack, grid_layout, layer_index, ssm_stacks
+from ..core.addressing import SSMStack, layer_index, ssm_stacks
 from ..core.layers import eval_mode
 from . import attribution as attr_mod
 from . import implicit_attention as ia
@@ -63,10 +66,12 @@ from . import ssm_paths
 ATTENTION_KINDS = ("cross_attention", "prefix_attention", "implicit", "hidden_attention",
                    "hidden_rollout")
 BRIDGE_KINDS = ("delta", "gate", "state_norm")
+VISION_KINDS = tuple(f"vision_{k}" for k in BRIDGE_KINDS)
 DECODER_KINDS = tuple(f"decoder_{k}" for k in ssm_paths.SELECTIVITY)
 ATTRIBUTION_KINDS = ("ig", "gradcam", "saliency")
-MAP_KINDS = (*ATTENTION_KINDS, *BRIDGE_KINDS, *DECODER_KINDS, *ATTRIBUTION_KINDS)
+MAP_KINDS = (*ATTENTION_KINDS, *BRIDGE_KINDS, *VISION_KINDS, *DECODER_KINDS, *ATTRIBUTION_KINDS)
 LAYERED_KINDS = {**dict.fromkeys(BRIDGE_KINDS, "the bridge"),
+                 **dict.fromkeys(VISION_KINDS, "the Vision Mamba encoder"),
                  **dict.fromkeys(DECODER_KINDS, "the Mamba decoder")}
 # Attribution settings used by word_map (IG: 16 interpolation points, the zero baseline).
 ATTRIBUTION_DEFAULTS = {"ig": {"steps": 16}, "gradcam": {}, "saliency": {}}
@@ -85,7 +90,8 @@ class CaptionAnalysis:
     Per word: cross_attention, prefix_attention, implicit, hidden_attention, hidden_rollout
     (n_words, g, g); cross_attention_layers (n_words, cross_layers, g, g) and
     hidden_attention_layers (n_words, decoder layers, g, g). Per bridge layer: delta, gate,
-    state_norm {layer: (g, g)}; implicit_rollout (L, L) with L = 1 + g². Per Mamba decoder
+    state_norm {layer: (g, g)}; implicit_rollout (L, L) with L = 1 + g². Per Vision Mamba
+    encoder layer: vision_delta, vision_gate, vision_state_norm {layer: (g, g)}. Per Mamba decoder
     layer: decoder_delta, decoder_gate, decoder_state_norm {layer: (g, g)} and
     decoder_selectivity (every token of [prefix ; text]). A kind the model's parts do not
     have is None (`model_kinds`). gates: the tanh cross-attention gates by name
@@ -111,6 +117,9 @@ class CaptionAnalysis:
     delta: dict[int, torch.Tensor] | None = None
     gate: dict[int, torch.Tensor] | None = None
     state_norm: dict[int, torch.Tensor] | None = None
+    vision_delta: dict[int, torch.Tensor] | None = None
+    vision_gate: dict[int, torch.Tensor] | None = None
+    vision_state_norm: dict[int, torch.Tensor] | None = None
     hidden_attention: torch.Tensor | None = None
     hidden_attention_layers: torch.Tensor | None = None
     hidden_rollout: torch.Tensor | None = None
@@ -138,6 +147,7 @@ def model_kinds(model) -> tuple[str, ...]:
     has = {"cross_attention": c.cross_attn_layers > 0, "implicit": c.cross_attn_layers > 0
            and "bridge" in stacks, "prefix_attention": c.decoder_type == "transformer",
            **dict.fromkeys(BRIDGE_KINDS, "bridge" in stacks),
+           **dict.fromkeys(VISION_KINDS, "vision" in stacks),
            **dict.fromkeys(("hidden_attention", "hidden_rollout", *DECODER_KINDS),
                            c.decoder_type == "mamba")}
     return tuple(k for k in MAP_KINDS if has.get(k, True))
@@ -159,7 +169,7 @@ def analyse(model, image: torch.Tensor, *, tokenizer=None, max_length: int | Non
             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, prompt=prompt,
             return_traces=True)
         updates = gated_update(model, image, ids[:, :-1])  # (1, cross_layers, S - 1)
-        bridge = _bridge_maps(model, image) if "delta" in kinds else {}
+        image_path = _image_path_maps(model, image, kinds)
         ids = ids[0]  # (S,)
         steps = _word_steps(ids, traces.start, model.config)
         word_index = [traces.start + s for s in steps]
@@ -172,8 +182,8 @@ def analyse(model, image: torch.Tensor, *, tokenizer=None, max_length: int | Non
         caption=" ".join(words), logprobs=traces.logprobs[0, steps].float(),
         gates=_gates(model),
         gated_update=updates[0, :, [i - 1 for i in word_index]].T.float(),
-        **_attention_maps(traces, steps, bridge.pop("rollout", None), g, kinds), **bridge,
-        **decoder)
+        **_attention_maps(traces, steps, image_path.pop("rollout", None), g, kinds),
+        **image_path, **decoder)
 
 
 def _attention_maps(traces, steps: list[int], rollout, g: int, kinds) -> dict:
@@ -272,49 +282,68 @@ def _gates(model) -> dict[str, float]:
     return out
 
 
-# ---------------------------------------------------------------- bridge maps
-def _bridge_names(bridge: SSMStack) -> list[str]:
-    """Hooks for α (conv, Δ, B, C per direction), the gate and direction 0's state."""
-    names = bridge.hook_names(ia.SCAN_HOOKS)
-    for ref in bridge:
+# ---------------------------------------------------------------- bridge and encoder maps
+GRID_STACKS = {"bridge": "", "vision": "vision_"}  # image-path stack -> prefix of its kinds
+
+
+def _grid_names(stack: SSMStack) -> list[str]:
+    """Hooks for Δ per direction, the gate and direction 0's state of every layer."""
+    names = stack.hook_names(["hook_delta"])
+    for ref in stack:
         names += [ref.hook("hook_gate"), ref.hook("hook_state", 0)]
     return names
 
 
-def _bridge_maps(model, image: torch.Tensor) -> dict:
-    """One image-only pass: per-layer Δ, gate and |h| grids and the hidden-attention rollout."""
-    bridge = SSMStack.of(model, "bridge", what="maps.analyse")
-    _, cache = model.run_with_cache(image, None, names_filter=_bridge_names(bridge))
-    layers = range(len(bridge))
-    alphas = [ia.from_cache(cache, model, i, dtype=torch.float64, chunked=True).alpha_abs
-              for i in layers]  # each (1, L, L)
-    L = alphas[0].shape[-1]
-    prefix, side = grid_layout(L)
-    if prefix != 1 or side == 0:
-        raise ValueError(f"per-word maps need cls + a square patch grid in the bridge "
-                         f"(L = 1 + g²), got L = {L}")
-    return {"rollout": ia.rollout(alphas)[0].float(),  # (L, L)
-            "delta": {i: _delta_grid(cache, bridge[i], side) for i in layers},
-            "gate": {i: _token_grid(cache[bridge.hook("hook_gate", i)][0].mean(-1), side)
-                     for i in layers},
-            "state_norm": {i: _state_grid(cache, bridge[i], side) for i in layers}}
+def _image_path_maps(model, image: torch.Tensor, kinds) -> dict:
+    """One image-only pass: per-layer Δ, gate and |h| grids of the SSM bridge and of a
+    Vision Mamba encoder (kinds prefixed "vision_"), and the bridge's hidden-attention
+    rollout ("rollout", (L, L))."""
+    stacks = {n: s for n, s in ssm_stacks(model).items()
+              if n in GRID_STACKS and f"{GRID_STACKS[n]}delta" in kinds}
+    if not stacks:
+        return {}
+    names = [n for s in stacks.values() for n in _grid_names(s)]
+    if "bridge" in stacks:
+        names += stacks["bridge"].hook_names(ia.SCAN_HOOKS)
+    _, cache = model.run_with_cache(image, None, names_filter=sorted(set(names)))
+    side = model.config.grid_size
+    out = {}
+    for name, stack in stacks.items():
+        # the Vim encoder's hooks are in its internal order (class token mid-sequence)
+        order = model.vision.output_order if name == "vision" else None
+        for kind, grid in (("delta", _delta_grid), ("gate", _gate_grid),
+                           ("state_norm", _state_grid)):
+            out[GRID_STACKS[name] + kind] = {ref.index: grid(cache, ref, side, order)
+                                             for ref in stack}
+    if "bridge" in stacks:
+        alphas = [ia.stack_attention(cache, ref, dtype=torch.float64, chunked=True).alpha_abs
+                  for ref in stacks["bridge"]]  # each (1, L, L)
+        out["rollout"] = ia.rollout(alphas)[0].float()  # (L, L)
+    return out
 
 
-def _token_grid(values: torch.Tensor, side: int) -> torch.Tensor:
-    """(L,) per token, patch order -> (g, g) float, cls dropped."""
+def _token_grid(values: torch.Tensor, side: int, order: torch.Tensor | None) -> torch.Tensor:
+    """(L,) per token (cls first, or in `order`'s source order) -> (g, g) float, cls
+    dropped; order: output[i] = values[order[i]] (VisionMamba.output_order)."""
+    if order is not None:
+        values = values[order.to(values.device)]  # (L,) cls first
     return rearrange(values[1:].float(), "(r c) -> r c", r=side)  # (g, g)
 
 
-def _delta_grid(cache, ref, side: int) -> torch.Tensor:
+def _delta_grid(cache, ref, side: int, order=None) -> torch.Tensor:
     per_dir = [ref.to_token_order(cache[ref.hook("hook_delta", k)][0].mean(-1), k, dim=0)  # (L,)
                for k in range(len(ref))]
-    return _token_grid(torch.stack(per_dir).mean(0), side)  # (g, g)
+    return _token_grid(torch.stack(per_dir).mean(0), side, order)  # (g, g)
 
 
-def _state_grid(cache, ref, side: int) -> torch.Tensor:
+def _gate_grid(cache, ref, side: int, order=None) -> torch.Tensor:
+    return _token_grid(cache[ref.hook("hook_gate")][0].mean(-1), side, order)  # (g, g)
+
+
+def _state_grid(cache, ref, side: int, order=None) -> torch.Tensor:
     h = cache[ref.hook("hook_state", 0)][0]  # (L, D, N) scan order
     norms = h.float().flatten(1).norm(dim=1)  # (L,)
-    return _token_grid(ref.to_token_order(norms, 0, dim=0), side)  # (g, g)
+    return _token_grid(ref.to_token_order(norms, 0, dim=0), side, order)  # (g, g)
 
 
 # ---------------------------------------------------------------- maps per word
