@@ -18,6 +18,7 @@ from ssm_bridge.interp.maps import (
     analyse,
     attribute_words,
     gated_update,
+    model_kinds,
     word_map,
     word_maps,
 )
@@ -99,7 +100,9 @@ def test_shapes_of_every_map(analysis, model):
         assert all(m.shape == (G, G) and torch.isfinite(m).all() for m in per_layer.values())
     assert set(a.gates) == {"cross 0 attn", "cross 0 ff"}
     assert a.gates["cross 0 attn"] == pytest.approx(torch.tanh(torch.tensor(1.0)).item())
-    for kind in MAP_KINDS:
+    assert a.kinds == model_kinds(model) == tuple(
+        k for k in MAP_KINDS if not k.startswith(("hidden_", "decoder_", "vision_")))
+    for kind in a.kinds:
         assert word_map(a, 1, kind, model).shape == (G, G)
         assert word_maps(a, kind, model).shape == (n, G, G)
 

@@ -33,7 +33,7 @@ import viz
 from ..core.addressing import SSMStack
 from ..data import PALETTE, SHAPES, SceneConfig, generate_scene
 from ..interp.localization import energy_in_mask, object_words, pointing_game, random_scores
-from ..interp.maps import ATTRIBUTION_KINDS, CaptionAnalysis, analyse, word_map
+from ..interp.maps import ATTRIBUTION_KINDS, CaptionAnalysis, analyse, model_kinds, word_map
 
 MB = 2**20
 DEFAULT_MAX_UPLOAD_MB = 10.0
@@ -45,8 +45,15 @@ TABS = {  # tab id -> title, in the order the app shows them
     "state": "State", "implicit": "Implicit", "attribution": "Attribution",
     "truth": "Ground truth", "scrubber": "Scan scrubber",
 }
+# A Mamba decoder's words read the image through its scans, not attention: its word tabs
+# show the hidden attention instead (ssm_bridge.interp.ssm_paths) under these titles.
+SCAN_TABS = {"cross": "Word → image (scans)", "prefix": "Decoder scans per layer",
+             "implicit": "Scan rollout"}
+WORD_TAB_KINDS = {"cross": "cross_attention", "prefix": "prefix_attention",
+                  "implicit": "implicit"}  # the attention kind each word tab needs
 FIGURE_DPI = 120
-LOCALISED_KINDS = ("cross_attention", "prefix_attention", "implicit")
+LOCALISED_KINDS = ("cross_attention", "prefix_attention", "implicit", "hidden_attention",
+                   "hidden_rollout")
 RANDOM_MAPS = 100  # random maps averaged for the localisation baseline
 
 
@@ -165,6 +172,14 @@ class Decoding:
                 "seed": int(self.seed)}
 
 
+def tab_titles(model) -> dict[str, str]:
+    """TABS for `model`: a word tab whose attention kind the model lacks shows the decoder's
+    scans instead (SCAN_TABS)."""
+    kinds = model_kinds(model)
+    return {t: SCAN_TABS[t] if t in WORD_TAB_KINDS and WORD_TAB_KINDS[t] not in kinds
+            else title for t, title in TABS.items()}
+
+
 # ---------------------------------------------------------------- model calls
 @dataclass
 class ScanData:
@@ -276,10 +291,13 @@ def word_info(view: View, word: int) -> str:
     a = view.analysis
     if not a.n_words:
         return "*The model wrote no words for this image.*"
+    head = (f"word {word + 1}/{a.n_words}: **{html.escape(a.words[word])}**, log p = "
+            f"{float(a.logprobs[word]):.3f}")
+    if not a.gates:
+        return f"{head} · no cross-attention: the decoder reads the image through its scans"
     gates = ", ".join(f"{k} {v:.2f}" for k, v in a.gates.items())
     updates = ", ".join(f"cross {i} {float(u):.2f}" for i, u in enumerate(a.gated_update[word]))
-    return (f"word {word + 1}/{a.n_words}: **{html.escape(a.words[word])}**, log p = "
-            f"{float(a.logprobs[word]):.3f} · cross-attention gates tanh(g): {gates} · "
+    return (f"{head} · cross-attention gates tanh(g): {gates} · "
             f"gated update / text stream: {updates or 'none'}")
 
 
@@ -304,7 +322,7 @@ def localisation_rows(view: View, word: int) -> list[dict]:
     if j is None:
         return []
     mask = view.scene.objects[j].mask  # (H, W) bool
-    maps = {k: getattr(a, k)[word] for k in LOCALISED_KINDS}
+    maps = {k: getattr(a, k)[word] for k in LOCALISED_KINDS if getattr(a, k) is not None}
     maps.update({k: done[word] for k, done in a.attributions.items() if word in done})
     rows = [{"map": k, "pointing_game": pointing_game(m, mask),
              "energy_in_mask": energy_in_mask(m, mask)} for k, m in maps.items()]
@@ -334,20 +352,12 @@ def _tab_figure(analyser, view, tab, word, layer, direction, step, method):
     if tab in ("cross", "prefix", "implicit", "attribution", "truth") and a.n_words == 0:
         return None
     quoted = f"'{a.words[w]}'" if a.n_words else ""
-    if tab == "cross":
-        return _overlay(view, a.cross_attention[w], f"cross-attention of {quoted}", "attention")
-    if tab == "prefix":
-        return _overlay(view, a.prefix_attention[w], f"decoder attention of {quoted} to the "
-                        "image prefix", "attention")
-    if tab == "implicit":
-        return viz.map_panels([(f"cross-attention of {quoted}", a.cross_attention[w]),
-                               ("through the SSM (implicit)", a.implicit[w])],
-                              view.pixels, ncols=2, shared_scale=False)[0]
+    if tab in WORD_TAB_KINDS:
+        if getattr(a, WORD_TAB_KINDS[tab]) is None:
+            return _scan_figure(view, tab, w, quoted)
+        return _attention_figure(view, tab, w, quoted)
     if tab == "bridge":
-        maps = {}
-        for i in a.delta:
-            maps[f"layer {i} Δ"], maps[f"layer {i} gate"] = a.delta[i], a.gate[i]
-        return viz.layer_maps(maps, view.pixels, ncols=2)
+        return viz.layer_maps(selectivity_maps(a), view.pixels, ncols=2)
     if tab == "state":
         s = analyser.scan(view, layer, direction)
         return viz.state_trajectory(s.state, a.grid_side, scan_perm=s.perm, image=view.pixels,
@@ -367,6 +377,50 @@ def _tab_figure(analyser, view, tab, word, layer, direction, step, method):
     raise ValueError(f"unknown tab {tab!r}; choose one of {list(TABS)}")
 
 
+def _attention_figure(view: View, tab: str, w: int, quoted: str):
+    a = view.analysis
+    if tab == "cross":
+        return _overlay(view, a.cross_attention[w], f"cross-attention of {quoted}", "attention")
+    if tab == "prefix":
+        return _overlay(view, a.prefix_attention[w], f"decoder attention of {quoted} to the "
+                        "image prefix", "attention")
+    return viz.map_panels([(f"cross-attention of {quoted}", a.cross_attention[w]),
+                           ("through the SSM (implicit)", a.implicit[w])],
+                          view.pixels, ncols=2, shared_scale=False)[0]
+
+
+def _scan_figure(view: View, tab: str, w: int, quoted: str):
+    """The word tabs of a Mamba decoder: its hidden attention (ssm_paths)."""
+    a = view.analysis
+    if tab == "cross":
+        return _overlay(view, a.hidden_rollout[w], f"{quoted} → image through the scans",
+                        "flow")
+    if tab == "prefix":
+        layers = a.hidden_attention_layers[w]  # (layers, g, g)
+        return viz.map_panels([(f"decoder layer {i}", m) for i, m in enumerate(layers)],
+                              view.pixels, ncols=min(len(layers), 3), shared_scale=False)[0]
+    return viz.map_panels([(f"decoder hidden attention of {quoted}", a.hidden_attention[w]),
+                           ("rolled out to the patches", a.hidden_rollout[w])],
+                          view.pixels, ncols=2, shared_scale=False)[0]
+
+
+def selectivity_maps(a: CaptionAnalysis) -> dict:
+    """{panel title: (g, g)}: Δ and gate per layer of every SSM stack the model has."""
+    maps = {}
+    for stack, prefix in (("bridge", ""), ("Vim", "vision_"), ("decoder", "decoder_")):
+        deltas, gates = getattr(a, f"{prefix}delta"), getattr(a, f"{prefix}gate")
+        for i in deltas or {}:
+            maps[f"{stack} {i} Δ"], maps[f"{stack} {i} gate"] = deltas[i], gates[i]
+    return maps
+
+
+def word_image_map(a: CaptionAnalysis, word: int) -> tuple[str, torch.Tensor]:
+    """(name, (g, g)) of how the word reads the image: cross-attention, else the scans'."""
+    if a.cross_attention is not None:
+        return "cross-attention", a.cross_attention[word]
+    return "scan rollout", a.hidden_rollout[word]
+
+
 def truth_figure(view: View, word: int):
     """The selected word's object mask beside its cross-attention (None without a scene)."""
     a = view.analysis
@@ -374,8 +428,9 @@ def truth_figure(view: View, word: int):
     if j is None:
         return None
     obj = view.scene.objects[j]
+    name, m = word_image_map(a, word)
     return viz.map_panels([(f"ground truth: {obj.describe()}", obj.mask.astype(np.float32)),
-                           (f"cross-attention of '{a.words[word]}'", a.cross_attention[word])],
+                           (f"{name} of '{a.words[word]}'", m)],
                           view.pixels, ncols=2, shared_scale=False)[0]
 
 

@@ -40,14 +40,25 @@ from .support import (
     scene_pixels,
     sketch_image,
     tab_figure,
+    tab_titles,
     truth_markdown,
     word_info,
     word_spans,
 )
 
-INTRO = ("# ssm-bridge\nA ViT reads the image, a stack of selective state-space layers "
-         "(the bridge) carries it to a transformer decoder. Caption an image, click a word, "
-         "and open the tabs to see where that word came from.")
+PARTS = {  # how the intro names each part of the model
+    "vit": "A ViT", "vim": "A Vision Mamba encoder",
+    "ssm": "a stack of selective state-space layers (the bridge)",
+    "transformer": "a transformer decoder", "mamba": "a Mamba decoder (no attention)",
+}
+
+
+def intro(config) -> str:
+    """The page's first lines: which parts this checkpoint's model has."""
+    bridge = PARTS.get(config.bridge_type, f"a {config.bridge_type} bridge")
+    return (f"# ssm-bridge\n{PARTS[config.vision_type]} reads the image, {bridge} carries it "
+            f"to {PARTS[config.decoder_type]}. Caption an image, click a word, and open the "
+            "tabs to see where that word came from.")
 STATE_TTL_S = 3600  # an idle session's analysis is dropped after this many seconds
 ATTRIBUTION_METHODS = ["ig", "gradcam", "saliency"]
 
@@ -258,7 +269,7 @@ def map_tabs(h: Handlers) -> dict:
     """One tab per analysis of support.TABS (call it inside a gr.Tabs): its own controls
     (TAB_CONTROLS), then its figure for the selected word, layer and direction."""
     plots, items, controls = {}, {}, {}
-    for t, title in TABS.items():
+    for t, title in tab_titles(h.analyser.model).items():
         with gr.Tab(title, id=t, elem_id=f"tab-{t}") as items[t]:
             if t in TAB_CONTROLS:
                 controls.update(TAB_CONTROLS[t](h))
@@ -329,7 +340,7 @@ def build_app(checkpoint: str = "shapes-tiny", device: str = "cpu",
     h = Handlers(Analyser(load_pretrained(checkpoint, device=device)), max_upload_mb,
                  n_examples, seed, max_pixels)
     with gr.Blocks(title="ssm-bridge", analytics_enabled=False) as demo:
-        gr.Markdown(INTRO)
+        gr.Markdown(intro(h.analyser.model.config))
         state = session_state()
         with gr.Row():
             with gr.Column(scale=1, min_width=320):

@@ -26,7 +26,7 @@ import torch
 from ..data import make_scene
 from . import faithfulness as fa
 from .interpret import _bundle, _check_maps, add_scene_map_args, captioned_scenes, parsed_maps
-from .maps import MAP_KINDS, word_maps
+from .maps import word_maps
 
 BASELINES = ("blur", "mean")
 CURVE_KEYS = ("morf", "lerf", "insertion", "delta_af")
@@ -39,16 +39,16 @@ def dataset_mean(transform, scene_config, n: int = 256) -> torch.Tensor:
     return torch.stack(images).mean(0)
 
 
-def collect(pretrained_or_model, n: int = 100, split: str = "test", maps=MAP_KINDS, *,
+def collect(pretrained_or_model, n: int = 100, split: str = "test", maps=None, *,
             role: str = "shape", baselines=BASELINES, seed: int = 0, progress: bool = True,
             **bundle_kwargs) -> dict:
     """{(kind, baseline): {key: [values]}} and {kind: {segment key: [values]}} over the
     scored words of the first n scenes of `split` (see the module docstring)."""
-    maps = [*_check_maps(maps), "random"]
     bad = [b for b in baselines if b not in BASELINES]
     if bad or not baselines:
         raise ValueError(f"baselines must be some of {BASELINES}, got {list(baselines)}")
     model, tok, transform, cfg = _bundle(pretrained_or_model, **bundle_kwargs)
+    maps = [*_check_maps(maps, model), "random"]
     base = {"blur": "blur", "mean": dataset_mean(transform, cfg)}
     curves: dict = {(k, b): {key: [] for key in CURVE_KEYS} for k in maps for b in baselines}
     segments: dict = {k: {key: [] for key in SEGMENT_KEYS} for k in maps}
@@ -81,7 +81,7 @@ def _score_word(model, a, w: int, m: torch.Tensor, mask, kind: str, base: dict, 
         curves[kind, b]["delta_af"].append(c.delta_af)
 
 
-def leaderboard(pretrained_or_model, n: int = 100, split: str = "test", maps=MAP_KINDS,
+def leaderboard(pretrained_or_model, n: int = 100, split: str = "test", maps=None,
                 **kwargs) -> list[dict]:
     """One row per (map kind, baseline): mean and std of every score (module docstring),
     n_words, images (captions scored) and skipped (captions whose objects did not match)."""
@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="ssm-bridge faithfulness", description=__doc__.split("\n")[0])
     add_scene_map_args(p)
     args = p.parse_args(argv)
-    maps = parsed_maps(p, args)
     bundle = load_or_exit(p, args.checkpoint)
+    maps = parsed_maps(p, args, bundle.model)
     rows = leaderboard(bundle, args.num, args.split, maps, role=args.role, seed=args.seed,
                        progress=not args.no_progress and sys.stderr.isatty())
     print(format_rows(rows))

@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import localization as loc
-from .maps import MAP_KINDS, analyse, word_maps
+from .maps import MAP_KINDS, analyse, model_kinds, word_maps
 
 COLUMNS = ("map", "pointing_game", "random_pointing_game", "pointing_ratio",
            "energy_in_mask", "random_energy", "energy_ratio", "n", "images", "skipped")
@@ -50,21 +50,29 @@ def _bundle(pretrained_or_model, tokenizer=None, transform=None, scene_config=No
             transform or ImageTransform(img_size=size), scene_config)
 
 
-def _check_maps(maps) -> list[str]:
+def _check_maps(maps, model=None) -> list[str]:
+    """maps (a kind, kinds, or None: every kind `model` has) as a checked list; with a
+    model, kinds its parts do not allow are refused too (maps.model_kinds)."""
+    if maps is None:
+        return list(model_kinds(model))
     maps = [maps] if isinstance(maps, str) else list(maps)
     bad = [m for m in maps if m not in MAP_KINDS]
     if bad or not maps:
         raise ValueError(f"unknown map kinds {bad}; choose from {', '.join(MAP_KINDS)}")
+    missing = [m for m in maps if model is not None and m not in model_kinds(model)]
+    if missing:
+        raise ValueError(f"this model has no {missing} maps; it has "
+                         f"{', '.join(model_kinds(model))}")
     return maps
 
 
 def collect_scores(pretrained_or_model, n: int = 100, split: str = "test",
-                   maps=MAP_KINDS, progress: bool = True, *, role: str = "shape",
+                   maps=None, progress: bool = True, *, role: str = "shape",
                    layer: int | None = None, **bundle_kwargs) -> dict:
     """Per-pair scores: {"hits": {kind: [bool]}, "energy": {kind: [float]}, "masks":
     [(H, W) bool], "grid": (g, g), "images": scored images, "skipped": mismatched ones}."""
-    maps = _check_maps(maps)
     model, tok, transform, cfg = _bundle(pretrained_or_model, **bundle_kwargs)
+    maps = _check_maps(maps, model)
     hits, energy = defaultdict(list), defaultdict(list)
     masks, grid, skipped = [], None, [0]
     for scene, a, pairs in captioned_scenes(model, tok, transform, cfg, n, split, role,
@@ -98,7 +106,7 @@ def captioned_scenes(model, tok, transform, cfg, n: int, split: str, role: str,
 
 
 def localisation_table(pretrained_or_model, n: int = 100, split: str = "test",
-                       maps=MAP_KINDS, seed: int = 0, progress: bool = True,
+                       maps=None, seed: int = 0, progress: bool = True,
                        **kwargs) -> list[dict]:
     """One row per map kind over the first `n` scenes of `split`: pointing_game,
     energy_in_mask, the random baseline's random_pointing_game / random_energy (one random
@@ -169,8 +177,9 @@ def add_scene_map_args(p) -> None:
     p.add_argument("--num", type=int_at_least(1), default=100,
                    help="scenes to caption and score")
     p.add_argument("--split", default="test", choices=SPLITS)
-    p.add_argument("--maps", default=",".join(MAP_KINDS),
-                   help=f"comma-separated kinds from {','.join(MAP_KINDS)}")
+    p.add_argument("--maps", default="",
+                   help=f"comma-separated kinds from {','.join(MAP_KINDS)} (default: every "
+                        "kind the checkpoint's model has)")
     p.add_argument("--role", default="shape", choices=loc.ROLES,
                    help="which word of each object phrase is scored")
     p.add_argument("--seed", type=int_at_least(0), default=0,
@@ -179,10 +188,12 @@ def add_scene_map_args(p) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def parsed_maps(p, args) -> list[str]:
-    """args.maps as a checked list of kinds, or the parser's one-line error."""
+def parsed_maps(p, args, model) -> list[str]:
+    """args.maps as a checked list of the kinds `model` has (none given: all of them), or
+    the parser's one-line error."""
+    maps = [m.strip() for m in args.maps.split(",") if m.strip()]
     try:
-        return _check_maps([m.strip() for m in args.maps.split(",") if m.strip()])
+        return _check_maps(maps or None, model)
     except ValueError as e:
         p.error(f"argument --maps: {e}")
 
@@ -196,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=writable_file,
                    help="write a bar chart of the pointing game (PNG)")
     args = p.parse_args(argv)
-    maps = parsed_maps(p, args)
     bundle = load_or_exit(p, args.checkpoint)
+    maps = parsed_maps(p, args, bundle.model)
     rows = localisation_table(bundle, args.num, args.split, maps, args.seed,
                               not args.no_progress and sys.stderr.isatty(), role=args.role)
     print(format_table(rows))

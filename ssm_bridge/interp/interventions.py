@@ -1,4 +1,5 @@
-"""Causal interventions on the SSM bridge, as hook lists for `model.hooks`.
+"""Causal interventions on the SSM bridge (or the Mamba decoder), as hook lists for
+`model.hooks`.
 
     hooks = zero_state(model, patches=[9, 10, 17], layers=[0])    # state = 0 at those patches
     with model.hooks(hooks):
@@ -21,6 +22,13 @@ patch p). Layers are ints, negative counting from the end (`addressing.layer_ind
     patch_state   activation patching of the state between images: the target's scan is
                   set to the source's state h at those positions (Ā_t = 0, B̄x_t = h_source)
     patch_activation  any hook's activation copied from a source cache
+
+The state and gate builders take `stack="bridge"` (default) or `stack="decoder"`: a Mamba
+decoder (decoder_type="mamba") reads [image tokens ; text], so the same patch positions
+name its image tokens, and the edit changes what the decoder's state carries from them
+into every word. A decoder hook acts only in calls that hold the image tokens (a forward,
+or the first call of a recurrent generation, which scans the prefix); a decoding step after
+it holds one text token and is left alone.
 
 The state hooks are the heavy ones (hook_A_bar, hook_dBx): the direction then runs its
 explicit scan (float32, ~1e-6 from the fused kernel), in which the edit propagates.
@@ -103,8 +111,14 @@ def scan_positions(direction: str, tokens: Sequence[int], length: int,
 
 
 # ---------------------------------------------------------------- validation
-def _bridge(model) -> SSMStack:
-    return SSMStack.of(model, "bridge", what="SSM interventions")
+STATE_STACKS = ("bridge", "decoder")  # where the builders below act on image tokens
+
+
+def _stack(model, stack: str = "bridge") -> SSMStack:
+    if stack not in STATE_STACKS:
+        raise ValueError(f"interventions act on stack 'bridge' or 'decoder' (its image "
+                         f"tokens), got {stack!r}")
+    return SSMStack.of(model, stack, what="SSM interventions")
 
 
 def _directions(ref: addressing.SSMLayerRef, directions) -> list[int]:
@@ -120,9 +134,12 @@ def _length(model) -> int:
 
 
 # ---------------------------------------------------------------- state edits
-def _overwrite(pos: torch.Tensor, value) -> HookFn:
-    """A hook that sets t[:, pos] = value (a number, or (1 | B, len(pos), ...) tensor)."""
+def _overwrite(pos: torch.Tensor, value, min_length: int = 0) -> HookFn:
+    """A hook that sets t[:, pos] = value (a number, or (1 | B, len(pos), ...) tensor) in
+    calls whose t holds at least `min_length` tokens (the image tokens; see the docstring)."""
     def fn(t: torch.Tensor, name: str) -> torch.Tensor:
+        if t.shape[1] < min_length:  # a decoding step after the image prefix
+            return t
         t = t.clone()
         v = value
         if isinstance(v, torch.Tensor):
@@ -136,84 +153,93 @@ def _overwrite(pos: torch.Tensor, value) -> HookFn:
     return fn
 
 
-def _state_hooks(model, patches, layers, directions, dbx) -> FwdHooks:
+def _state_hooks(model, patches, layers, directions, dbx, stack: str) -> FwdHooks:
     """Ā = 0 (and B̄x = dbx(layer ref, k, pos) unless dbx is None) at the patches' scan
     positions."""
     L = _length(model)
     tokens = token_positions(patches, L)
     hooks: FwdHooks = []
-    for ref in _bridge(model).select(layers):
+    for ref in _stack(model, stack).select(layers):
         for k in _directions(ref, directions):
             pos = ref.scan_positions(k, tokens, L)  # (n,) in this direction's scan order
-            hooks.append((ref.hook("hook_A_bar", k), _overwrite(pos, 0.0)))
+            hooks.append((ref.hook("hook_A_bar", k), _overwrite(pos, 0.0, L)))
             if dbx is not None:
-                hooks.append((ref.hook("hook_dBx", k), _overwrite(pos, dbx(ref, k, pos))))
+                hooks.append((ref.hook("hook_dBx", k), _overwrite(pos, dbx(ref, k, pos), L)))
     return hooks
 
 
-def reset_state(model, patches, layers=None, directions=None) -> FwdHooks:
+def reset_state(model, patches, layers=None, directions=None, *,
+                stack: str = "bridge") -> FwdHooks:
     """Forget the past at `patches`: Ā_t = 0 there, so h_t = B̄x_t (the token's own input)
     and the scan continues from it. layers: ints (None: all); directions: names or
-    indices (None: all)."""
-    return _state_hooks(model, patches, layers, directions, dbx=None)
+    indices (None: all); stack: "bridge" or "decoder" (its image tokens)."""
+    return _state_hooks(model, patches, layers, directions, None, stack)
 
 
-def zero_state(model, patches, layers=None, directions=None) -> FwdHooks:
+def zero_state(model, patches, layers=None, directions=None, *,
+               stack: str = "bridge") -> FwdHooks:
     """State = 0 at `patches`: Ā_t = 0 and B̄x_t = 0, h_t = 0, the scan continues from 0."""
-    return _state_hooks(model, patches, layers, directions, dbx=lambda ref, k, pos: 0.0)
+    return _state_hooks(model, patches, layers, directions, lambda ref, k, pos: 0.0, stack)
 
 
-def ablate_gate(model, layers=None, mode: str = "zero", patches=None) -> FwdHooks:
+def ablate_gate(model, layers=None, mode: str = "zero", patches=None, *,
+                stack: str = "bridge") -> FwdHooks:
     """Replace the gate SiLU(z) (B, L, D) of the chosen layers at `patches` (None: every
-    token, cls included) by 0 ("zero": the block adds nothing there), 1 ("one": the SSM
-    output passes ungated) or each channel's mean over the image's L tokens ("mean")."""
+    image token, cls included) by 0 ("zero": the block adds nothing there), 1 ("one": the
+    SSM output passes ungated) or each channel's mean over the image's L tokens ("mean").
+    stack "decoder": the Mamba decoder's gate at its image tokens."""
     if mode not in GATE_MODES:
         raise ValueError(f"unknown gate ablation mode {mode!r}; choose one of {GATE_MODES}")
     L = _length(model)
-    pos = None if patches is None else torch.as_tensor(token_positions(patches, L))
+    pos = torch.as_tensor(token_positions(patches, L) if patches is not None else range(L))
 
     def fn(t: torch.Tensor, name: str) -> torch.Tensor:
+        if t.shape[1] < L:  # a decoding step after the image prefix
+            return t
         if mode == "mean":
-            value = t.mean(dim=1, keepdim=True).expand_as(t)  # (B, L, D)
+            value = t[:, :L].mean(dim=1, keepdim=True)  # (B, 1, D) over the image tokens
         else:
-            value = torch.full_like(t, 0.0 if mode == "zero" else 1.0)  # (B, L, D)
-        if pos is None:
-            return value.clone()
+            value = 0.0 if mode == "zero" else 1.0
         out = t.clone()
-        out[:, pos] = value[:, pos]
+        out[:, pos] = value
         return out
 
-    return [(ref.hook("hook_gate"), fn) for ref in _bridge(model).select(layers)]
+    return [(ref.hook("hook_gate"), fn) for ref in _stack(model, stack).select(layers)]
 
 
 # ---------------------------------------------------------------- activation patching
-def state_names(model, layers=None) -> list[str]:
+def state_names(model, layers=None, *, stack: str = "bridge") -> list[str]:
     """Names of the heavy state hooks (B, L, D, N) of the chosen layers, every direction."""
-    return _bridge(model).hook_names(["hook_state"], layers)
+    return _stack(model, stack).hook_names(["hook_state"], layers)
 
 
-def source_states(model, images: torch.Tensor, layers=None) -> Mapping[str, torch.Tensor]:
-    """Run `images` (B, 3, H, W) through the image path and capture the states h."""
+def source_states(model, images: torch.Tensor, layers=None, *,
+                  stack: str = "bridge") -> Mapping[str, torch.Tensor]:
+    """Run `images` (B, 3, H, W) and capture the states h of `stack`: the image path for
+    the bridge; for the decoder, its image prefix and one BOS (the states at the image
+    tokens do not depend on the text after them)."""
     if images.dim() == 3:
         images = images[None]  # (1, 3, H, W)
     images = images.to(next(model.parameters()).device)
-    _, cache = model.run_with_cache(images, None, names_filter=state_names(model, layers))
-    return cache
+    tokens = None if stack == "bridge" else torch.full(
+        (images.shape[0], 1), model.config.bos_token_id, device=images.device)  # (B, 1)
+    names = state_names(model, layers, stack=stack)
+    return model.run_with_cache(images, tokens, names_filter=names)[1]
 
 
 def patch_state(model, source_cache_or_images, patches, layers=None,
-                directions=None) -> FwdHooks:
+                directions=None, *, stack: str = "bridge") -> FwdHooks:
     """Activation patching of the SSM state: at the patches' scan positions the target's
     recurrence is set to the source's state (Ā_t = 0, B̄x_t = h_source_t) and continues
     from it. The source is images (1 | B, 3, H, W) (run here) or a cache holding their
     `hook_state`s (e.g. `source_states`, or run_with_cache(..., heavy=True))."""
     src = source_cache_or_images
     if isinstance(src, torch.Tensor):
-        src = source_states(model, src, layers)
+        src = source_states(model, src, layers, stack=stack)
     if not isinstance(src, Mapping):
         raise ValueError("source must be images (B, 3, H, W) or a cache (name -> tensor), "
                          f"got {type(src).__name__}")
-    for name in state_names(model, layers):
+    for name in state_names(model, layers, stack=stack):
         if name not in src:
             raise ValueError(f"the source cache lacks {name}; build it with "
                              f"source_states(model, images) or run_with_cache(heavy=True)")
@@ -222,7 +248,7 @@ def patch_state(model, source_cache_or_images, patches, layers=None,
         h = src[ref.hook("hook_state", k)]  # (Bs, L, D, N) in scan order
         return h[:, pos.to(h.device)]  # (Bs, n, D, N)
 
-    return _state_hooks(model, patches, layers, directions, dbx=dbx)
+    return _state_hooks(model, patches, layers, directions, dbx, stack)
 
 
 def _replace(src: torch.Tensor) -> HookFn:
@@ -407,6 +433,7 @@ def _trim(ids: list[int], config) -> list[int]:
 
 __all__ = [
     "GATE_MODES",
+    "STATE_STACKS",
     "InterventionResult",
     "ablate_gate",
     "compare",

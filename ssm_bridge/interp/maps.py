@@ -18,11 +18,27 @@ row-major, the cls token dropped) and follow MAP_KINDS:
                       patch order): how that attention reaches the bridge's input patches
                       through the SSM (see ssm_bridge.interp.implicit_attention; α here comes
                       from `implicit_attention.from_cache(chunked=True)`, ~15x faster)
+    hidden_attention  (Mamba decoder) the decoder's hidden attention from that query onto
+                      the image prefix, mean over decoder layers (per layer:
+                      hidden_attention_layers; see ssm_bridge.interp.ssm_paths)
+    hidden_rollout    (Mamba decoder) that flow rolled out through the decoder's layers and
+                      back through the SSM bridge and the Vision Mamba encoder to the patches
     delta, gate,      word-independent bridge maps per layer: Δ (mean over channels and
     state_norm        directions, patch order), SiLU(z) gate (mean over channels), |h| of
                       direction 0 per token (heavy hook_state); word_map averages layers
+    vision_delta,     (Vision Mamba encoder) the same three per encoder layer (Δ over both
+    vision_gate,      directions), in the encoder's output order
+    vision_state_norm
+    decoder_delta,    (Mamba decoder) the same three read at the decoder's image-prefix
+    decoder_gate,     tokens: which image tokens open the decoder's state. Their values at
+    decoder_state_norm  the text tokens are in a.decoder_selectivity (ssm_paths.Selectivity)
     ig, gradcam,      input attributions of the word's logit (ssm_bridge.interp.attribution) with
     saliency          the caption prefix ids[:word_index] teacher-forced, summed per patch
+
+A model has the kinds its parts allow (`model_kinds`): cross-attention kinds need gated
+cross-attention layers, prefix_attention a transformer decoder, the bridge kinds an SSM
+bridge, hidden_* and decoder_* a Mamba decoder. The others are None in the analysis, and
+asking for one is a ValueError naming the kinds the model has.
 
 Beside the maps, a.gated_update (n_words, cross_layers) says how much each cross layer adds
 at that query: |tanh(attn_gate) * CrossAttention(text, media)| / |text stream|. A gate near
@@ -41,20 +57,27 @@ from dataclasses import dataclass, field
 import torch
 from einops import rearrange, reduce
 
-from ..core.addressing import SSMStack, grid_layout, layer_index
+from ..core.addressing import SSMStack, layer_index, ssm_stacks
 from ..core.layers import eval_mode
 from . import attribution as attr_mod
 from . import implicit_attention as ia
+from . import ssm_paths
 
-ATTENTION_KINDS = ("cross_attention", "prefix_attention", "implicit")
+ATTENTION_KINDS = ("cross_attention", "prefix_attention", "implicit", "hidden_attention",
+                   "hidden_rollout")
 BRIDGE_KINDS = ("delta", "gate", "state_norm")
+VISION_KINDS = tuple(f"vision_{k}" for k in BRIDGE_KINDS)
+DECODER_KINDS = tuple(f"decoder_{k}" for k in ssm_paths.SELECTIVITY)
 ATTRIBUTION_KINDS = ("ig", "gradcam", "saliency")
-MAP_KINDS = (*ATTENTION_KINDS, *BRIDGE_KINDS, *ATTRIBUTION_KINDS)
+MAP_KINDS = (*ATTENTION_KINDS, *BRIDGE_KINDS, *VISION_KINDS, *DECODER_KINDS, *ATTRIBUTION_KINDS)
+LAYERED_KINDS = {**dict.fromkeys(BRIDGE_KINDS, "the bridge"),
+                 **dict.fromkeys(VISION_KINDS, "the Vision Mamba encoder"),
+                 **dict.fromkeys(DECODER_KINDS, "the Mamba decoder")}
 # Attribution settings used by word_map (IG: 16 interpolation points, the zero baseline).
 ATTRIBUTION_DEFAULTS = {"ig": {"steps": 16}, "gradcam": {}, "saliency": {}}
 
 __all__ = ["ATTRIBUTION_DEFAULTS", "MAP_KINDS", "CaptionAnalysis", "analyse", "attribute_words",
-           "gated_update", "word_map", "word_maps"]
+           "gated_update", "model_kinds", "word_map", "word_maps"]
 
 
 @dataclass
@@ -64,13 +87,17 @@ class CaptionAnalysis:
     ids (S,): BOS, prompt, generated ids (EOS included when generated);
     words / word_index: the generated words (no BOS/EOS/PAD) and their positions in ids;
     logprobs (n_words,); image (3, H, W) the model input; grid_side g.
-    Per word: cross_attention, prefix_attention, implicit (n_words, g, g) and
-    cross_attention_layers (n_words, cross_layers, g, g). Per bridge layer: delta, gate,
-    state_norm {layer: (g, g)}; implicit_rollout (L, L) with L = 1 + g². gates: the tanh
-    cross-attention gates by name ("cross 0 attn", "cross 0 ff"); gated_update
-    (n_words, cross_layers) what each cross layer adds at the word's query, relative to the
-    text stream (see `gated_update`). attributions: on-demand
-    cache {kind: {word i: (g, g)}} filled by word_map / word_maps.
+    Per word: cross_attention, prefix_attention, implicit, hidden_attention, hidden_rollout
+    (n_words, g, g); cross_attention_layers (n_words, cross_layers, g, g) and
+    hidden_attention_layers (n_words, decoder layers, g, g). Per bridge layer: delta, gate,
+    state_norm {layer: (g, g)}; implicit_rollout (L, L) with L = 1 + g². Per Vision Mamba
+    encoder layer: vision_delta, vision_gate, vision_state_norm {layer: (g, g)}. Per Mamba decoder
+    layer: decoder_delta, decoder_gate, decoder_state_norm {layer: (g, g)} and
+    decoder_selectivity (every token of [prefix ; text]). A kind the model's parts do not
+    have is None (`model_kinds`). gates: the tanh cross-attention gates by name
+    ("cross 0 attn", "cross 0 ff"); gated_update (n_words, cross_layers) what each cross
+    layer adds at the word's query, relative to the text stream (see `gated_update`).
+    attributions: on-demand cache {kind: {word i: (g, g)}} filled by word_map / word_maps.
     """
 
     ids: torch.Tensor
@@ -80,21 +107,50 @@ class CaptionAnalysis:
     image: torch.Tensor
     caption: str
     logprobs: torch.Tensor
-    cross_attention: torch.Tensor
-    cross_attention_layers: torch.Tensor
-    prefix_attention: torch.Tensor
-    implicit: torch.Tensor
-    implicit_rollout: torch.Tensor
-    delta: dict[int, torch.Tensor]
-    gate: dict[int, torch.Tensor]
-    state_norm: dict[int, torch.Tensor]
     gates: dict[str, float]
     gated_update: torch.Tensor
+    cross_attention: torch.Tensor | None = None
+    cross_attention_layers: torch.Tensor | None = None
+    prefix_attention: torch.Tensor | None = None
+    implicit: torch.Tensor | None = None
+    implicit_rollout: torch.Tensor | None = None
+    delta: dict[int, torch.Tensor] | None = None
+    gate: dict[int, torch.Tensor] | None = None
+    state_norm: dict[int, torch.Tensor] | None = None
+    vision_delta: dict[int, torch.Tensor] | None = None
+    vision_gate: dict[int, torch.Tensor] | None = None
+    vision_state_norm: dict[int, torch.Tensor] | None = None
+    hidden_attention: torch.Tensor | None = None
+    hidden_attention_layers: torch.Tensor | None = None
+    hidden_rollout: torch.Tensor | None = None
+    decoder_delta: dict[int, torch.Tensor] | None = None
+    decoder_gate: dict[int, torch.Tensor] | None = None
+    decoder_state_norm: dict[int, torch.Tensor] | None = None
+    decoder_selectivity: ssm_paths.Selectivity | None = None
     attributions: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @property
     def n_words(self) -> int:
         return len(self.words)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The map kinds this analysis has (attribution kinds always: computed on demand)."""
+        return tuple(k for k in MAP_KINDS
+                     if k in ATTRIBUTION_KINDS or getattr(self, k) is not None)
+
+
+def model_kinds(model) -> tuple[str, ...]:
+    """The map kinds `model`'s parts allow, in MAP_KINDS' order (see the module docstring)."""
+    c = model.config
+    stacks = ssm_stacks(model)
+    has = {"cross_attention": c.cross_attn_layers > 0, "implicit": c.cross_attn_layers > 0
+           and "bridge" in stacks, "prefix_attention": c.decoder_type == "transformer",
+           **dict.fromkeys(BRIDGE_KINDS, "bridge" in stacks),
+           **dict.fromkeys(VISION_KINDS, "vision" in stacks),
+           **dict.fromkeys(("hidden_attention", "hidden_rollout", *DECODER_KINDS),
+                           c.decoder_type == "mamba")}
+    return tuple(k for k in MAP_KINDS if has.get(k, True))
 
 
 # ---------------------------------------------------------------- analyse
@@ -102,35 +158,60 @@ def analyse(model, image: torch.Tensor, *, tokenizer=None, max_length: int | Non
             temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
             seed: int | None = None, prompt=None) -> CaptionAnalysis:
     """Caption one image (3, H, W) or (1, 3, H, W), normalised as the model expects, and
-    collect every per-word and bridge map (see the module docstring). Greedy by default;
-    max_length defaults to config.max_seq_length. Words are decoded with `tokenizer`
-    (else shown as ids)."""
-    SSMStack.of(model, "bridge", what="maps.analyse")
+    collect every per-word and bridge map its parts allow (see the module docstring).
+    Greedy by default; max_length defaults to config.max_seq_length. Words are decoded with
+    `tokenizer` (else shown as ids)."""
     image = _one_image(image, model)  # (1, 3, H, W)
+    kinds = model_kinds(model)
     with eval_mode(model):
         ids, traces = model.generate(
             image, max_length=max_length or model.config.max_seq_length,
             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, prompt=prompt,
             return_traces=True)
         updates = gated_update(model, image, ids[:, :-1])  # (1, cross_layers, S - 1)
-        bridge = _bridge_maps(model, image)
-    ids = ids[0]  # (S,)
-    steps = _word_steps(ids, traces.start, model.config)
-    g = bridge["side"]
-    cross_rows = _mean_heads(traces.cross_attention[0, steps])  # (n, cross_layers, L)
-    prefix_rows = _mean_heads(traces.prefix_attention[0, steps]).mean(1)  # (n, L)
-    flow = cross_rows.mean(1) @ bridge["rollout"]  # (n, L): attention pushed through the SSM
+        image_path = _image_path_maps(model, image, kinds)
+        ids = ids[0]  # (S,)
+        steps = _word_steps(ids, traces.start, model.config)
+        word_index = [traces.start + s for s in steps]
+        g = model.config.grid_size
+        decoder = _decoder_maps(model, image, ids, word_index, g) if "hidden_rollout" in kinds \
+            else {}
+    words = _words(ids, steps, traces.start, tokenizer)
     return CaptionAnalysis(
-        ids=ids, words=_words(ids, steps, traces.start, tokenizer),
-        word_index=[traces.start + s for s in steps], grid_side=g, image=image[0],
-        caption=" ".join(_words(ids, steps, traces.start, tokenizer)),
-        logprobs=traces.logprobs[0, steps].float(),
-        cross_attention=_grid(cross_rows.mean(1), g),
-        cross_attention_layers=_grid(cross_rows, g), prefix_attention=_grid(prefix_rows, g),
-        implicit=_grid(flow, g), implicit_rollout=bridge["rollout"],
-        delta=bridge["delta"], gate=bridge["gate"], state_norm=bridge["state_norm"],
+        ids=ids, words=words, word_index=word_index, grid_side=g, image=image[0],
+        caption=" ".join(words), logprobs=traces.logprobs[0, steps].float(),
         gates=_gates(model),
-        gated_update=updates[0, :, [traces.start + s - 1 for s in steps]].T.float())
+        gated_update=updates[0, :, [i - 1 for i in word_index]].T.float(),
+        **_attention_maps(traces, steps, image_path.pop("rollout", None), g, kinds),
+        **image_path, **decoder)
+
+
+def _attention_maps(traces, steps: list[int], rollout, g: int, kinds) -> dict:
+    """The decoder's attention kinds per word (cross, prefix, implicit) that `kinds` has."""
+    out = {}
+    if "cross_attention" in kinds:
+        cross_rows = _mean_heads(traces.cross_attention[0, steps])  # (n, cross_layers, L)
+        out.update(cross_attention=_grid(cross_rows.mean(1), g),
+                   cross_attention_layers=_grid(cross_rows, g))
+        if "implicit" in kinds:  # the cross-attention row pushed through the bridge's SSM
+            out.update(implicit=_grid(cross_rows.mean(1) @ rollout, g), implicit_rollout=rollout)
+    if "prefix_attention" in kinds:
+        prefix_rows = _mean_heads(traces.prefix_attention[0, steps]).mean(1)  # (n, L)
+        out["prefix_attention"] = _grid(prefix_rows, g)
+    return out
+
+
+def _decoder_maps(model, image: torch.Tensor, ids: torch.Tensor, word_index: list[int],
+                  g: int) -> dict:
+    """The Mamba decoder's kinds from one teacher-forced pass (ssm_paths.path_maps)."""
+    path = ssm_paths.path_maps(model, image, ids, word_index)
+    sel = path.selectivity
+    out = {f"decoder_{k}": dict(enumerate(_grid(sel.image_part(k), g)))  # {layer: (g, g)}
+           for k in ssm_paths.SELECTIVITY}
+    return {**out, "decoder_selectivity": sel,
+            "hidden_attention_layers": _grid(path.hidden_attention, g),  # (n, layers, g, g)
+            "hidden_attention": _grid(path.hidden_attention.mean(1), g),
+            "hidden_rollout": _grid(path.hidden_rollout, g)}
 
 
 def _one_image(image: torch.Tensor, model) -> torch.Tensor:
@@ -201,55 +282,83 @@ def _gates(model) -> dict[str, float]:
     return out
 
 
-# ---------------------------------------------------------------- bridge maps
-def _bridge_names(bridge: SSMStack) -> list[str]:
-    """Hooks for α (conv, Δ, B, C per direction), the gate and direction 0's state."""
-    names = bridge.hook_names(ia.SCAN_HOOKS)
-    for ref in bridge:
+# ---------------------------------------------------------------- bridge and encoder maps
+GRID_STACKS = {"bridge": "", "vision": "vision_"}  # image-path stack -> prefix of its kinds
+
+
+def _grid_names(stack: SSMStack) -> list[str]:
+    """Hooks for Δ per direction, the gate and direction 0's state of every layer."""
+    names = stack.hook_names(["hook_delta"])
+    for ref in stack:
         names += [ref.hook("hook_gate"), ref.hook("hook_state", 0)]
     return names
 
 
-def _bridge_maps(model, image: torch.Tensor) -> dict:
-    """One image-only pass: per-layer Δ, gate and |h| grids and the hidden-attention rollout."""
-    bridge = SSMStack.of(model, "bridge", what="maps.analyse")
-    _, cache = model.run_with_cache(image, None, names_filter=_bridge_names(bridge))
-    layers = range(len(bridge))
-    alphas = [ia.from_cache(cache, model, i, dtype=torch.float64, chunked=True).alpha_abs
-              for i in layers]  # each (1, L, L)
-    L = alphas[0].shape[-1]
-    prefix, side = grid_layout(L)
-    if prefix != 1 or side == 0:
-        raise ValueError(f"per-word maps need cls + a square patch grid in the bridge "
-                         f"(L = 1 + g²), got L = {L}")
-    return {"side": side, "rollout": ia.rollout(alphas)[0].float(),  # (L, L)
-            "delta": {i: _delta_grid(cache, bridge[i], side) for i in layers},
-            "gate": {i: _token_grid(cache[bridge.hook("hook_gate", i)][0].mean(-1), side)
-                     for i in layers},
-            "state_norm": {i: _state_grid(cache, bridge[i], side) for i in layers}}
+def _image_path_maps(model, image: torch.Tensor, kinds) -> dict:
+    """One image-only pass: per-layer Δ, gate and |h| grids of the SSM bridge and of a
+    Vision Mamba encoder (kinds prefixed "vision_"), and the bridge's hidden-attention
+    rollout ("rollout", (L, L))."""
+    stacks = {n: s for n, s in ssm_stacks(model).items()
+              if n in GRID_STACKS and f"{GRID_STACKS[n]}delta" in kinds}
+    if not stacks:
+        return {}
+    names = [n for s in stacks.values() for n in _grid_names(s)]
+    if "bridge" in stacks:
+        names += stacks["bridge"].hook_names(ia.SCAN_HOOKS)
+    _, cache = model.run_with_cache(image, None, names_filter=sorted(set(names)))
+    side = model.config.grid_size
+    out = {}
+    for name, stack in stacks.items():
+        # the Vim encoder's hooks are in its internal order (class token mid-sequence)
+        order = model.vision.output_order if name == "vision" else None
+        for kind, grid in (("delta", _delta_grid), ("gate", _gate_grid),
+                           ("state_norm", _state_grid)):
+            out[GRID_STACKS[name] + kind] = {ref.index: grid(cache, ref, side, order)
+                                             for ref in stack}
+    if "bridge" in stacks:
+        alphas = [ia.stack_attention(cache, ref, dtype=torch.float64, chunked=True).alpha_abs
+                  for ref in stacks["bridge"]]  # each (1, L, L)
+        out["rollout"] = ia.rollout(alphas)[0].float()  # (L, L)
+    return out
 
 
-def _token_grid(values: torch.Tensor, side: int) -> torch.Tensor:
-    """(L,) per token, patch order -> (g, g) float, cls dropped."""
+def _token_grid(values: torch.Tensor, side: int, order: torch.Tensor | None) -> torch.Tensor:
+    """(L,) per token (cls first, or in `order`'s source order) -> (g, g) float, cls
+    dropped; order: output[i] = values[order[i]] (VisionMamba.output_order)."""
+    if order is not None:
+        values = values[order.to(values.device)]  # (L,) cls first
     return rearrange(values[1:].float(), "(r c) -> r c", r=side)  # (g, g)
 
 
-def _delta_grid(cache, ref, side: int) -> torch.Tensor:
+def _delta_grid(cache, ref, side: int, order=None) -> torch.Tensor:
     per_dir = [ref.to_token_order(cache[ref.hook("hook_delta", k)][0].mean(-1), k, dim=0)  # (L,)
                for k in range(len(ref))]
-    return _token_grid(torch.stack(per_dir).mean(0), side)  # (g, g)
+    return _token_grid(torch.stack(per_dir).mean(0), side, order)  # (g, g)
 
 
-def _state_grid(cache, ref, side: int) -> torch.Tensor:
+def _gate_grid(cache, ref, side: int, order=None) -> torch.Tensor:
+    return _token_grid(cache[ref.hook("hook_gate")][0].mean(-1), side, order)  # (g, g)
+
+
+def _state_grid(cache, ref, side: int, order=None) -> torch.Tensor:
     h = cache[ref.hook("hook_state", 0)][0]  # (L, D, N) scan order
     norms = h.float().flatten(1).norm(dim=1)  # (L,)
-    return _token_grid(ref.to_token_order(norms, 0, dim=0), side)  # (g, g)
+    return _token_grid(ref.to_token_order(norms, 0, dim=0), side, order)  # (g, g)
 
 
 # ---------------------------------------------------------------- maps per word
 def _check_kind(kind: str) -> None:
     if kind not in MAP_KINDS:
         raise ValueError(f"unknown map kind {kind!r}; choose one of {', '.join(MAP_KINDS)}")
+
+
+def _available(analysis: CaptionAnalysis, kind: str):
+    """analysis.<kind>, or one ValueError naming the kinds this model has."""
+    maps = getattr(analysis, kind)
+    if maps is None:
+        raise ValueError(f"this model has no {kind!r} maps (its parts do not allow them); "
+                         f"it has {', '.join(analysis.kinds)}")
+    return maps
 
 
 def _check_words(analysis: CaptionAnalysis, words: Sequence[int]) -> list[int]:
@@ -263,18 +372,19 @@ def _check_words(analysis: CaptionAnalysis, words: Sequence[int]) -> list[int]:
     return out
 
 
-def _layer_map(per_layer: dict[int, torch.Tensor], layer: int | None) -> torch.Tensor:
-    """The map of one bridge layer (None: the mean over layers)."""
+def _layer_map(per_layer: dict[int, torch.Tensor], layer: int | None,
+               where: str = "the bridge") -> torch.Tensor:
+    """The map of one layer of `where` (None: the mean over layers)."""
     if layer is None:
         return torch.stack(list(per_layer.values())).mean(0)  # (g, g) mean over layers
-    return per_layer[layer_index(layer, len(per_layer), "the bridge")]
+    return per_layer[layer_index(layer, len(per_layer), where)]
 
 
 def word_maps(analysis: CaptionAnalysis, kind: str, model=None,
               words: Sequence[int] | None = None, *, layer: int | None = None) -> torch.Tensor:
     """Maps (len(words), g, g) of `kind` (one of MAP_KINDS) for the given word indices
-    (default: every word). Bridge kinds are word-independent: each word gets the map of
-    bridge layer `layer` (None: the mean over layers). Attribution kinds need `model`; the
+    (default: every word). Bridge and decoder kinds are word-independent: each word gets the
+    map of layer `layer` (None: the mean over layers). Attribution kinds need `model`; the
     missing words run as one batch and are cached in analysis.attributions."""
     _check_kind(kind)
     words = _check_words(analysis, range(analysis.n_words) if words is None else words)
@@ -282,9 +392,9 @@ def word_maps(analysis: CaptionAnalysis, kind: str, model=None,
     if not words:
         return torch.zeros(0, g, g)
     if kind in ATTENTION_KINDS:
-        return getattr(analysis, kind)[words]  # (k, g, g)
-    if kind in BRIDGE_KINDS:
-        one = _layer_map(getattr(analysis, kind), layer)  # (g, g)
+        return _available(analysis, kind)[words]  # (k, g, g)
+    if kind in LAYERED_KINDS:
+        one = _layer_map(_available(analysis, kind), layer, LAYERED_KINDS[kind])  # (g, g)
         return one.expand(len(words), g, g).clone()  # (k, g, g)
     cached = _attribute_missing(analysis, kind, model, words)
     return torch.stack([cached[w] for w in words])  # (k, g, g)

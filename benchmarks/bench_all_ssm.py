@@ -1,0 +1,110 @@
+"""Benchmarks of the attention-free VLM (issue 17), each measured side by side in one run:
+
+    long_decode_ratio   ms per token at token 500 over ms per token at token 20, batch 1,
+                        for the Mamba decoder (one recurrent step per token: flat) and the
+                        transformer decoder with its KV cache (attention over a growing
+                        cache), both at shapes-tiny's decoder width and depth, random weights
+    all_ssm_caption_ms  a greedy caption of one test scene by shapes-all-ssm, beside
+                        shapes-tiny's (the shipped checkpoints; median of 20)
+
+    python benchmarks/run.py --only long_decode_ratio,all_ssm_caption_ms
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ssm_bridge.model import EnhancedVLM, VLMConfig
+
+POSITIONS = (20, 500)  # tokens after the image prefix at which a step is timed
+WINDOW = 10  # steps timed around each position (their median)
+
+
+def entry(value: float, unit: str, target: float | None = None, lower: bool = False) -> dict:
+    out = {"value": float(value), "unit": unit, "target": target}
+    if lower:
+        out["lower_is_better"] = True
+    return out
+
+
+def decoder_model(decoder_type: str, seed: int = 0) -> EnhancedVLM:
+    """shapes-tiny with the given decoder, long enough for POSITIONS (random weights)."""
+    length = max(POSITIONS) + WINDOW + 2
+    torch.manual_seed(seed)
+    config = VLMConfig.from_preset("shapes-tiny", decoder_type=decoder_type,
+                                   max_seq_length=length, vocab_size=32)
+    return EnhancedVLM(config).eval()
+
+
+@torch.inference_mode()
+def step_ms(model: EnhancedVLM, seed: int = 0) -> dict[int, float]:
+    """{position: median ms of the decoding steps at position .. position + WINDOW - 1}:
+    the decoder alone, one token per call after the image prefix and BOS."""
+    c = model.config
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(1, c.in_channels, c.img_size, c.img_size, generator=g)
+    media = model.encode_image(image)  # (1, P, dim)
+    cache = model.decoder.new_cache(1, c.max_seq_length, media.shape[1], media.device,
+                                    media.dtype)
+    token = torch.full((1, 1), c.bos_token_id)
+    model.decoder(media, token, cache)  # the prefix and BOS
+    times: dict[int, list[float]] = {p: [] for p in POSITIONS}
+    for position in range(1, max(POSITIONS) + WINDOW):
+        t0 = time.perf_counter()
+        logits = model.decoder(media, token, cache)  # (1, 1, vocab)
+        token = logits[:, -1:].argmax(-1)  # (1, 1)
+        dt = time.perf_counter() - t0
+        for p in POSITIONS:
+            if p <= position < p + WINDOW:
+                times[p].append(dt * 1e3)
+    return {p: statistics.median(t) for p, t in times.items()}
+
+
+def long_decode_ratio(quick: bool) -> dict:
+    """ms/token at token 500 over token 20, Mamba and transformer decoders side by side
+    (interleaved rounds; the median of each decoder's rounds)."""
+    models = {name: decoder_model(name) for name in ("mamba", "transformer")}
+    rounds = 1 if quick else 3
+    ratios: dict[str, list[float]] = {name: [] for name in models}
+    late: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            ms = step_ms(model)
+            ratios[name].append(ms[POSITIONS[1]] / ms[POSITIONS[0]])
+            late[name].append(ms[POSITIONS[1]])
+    out = {}
+    for name in models:
+        out[f"long_decode_ratio_{name}"] = entry(statistics.median(ratios[name]), "x",
+                                                 1.1 if name == "mamba" else None, lower=True)
+        out[f"decode_ms_per_token_at_500_{name}"] = entry(statistics.median(late[name]), "ms")
+    return out
+
+
+def all_ssm_caption_ms(quick: bool) -> dict:
+    """Greedy caption of one test scene, shapes-all-ssm beside shapes-tiny (interleaved)."""
+    from ssm_bridge.data import make_scene
+    from ssm_bridge.training.pretrained import load_pretrained, shipped_names
+
+    if "shapes-all-ssm" not in shipped_names():
+        raise RuntimeError("shapes-all-ssm is not shipped in this checkout")
+    bundles = {name: load_pretrained(name) for name in ("shapes-all-ssm", "shapes-tiny")}
+    times: dict[str, list[float]] = {name: [] for name in bundles}
+    reps = 5 if quick else 20
+    with torch.inference_mode():
+        for i in range(reps + 1):
+            for name, b in bundles.items():
+                image = b.transform(make_scene("test", i, b.scene_config).image)[None]
+                t0 = time.perf_counter()
+                b.model.generate(image, max_length=b.model.config.max_seq_length,
+                                 temperature=0.0)
+                if i:  # the first round warms up
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+    return {f"caption_ms_{name.replace('-', '_')}": entry(statistics.median(t), "ms")
+            for name, t in times.items()}
