@@ -264,7 +264,7 @@ def test_app_tabs_show_the_scans_of_an_all_ssm_model(tmp_path):
     pytest.importorskip("gradio")
     from ssm_bridge.app import support
     from ssm_bridge.app.ui import intro
-    from ssm_bridge.data import ImageTransform, SceneConfig, Tokenizer, generate_scene
+    from ssm_bridge.data import ImageTransform, SceneConfig, Tokenizer
     from ssm_bridge.training.pretrained import Pretrained
 
     scenes = SceneConfig(img_size=64)
