@@ -226,7 +226,13 @@ def test_ssm_only_tools_say_so_for_other_bridges(kind):
     model = EnhancedVLM(cfg).eval()
     images = torch.randn(1, 3, cfg.img_size, cfg.img_size)
     for call in (lambda: implicit_attention.capture_bridge(model, images),
-                 lambda: maps.analyse(model, images[0]),
                  lambda: interventions.zero_state(model, [0])):
         with pytest.raises(ValueError, match=f"bridge_type='{kind}'"):
             call()
+    # per-word maps need no SSM bridge, only one image token per patch
+    if kind == "resampler":
+        with pytest.raises(ValueError, match=r"bridge_type='resampler'.*one token per patch"):
+            maps.analyse(model, images[0])
+        return
+    a = maps.analyse(model, images[0])
+    assert a.delta is None and "delta" not in a.kinds and "cross_attention" in a.kinds

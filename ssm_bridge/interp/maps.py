@@ -162,6 +162,7 @@ def analyse(model, image: torch.Tensor, *, tokenizer=None, max_length: int | Non
     Greedy by default; max_length defaults to config.max_seq_length. Words are decoded with
     `tokenizer` (else shown as ids)."""
     image = _one_image(image, model)  # (1, 3, H, W)
+    _check_grid(model)
     kinds = model_kinds(model)
     with eval_mode(model):
         ids, traces = model.generate(
@@ -184,6 +185,18 @@ def analyse(model, image: torch.Tensor, *, tokenizer=None, max_length: int | Non
         gated_update=updates[0, :, [i - 1 for i in word_index]].T.float(),
         **_attention_maps(traces, steps, image_path.pop("rollout", None), g, kinds),
         **image_path, **decoder)
+
+
+def _check_grid(model) -> None:
+    """Per-word maps live on the patch grid: the decoder's image tokens must be cls + g²."""
+    c = model.config
+    tokens = model.encode_image(torch.zeros(1, c.in_channels, c.img_size, c.img_size,
+                                            device=next(model.parameters()).device)).shape[1]
+    if tokens != c.num_image_tokens:
+        raise ValueError(f"per-word maps need the image tokens on the patch grid (cls + "
+                         f"{c.grid_size}x{c.grid_size} = {c.num_image_tokens}); this model has "
+                         f"bridge_type={c.bridge_type!r}, which gives the decoder {tokens} "
+                         "tokens. Use a bridge that keeps one token per patch")
 
 
 def _attention_maps(traces, steps: list[int], rollout, g: int, kinds) -> dict:
