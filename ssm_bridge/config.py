@@ -168,6 +168,13 @@ class VLMConfig:
         return self.num_patches + 1
 
     @property
+    def num_media_tokens(self) -> int:
+        """Tokens the bridge hands the decoder: one per image token, except the resampler's
+        learned latents."""
+        return self.resampler_latents if self.bridge_type == "resampler" else \
+            self.num_image_tokens
+
+    @property
     def dt_rank(self) -> int:
         return self.ssm_dt_rank or math.ceil(self.ssm_hidden_dim / 16)
 

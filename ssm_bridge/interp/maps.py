@@ -190,13 +190,12 @@ def analyse(model, image: torch.Tensor, *, tokenizer=None, max_length: int | Non
 def _check_grid(model) -> None:
     """Per-word maps live on the patch grid: the decoder's image tokens must be cls + g²."""
     c = model.config
-    tokens = model.encode_image(torch.zeros(1, c.in_channels, c.img_size, c.img_size,
-                                            device=next(model.parameters()).device)).shape[1]
-    if tokens != c.num_image_tokens:
+    if c.num_media_tokens != c.num_image_tokens:
         raise ValueError(f"per-word maps need the image tokens on the patch grid (cls + "
                          f"{c.grid_size}x{c.grid_size} = {c.num_image_tokens}); this model has "
-                         f"bridge_type={c.bridge_type!r}, which gives the decoder {tokens} "
-                         "tokens. Use a bridge that keeps one token per patch")
+                         f"bridge_type={c.bridge_type!r}, which gives the decoder "
+                         f"{c.num_media_tokens} tokens. Use a bridge that keeps one token per "
+                         "patch")
 
 
 def _attention_maps(traces, steps: list[int], rollout, g: int, kinds) -> dict:
