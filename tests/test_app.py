@@ -5,6 +5,7 @@ what the server refuses to serve."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import struct
 import urllib.error
@@ -191,6 +192,38 @@ def test_handler_errors_become_escaped_gr_errors():
     with pytest.raises(gr.Error) as info:
         app.guarded(handler)("<img src=x onerror=alert(1)>.png")
     assert "&lt;img src=x" in info.value.message and "<img" not in info.value.message
+
+
+def test_every_event_returns_the_allocators_free_pages(monkeypatch):
+    """The served app's RSS grew 40-100 MB over 200 requests with flat in-use memory:
+    freed analyses stayed mapped in the worker threads' malloc arenas. Each event, failed
+    or not, now ends with release_free_memory."""
+    from ssm_bridge.app import ui
+
+    calls = []
+    monkeypatch.setattr(ui, "release_free_memory", lambda: calls.append(1) or True)
+    assert ui.guarded(lambda x: x + 1)(1) == 2 and len(calls) == 1
+    with pytest.raises(gr.Error):
+        ui.guarded(lambda: (_ for _ in ()).throw(ValueError("bad")))()
+    assert len(calls) == 2
+
+
+def test_release_free_memory_hands_freed_holes_back_to_the_os():
+    from ssm_bridge.app.memory import release_free_memory
+
+    if not release_free_memory():
+        pytest.skip("this C library has no malloc_trim")
+
+    def rss_mb() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf(
+            "SC_PAGE_SIZE") / 2**20
+
+    blocks = [bytearray(64 * 1024) for _ in range(2000)]  # 128 MB inside the heap
+    del blocks[::2]  # 64 MB of holes between live blocks: the heap's top cannot shrink
+    before = rss_mb()
+    release_free_memory()
+    assert before - rss_mb() > 32, "the freed holes stayed resident"
+    assert len(blocks) == 1000
 
 
 def test_page_parts_may_not_name_a_component_alike():

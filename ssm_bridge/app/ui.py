@@ -27,6 +27,7 @@ import numpy as np
 
 from ..data import split_seeds
 from ..training.pretrained import load_pretrained
+from .memory import release_free_memory
 from .support import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
@@ -65,13 +66,17 @@ ATTRIBUTION_METHODS = ["ig", "gradcam", "saliency"]
 
 def guarded(fn):
     """Handler wrapper: a ValueError (bad upload, bad setting) becomes a gr.Error whose
-    message the user sees (HTML-escaped: it may quote a file name)."""
+    message the user sees (HTML-escaped: it may quote a file name). After every event the
+    allocator's free pages go back to the OS (memory.py: without it a long-running server
+    holds tens of MB it freed)."""
     @functools.wraps(fn)
     def inner(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except ValueError as e:
             raise gr.Error(html.escape(str(e)), print_exception=False) from None
+        finally:
+            release_free_memory()
     return inner
 
 
