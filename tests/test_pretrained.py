@@ -117,3 +117,22 @@ def test_training_record_skips_a_torn_last_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"kind": "tra')
     with pytest.raises(ValueError, match="no complete record"):
         training_record(tmp_path)
+
+
+def test_an_exported_checkpoint_records_its_run_up_to_its_own_step(tmp_path):
+    """Shipping step 20 of a run that went on to step 30 must not claim the 30 steps."""
+    from ssm_bridge.training.pretrained import export_checkpoint
+
+    lines = [{"kind": "train", "step": s, "samples": 4 * s, "train_seconds": 6.0 * s,
+              "loss": 1.0} for s in (10, 20, 30)]
+    lines.insert(2, {"kind": "eval", "step": 20, "samples": 80, "train_seconds": 120.0,
+                     "exact_match": 0.97})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    ckpt = tmp_path / "checkpoints" / "step-0000020"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 20}))
+    dest = export_checkpoint(ckpt, tmp_path / "shipped", tmp_path)
+    record = json.loads((dest / "training_record.json").read_text())
+    assert (record["steps"], record["train_minutes"], record["step_to_95"]) == (20, 2.0, 20)
+    assert training_record(tmp_path)["steps"] == 30

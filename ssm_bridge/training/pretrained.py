@@ -207,11 +207,12 @@ INFERENCE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "prepro
                    "scenes.json")
 
 
-def training_record(run_dir: str | os.PathLike) -> dict:
+def training_record(run_dir: str | os.PathLike, until_step: int | None = None) -> dict:
     """What a run's metrics.jsonl says about its speed: minutes of training (optimizer steps
-    only, evaluation excluded) until val exact-match first reached 90/95/98 %, and the end."""
+    only, evaluation excluded) until val exact-match first reached 90/95/98 %, and the end
+    (`until_step`: the run up to that step, e.g. the checkpoint shipped from it)."""
     path = Path(run_dir) / "metrics.jsonl"
-    records = read_metrics(path)
+    records = [r for r in read_metrics(path) if until_step is None or r["step"] <= until_step]
     if not records:
         raise ValueError(f"{path} holds no complete record (missing, empty or torn); "
                          "give the run folder of a training run that logged")
@@ -230,7 +231,8 @@ def training_record(run_dir: str | os.PathLike) -> dict:
 def export_checkpoint(checkpoint: str | os.PathLike, dest: str | os.PathLike,
                       run_dir: str | os.PathLike | None = None) -> Path:
     """Copy a training checkpoint's inference files (no optimizer state) to `dest`, with
-    training_record.json from its run when `run_dir` is given."""
+    training_record.json from its run when `run_dir` is given: the run up to the
+    checkpoint's step (a run that went on after it does not count)."""
     src, dest = Path(checkpoint), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for name in INFERENCE_FILES:
@@ -238,6 +240,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, dest: str | os.PathLike,
             data = (src / name).read_bytes()
             atomic_write(dest / name, lambda p, data=data: Path(p).write_bytes(data))
     if run_dir is not None:
-        rec = json.dumps(training_record(run_dir), indent=2)
+        state = src / "trainer_state.json"
+        step = json.loads(state.read_text())["step"] if state.is_file() else None
+        rec = json.dumps(training_record(run_dir, until_step=step), indent=2)
         atomic_write(dest / "training_record.json", lambda p: Path(p).write_text(rec))
     return dest
