@@ -128,6 +128,21 @@ def draw_and_caption(page, half: int = 45, spacing: int = 4) -> str:
     return caption_text(page)
 
 
+def choose_model(page, label: str, intro_words: str, n_words: int) -> str:
+    """Pick `label` in the model selector; wait until the page is laid out for it (its
+    intro holds `intro_words`) and the current image is captioned again (at least
+    `n_words` words). Returns the new caption."""
+    page.locator("#model input").click()
+    page.get_by_role("option", name=label, exact=True).click()
+    page.wait_for_function("t => document.querySelector('#intro').innerText.includes(t)",
+                           arg=intro_words, timeout=TIMEOUT_MS)
+    page.wait_for_function(
+        "n => document.querySelectorAll('#caption .token').length >= n",
+        arg=n_words, timeout=TIMEOUT_MS)
+    page.wait_for_function(IDLE, arg="#caption", timeout=TIMEOUT_MS)
+    return caption_text(page)
+
+
 def open_tab(page, title: str, tab: str) -> int:
     page.get_by_role("tab", name=title, exact=True).click()
     return wait_plot(page, tab)

@@ -9,26 +9,38 @@ evaluation; `interp/` the interpretability tools; `app/` the demo app and the no
 (see `_moved`)."""
 
 
+import importlib
+
 from ._moved import install as _install_moved
-from .config import PRESETS, VLMConfig
-from .core.generation import GenerationTraces
-from .core.hooks import ActivationCache, HookPoint
-from .core.ssm import explain_mode
-from .model import (
-    CrossModalAttention,
-    EnhancedSSMBridge,
-    EnhancedVisionTransformer,
-    EnhancedVLM,
-    MultiQueryAttention,
-    SSMLayer,
-    SwiGLU,
-    Swish,
-    TransformerBlock,
-)
-from .training.checkpoint import CheckpointError
-from .training.pretrained import Pretrained, load_pretrained
 
 _install_moved()  # the 0.1 flat module names import as aliases
+
+# The package's names, imported on first use (PEP 562): `import ssm_bridge.cli` or
+# `python app.py --help` then answer without loading torch (seconds). Name -> module.
+_EXPORTS = {
+    "PRESETS": "config", "VLMConfig": "config",
+    "GenerationTraces": "core.generation",
+    "ActivationCache": "core.hooks", "HookPoint": "core.hooks",
+    "explain_mode": "core.ssm",
+    **dict.fromkeys(("CrossModalAttention", "EnhancedSSMBridge", "EnhancedVisionTransformer",
+                     "EnhancedVLM", "MultiQueryAttention", "SSMLayer", "SwiGLU", "Swish",
+                     "TransformerBlock"), "model"),
+    "CheckpointError": "training.checkpoint",
+    "Pretrained": "training.pretrained", "load_pretrained": "training.pretrained",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __version__ = "0.1.0"
 

@@ -6,6 +6,7 @@
     ssm-bridge interpret --checkpoint NAME_OR_DIR --num N [--maps KINDS] [--json PATH]
     ssm-bridge faithfulness --checkpoint NAME_OR_DIR --num N [--maps KINDS] [--json PATH]
     ssm-bridge trace --checkpoint NAME_OR_DIR --attribute colour --num N [--plot PNG]
+    ssm-bridge app [--checkpoint NAME_OR_DIR] [--host H] [--port P] [--device D] ...
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def caption_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("train", "eval", "caption", "interpret", "faithfulness", "trace")
+    commands = ("train", "eval", "caption", "interpret", "faithfulness", "trace", "app")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help")
               else sys.stdout)
@@ -115,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd == "caption":
         return caption_main(rest)
+    if cmd == "app":
+        from .app.serve import main as app_main
+
+        return app_main(rest, prog="ssm-bridge app")
     if cmd == "interpret":
         from .interp.interpret import main as interpret_main
 

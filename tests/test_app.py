@@ -7,7 +7,10 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import socket
 import struct
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 import zlib
@@ -21,7 +24,7 @@ from PIL import Image
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
-from apputil import ROOT, app, launched  # noqa: E402
+from apputil import ROOT, app, free_port, launched  # noqa: E402
 
 from ssm_bridge import load_pretrained  # noqa: E402
 from ssm_bridge.app.support import (  # noqa: E402
@@ -141,7 +144,13 @@ def test_decoding_settings_are_checked():
     for bad, phrase in [(Decoding("beam"), "decoding must be"),
                         (Decoding(max_length=99), "max length"),
                         (Decoding("sampling", temperature=0), "temperature > 0"),
-                        (Decoding("sampling", top_p=0), "top-p")]:
+                        (Decoding("sampling", top_p=0), "top-p"),
+                        (Decoding(max_length=float("nan")), "max length must be a finite"),
+                        (Decoding("sampling", top_k=float("nan")), "top-k must be a finite"),
+                        (Decoding("sampling", top_k=2.5), "top-k must be a whole number"),
+                        (Decoding("sampling", seed=-1), "sampling seed must be a whole"),
+                        (Decoding("sampling", seed=2**64), "sampling seed"),
+                        (Decoding("sampling", temperature=None), "temperature must be")]:
         with pytest.raises(UploadError, match=phrase):
             bad.generate_kwargs(32)
 
@@ -183,6 +192,29 @@ def test_every_tab_draws_for_a_scene(scenes):
     assert "exact match" in truth_markdown(view, w)
     with pytest.raises(ValueError, match="unknown tab"):
         tab_figure(an, view, "nope")
+
+
+def test_ground_truth_of_a_wrong_caption_is_drawn_and_scored(scenes):
+    """The cases worth studying: the tab used to go blank when the caption had a mistake."""
+    import dataclasses
+
+    an = Analyser(load_pretrained("shapes-tiny"))
+    scene = scenes[0]
+    view = an.analyse(scene.image, Decoding(), scene)
+    words = list(view.analysis.words)
+    colour_at = 2
+    truth_colour = words[colour_at]
+    words[colour_at] = next(c for c in ("red", "blue") if c != truth_colour)
+    bad = dataclasses.replace(view, analysis=dataclasses.replace(
+        view.analysis, words=words, caption=" ".join(words)))
+    text = truth_markdown(bad, colour_at)
+    assert "differs" in text and f"**wrong** (it is {truth_colour})" in text
+    assert "| ✓ | ✗ | ✓ |" in text and "choose a size" not in text
+    assert "pointing game" in text  # scored against the object the phrase names
+    relation = next(i for i, w in enumerate(words) if w in ("left", "right", "above", "below"))
+    assert "relation word" in truth_markdown(bad, relation)
+    fig = tab_figure(an, bad, "truth", colour_at)
+    assert fig is not None and fig.axes[0].get_title().startswith("objects: 1 ")
 
 
 def test_handler_errors_become_escaped_gr_errors():
@@ -317,7 +349,9 @@ def test_bad_uploads_get_the_message_and_the_server_stays_up(client, bad_files, 
         with pytest.raises(gradio_client.exceptions.AppError, match=phrase):
             client.predict(gradio_client.handle_file(str(path)), api_name="/caption")
     huge = tmp_path / "huge.bin"  # over gradio's own ceiling: refused before the app
-    huge.write_bytes(bytes(int(UPLOAD_MB * app.HARD_LIMIT_FACTOR * 2**20) + 1))
+    from ssm_bridge.app import serve
+
+    huge.write_bytes(bytes(int(UPLOAD_MB * serve.HARD_LIMIT_FACTOR * 2**20) + 1))
     with pytest.raises(Exception):  # noqa: B017 (gradio_client raises the HTTP error)
         client.predict(gradio_client.handle_file(str(huge)), api_name="/caption")
     good = tmp_path / "good.png"
@@ -329,7 +363,7 @@ def test_bad_uploads_get_the_message_and_the_server_stays_up(client, bad_files, 
 def test_nothing_outside_the_app_is_served(server):
     """Files outside gradio's upload cache are refused (or answered with the page, never
     their content)."""
-    targets = {"/etc/passwd": b"root:", str(ROOT / "app.py"): b"def main(",
+    targets = {"/etc/passwd": b"root:", str(ROOT / "app.py"): b"ssm_bridge.app.serve",
                str(ROOT / "pyproject.toml"): b"[tool.ruff]"}
     for target, marker in targets.items():
         for route in ("gradio_api/file=", "file=", "gradio_api/file=.."):
@@ -345,9 +379,56 @@ def test_nothing_outside_the_app_is_served(server):
 def test_main_readies_the_scan_kernel_before_serving(monkeypatch):
     """The kernel is built or loaded before the server says it is running, so the first
     caption after a fresh start does not wait for a compile."""
+    from ssm_bridge.app import serve, ui
+    from ssm_bridge.core import scan
+
     calls = []
-    monkeypatch.setattr(app, "prepare_extension", lambda: calls.append("kernel"))
-    monkeypatch.setattr(app, "build_app", lambda *a, **k: calls.append("build"))
-    monkeypatch.setattr(app, "launch", lambda *a, **k: calls.append("launch"))
-    assert app.main([]) == 0
+    monkeypatch.setattr(scan, "prepare_extension", lambda: calls.append("kernel"))
+    monkeypatch.setattr(ui, "build_app", lambda *a, **k: calls.append("build"))
+    monkeypatch.setattr(serve, "launch", lambda *a, **k: calls.append("launch"))
+    assert app.main(["--port", str(free_port())]) == 0
     assert calls == ["build", "kernel", "launch"]  # a bad checkpoint fails before the build
+
+
+def one_line_exit(argv, capsys) -> str:
+    """app.main(argv) must stop with status 2 and one line on stderr; that line."""
+    with pytest.raises(SystemExit) as e:
+        app.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_a_port_in_use_is_one_line_naming_the_flag(capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        err = one_line_exit(["--port", str(port)], capsys)
+    assert f"--port: port {port} on 127.0.0.1 is already in use" in err
+    assert "GRADIO_SERVER_PORT" not in err
+
+
+@pytest.mark.parametrize("host, words", [
+    ("999.1.1.1", "is not an IP address or a known host name"),
+    ("192.0.2.1", "is not an address of this machine"),  # TEST-NET-1: never local
+])
+def test_a_bad_host_is_one_line_naming_the_flag(host, words, capsys):
+    err = one_line_exit(["--host", host, "--port", str(free_port())], capsys)
+    assert "--host" in err and words in err
+
+
+def test_help_and_bad_flags_answer_before_torch_and_gradio_load():
+    """`python app.py --help` took 9 s when torch and gradio loaded first."""
+    code = (f"import sys, app; app.parse_args(['--port', '{free_port()}']); "
+            "print(sorted(m for m in ('torch', 'gradio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr
+    helped = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "--checkpoint" in helped.stdout
+    bad = subprocess.run([sys.executable, "-c", "import sys, app; "
+                          "app.parse_args(['--port', '0'])"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--port" in bad.stderr and "Traceback" not in bad.stderr

@@ -64,3 +64,23 @@ def test_draw_on_the_sketchpad_and_caption_it(browser, server):
     assert caption and all(w.isalpha() for w in caption.split())
     assert page.locator("#caption .token.highlighted").count() == 1
     assert outside == []
+
+
+def test_the_model_selector_switches_to_the_attention_free_checkpoint(browser, server,
+                                                                       tmp_path):
+    """Both shipped checkpoints in one page, no restart: the all-SSM one captions the same
+    image again and its word tab shows the decoder's scans; back on shapes-tiny the
+    cross-attention tab returns."""
+    from ssm_bridge.app.support import SCAN_TABS, TABS
+
+    png = tmp_path / "scene.png"
+    truth = shots.scene_png(3, png)
+    page, outside = shots.open_page(browser, server)
+    shots.caption_and_select(page, png, truth, word=3)
+    n = len(truth.split())
+    assert shots.choose_model(page, "shapes-all-ssm", "Vision Mamba encoder", n) == truth
+    assert shots.open_tab(page, SCAN_TABS["cross"], "cross") > 100
+    assert page.get_by_role("tab", name=TABS["cross"], exact=True).count() == 0
+    assert shots.choose_model(page, "shapes-tiny", "A ViT reads", n) == truth
+    assert shots.open_tab(page, TABS["cross"], "cross") > 100
+    assert outside == []

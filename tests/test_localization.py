@@ -107,6 +107,26 @@ def test_object_words_skips_captions_whose_objects_differ():
         loc.object_words(scene, words, role="noun")
 
 
+def test_match_phrases_names_objects_of_any_caption():
+    """Right or wrong, each generated phrase is matched to the object it names by its
+    attributes, not by its place; a phrase sharing nothing names no object."""
+    scene = make_scene("test", 0)
+    assert scene.caption == "a large blue square above a small red diamond"
+    exact = loc.match_phrases(scene, scene.caption.split())
+    assert [(m.obj, m.exact) for m in exact] == [(0, True), (1, True)]
+    wrong = loc.match_phrases(scene, "a large red square above a small red diamond".split())
+    assert wrong[0].obj == 0 and wrong[0].agree == (True, False, True)
+    swapped = loc.match_phrases(scene, "a small red diamond below a large blue square".split())
+    assert [m.obj for m in swapped] == [1, 0] and all(m.exact for m in swapped)
+    stray = loc.match_phrases(scene, "a small red diamond below a small green circle".split())
+    assert stray[0].obj == 1 and stray[1].obj is None  # object 0 shares none of them
+    short = loc.match_phrases(scene, "a large blue".split())
+    assert short[0].phrase == ("large", "blue", "") and short[0].agree == (True, True, False)
+    words = "a large red square above a small red diamond".split()
+    assert loc.word_match(scene, words, 2)[1] == "colour"
+    assert loc.word_match(scene, words, 4) is None  # "above"
+
+
 def test_parse_objects_reads_every_relation():
     words = "a small red circle left of a large blue square above a small green star".split()
     objs = loc.parse_objects(words)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import colorsys
 import html
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -32,11 +33,17 @@ import viz
 
 from ..core.addressing import SSMStack
 from ..data import PALETTE, SHAPES, SceneConfig, generate_scene
-from ..interp.localization import energy_in_mask, object_words, pointing_game, random_scores
+from ..data.captions import PHRASE_ORDER
+from ..interp.localization import (
+    energy_in_mask,
+    match_phrases,
+    pointing_game,
+    random_scores,
+    word_match,
+)
 from ..interp.maps import ATTRIBUTION_KINDS, CaptionAnalysis, analyse, model_kinds, word_map
+from .serve import DEFAULT_MAX_UPLOAD_MB, MB  # the command line states the limit too
 
-MB = 2**20
-DEFAULT_MAX_UPLOAD_MB = 10.0
 DEFAULT_MAX_PIXELS = 40_000_000  # a 7,300 x 5,500 photo; bombs declare far more
 SAFE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "AVIF", "PPM", "TGA", "ICO")
 DECODINGS = ("greedy", "sampling")
@@ -154,22 +161,42 @@ class Decoding:
     def generate_kwargs(self, max_seq_length: int) -> dict:
         if self.mode not in DECODINGS:
             raise UploadError(f"decoding must be one of {DECODINGS}, got {self.mode!r}")
-        if not 2 <= int(self.max_length) <= max_seq_length:
-            raise UploadError(f"max length must be in 2..{max_seq_length} (tokens, BOS "
-                              f"included), got {self.max_length}")
-        kw = {"max_length": int(self.max_length)}
+        max_length = _whole("max length", self.max_length, 2, max_seq_length,
+                            "tokens, BOS included")
+        kw = {"max_length": max_length}
         if self.mode == "greedy":
             return {**kw, "temperature": 0.0}
-        if not float(self.temperature) > 0:
+        temperature, top_p = _number("temperature", self.temperature), _number("top-p",
+                                                                              self.top_p)
+        if not temperature > 0:
             raise UploadError(f"sampling needs a temperature > 0, got {self.temperature}; "
                               "choose greedy decoding for temperature 0")
-        if not 0 < float(self.top_p) <= 1 or int(self.top_k) < 0:
-            raise UploadError(f"top-p must be in (0, 1] and top-k >= 0 (0 = off), got "
-                              f"top_p={self.top_p}, top_k={self.top_k}")
-        return {**kw, "temperature": float(self.temperature),
-                "top_k": int(self.top_k) or None,
-                "top_p": None if float(self.top_p) >= 1 else float(self.top_p),
-                "seed": int(self.seed)}
+        if not 0 < top_p <= 1:
+            raise UploadError(f"top-p must be in (0, 1] (1 = off), got {self.top_p}")
+        top_k = _whole("top-k", self.top_k, 0, None, "0 = off")
+        return {**kw, "temperature": temperature, "top_k": top_k or None,
+                "top_p": None if top_p >= 1 else top_p,
+                "seed": _whole("sampling seed", self.seed, 0, 2**63 - 1, "it seeds the sampler")}
+
+
+def _number(field: str, value) -> float:
+    """float(value), or an UploadError naming `field` (None, text, NaN, infinity)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = math.nan
+    if not math.isfinite(x):
+        raise UploadError(f"{field} must be a finite number, got {value!r}")
+    return x
+
+
+def _whole(field: str, value, lo: int, hi: int | None, note: str) -> int:
+    """An integer in [lo, hi], or an UploadError naming `field` and the range."""
+    x = _number(field, value)
+    if x != int(x) or x < lo or (hi is not None and x > hi):
+        span = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise UploadError(f"{field} must be a whole number in {span} ({note}), got {value!r}")
+    return int(x)
 
 
 def tab_titles(model) -> dict[str, str]:
@@ -302,16 +329,11 @@ def word_info(view: View, word: int) -> str:
 
 
 def word_object(scene, words: list[str], word: int) -> int | None:
-    """The ground-truth object (index in scene.objects) whose phrase holds `word`, when the
-    caption's objects equal the scene's; else None."""
-    for role in ("size", "colour", "shape"):
-        pairs = object_words(scene, words, role)
-        if pairs is None:
-            return None
-        for at, j in pairs:
-            if at == word or (role == "size" and at - 1 == word):  # the article too
-                return j
-    return None
+    """The ground-truth object (index in scene.objects) that the phrase holding `word`
+    names, right or wrong (localization.match_phrases); None for a relation word or a
+    phrase that names no object."""
+    found = word_match(scene, words, word)
+    return None if found is None else found[0].obj
 
 
 def localisation_rows(view: View, word: int) -> list[dict]:
@@ -422,20 +444,63 @@ def word_image_map(a: CaptionAnalysis, word: int) -> tuple[str, torch.Tensor]:
 
 
 def truth_figure(view: View, word: int):
-    """The selected word's object mask beside its cross-attention (None without a scene)."""
-    a = view.analysis
-    j = None if view.scene is None else word_object(view.scene, a.words, word)
-    if j is None:
+    """Every object's mask, numbered as in the ground-truth table, beside the selected
+    word's map (None without a scene). Drawn whatever the caption got wrong."""
+    if view.scene is None:
         return None
-    obj = view.scene.objects[j]
-    name, m = word_image_map(a, word)
-    return viz.map_panels([(f"ground truth: {obj.describe()}", obj.mask.astype(np.float32)),
-                           (f"{name} of '{a.words[word]}'", m)],
-                          view.pixels, ncols=2, shared_scale=False)[0]
+    a, objects = view.analysis, view.scene.objects
+    labels = sum((j + 1) * o.mask.astype(np.float32) for j, o in enumerate(objects))
+    items = [("objects: " + ", ".join(f"{j + 1} {o.describe()}" for j, o in enumerate(objects)),
+              labels)]
+    if a.n_words:
+        name, m = word_image_map(a, word)
+        items.append((f"{name} of '{a.words[word]}'", m))
+    return viz.map_panels(items, view.pixels, ncols=2, shared_scale=False)[0]
+
+
+def _tick(ok: bool) -> str:
+    return "✓" if ok else "✗"
+
+
+def phrase_table(view: View) -> list[str]:
+    """Markdown rows: each generated object phrase, the object it names and which of its
+    words are right; then the objects no phrase names."""
+    matches = match_phrases(view.scene, view.analysis.words)
+    objects = view.scene.objects
+    rows = ["| phrase | names object | size | colour | shape |", "|---|---|---|---|---|"]
+    for m in matches:
+        named = "none" if m.obj is None else f"{m.obj + 1} ({objects[m.obj].describe()})"
+        ticks = " | ".join(_tick(ok) if m.obj is not None else "–" for ok in m.agree)
+        rows.append(f"| a {' '.join(w for w in m.phrase if w)} | {named} | {ticks} |")
+    missed = [j for j in range(len(objects)) if j not in {m.obj for m in matches}]
+    if missed:
+        rows += ["", "**not mentioned:** " + ", ".join(
+            f"{j + 1} ({objects[j].describe()})" for j in missed)]
+    return rows
+
+
+def word_verdict(view: View, word: int) -> str:
+    """What the selected word names, and whether it is right."""
+    a = view.analysis
+    found = word_match(view.scene, a.words, word)
+    w = f"**'{a.words[word]}'**"
+    if found is None:
+        return f"{w} is a relation word: it names no object."
+    m, role = found
+    if m.obj is None:
+        return f"{w} is in a phrase that names no object of the scene."
+    obj = view.scene.objects[m.obj]
+    if role == "article":
+        return f"{w} starts the phrase naming object {m.obj + 1}."
+    ok = m.agree[PHRASE_ORDER.index(role)]
+    truth = getattr(obj, role)
+    return (f"{w} is the {role} of object {m.obj + 1}: "
+            + ("right." if ok else f"**wrong** (it is {truth})."))
 
 
 def truth_markdown(view: View | None, word: int) -> str:
-    """Ground truth beside the prediction and the selected word's localisation scores."""
+    """Ground truth beside the prediction, the phrase-by-phrase match, the selected word's
+    verdict and its localisation scores against the object it names."""
     if view is None:
         return ""
     if view.scene is None:
@@ -443,12 +508,12 @@ def truth_markdown(view: View | None, word: int) -> str:
     a, truth = view.analysis, view.scene.caption
     verdict = "exact match" if a.caption == truth else "differs"
     lines = [f"**ground truth:** {truth}  \n**prediction:** {a.caption} ({verdict})", ""]
-    rows = localisation_rows(view, word) if a.n_words else []
-    if not rows:
-        lines.append("*The selected word names no ground-truth object (choose a size, colour "
-                     "or shape word of a correctly captioned object).*")
+    if not a.n_words:
         return "\n".join(lines)
-    lines += ["| map | pointing game | energy in mask |", "|---|---|---|"]
-    lines += [f"| {r['map']} | {float(r['pointing_game']):.2f} | {r['energy_in_mask']:.2f} |"
-              for r in rows]
+    lines += [*phrase_table(view), "", word_verdict(view, word), ""]
+    rows = localisation_rows(view, word)
+    if rows:
+        lines += ["| map | pointing game | energy in mask |", "|---|---|---|"]
+        lines += [f"| {r['map']} | {float(r['pointing_game']):.2f} | "
+                  f"{r['energy_in_mask']:.2f} |" for r in rows]
     return "\n".join(lines)

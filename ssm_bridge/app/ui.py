@@ -17,6 +17,8 @@ from __future__ import annotations
 import functools
 import html
 import os
+import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -25,8 +27,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr
 import numpy as np
 
+from ..core.addressing import SSMStack
 from ..data import split_seeds
-from ..training.pretrained import load_pretrained
+from ..training.checkpoint import CheckpointError
+from ..training.pretrained import load_pretrained, shipped_names
 from .memory import release_free_memory
 from .support import (
     DEFAULT_MAX_PIXELS,
@@ -85,94 +89,171 @@ def _big(pixels: np.ndarray, factor: int = 4) -> np.ndarray:
     return pixels.repeat(factor, axis=0).repeat(factor, axis=1)  # (fH, fW, 3)
 
 
+# ---------------------------------------------------------------- models
+class Models:
+    """The checkpoints the model selector offers (shipped names or folders): the first is
+    loaded by build_app, each other one on first use, then kept. A session's choice lives
+    in its own state, so one visitor switching leaves the others' model alone."""
+
+    def __init__(self, first: Analyser, first_name: str, choices: list[str],
+                 device: str) -> None:
+        self.first, self.choices, self.device = first_name, choices, device
+        self._loaded = {first_name: first}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str | None) -> Analyser:
+        name = name or self.first
+        if name not in self.choices:
+            raise ValueError(f"unknown model {name!r}; choose one of {self.choices}")
+        with self._lock:
+            if name not in self._loaded:
+                try:
+                    self._loaded[name] = Analyser(load_pretrained(name, device=self.device))
+                except CheckpointError as e:
+                    raise ValueError(f"cannot load model {name!r}: {' '.join(str(e).split())}"
+                                     ) from None
+            return self._loaded[name]
+
+    def labels(self) -> list[tuple[str, str]]:
+        """(label, value) per choice: a folder shows by its name."""
+        return [(Path(c).name, c) for c in self.choices]
+
+
+def scan_choices(model) -> tuple[list[int], list[str]]:
+    """The bridge layers and scan directions the State and Scrubber tabs offer (none for a
+    bridge without scans)."""
+    try:
+        stack = SSMStack.of(model, "bridge", what="the scan tabs")
+    except ValueError:
+        return [], []
+    return list(range(len(stack))), list(stack[0].direction_names)
+
+
 # ---------------------------------------------------------------- handlers
 class Handlers:
-    """What the page's events do, on one analyser. Each raises ValueError with a message
-    for the user (`guarded` shows it). Their names are the API names gradio gives them.
+    """What the page's events do. Each takes the session's model name first (the
+    selector's state; None: the first model) and raises ValueError with a message for the
+    user (`guarded` shows it). Their names are the API names gradio gives them.
     Annotations on handler parameters are read by gradio (gr.SelectData injects the
     event), so they must resolve in this module."""
 
-    def __init__(self, analyser: Analyser, max_upload_mb: float, n_examples: int,
+    def __init__(self, models: Models, max_upload_mb: float, n_examples: int,
                  seed: int | None, max_pixels: int) -> None:
-        self.analyser = analyser
-        self.scene_config, self.model_config = analyser.p.scene_config, analyser.model.config
+        self.models = models
+        self.analyser = models[None]  # the first model: the page is laid out for it
+        self.scene_config = self.analyser.p.scene_config
         self.max_upload_mb, self.max_pixels = max_upload_mb, max_pixels
         self.rng = np.random.default_rng(seed)  # the 'new random scene' button
         self.test_lo = split_seeds("test", 1)[0]
         self.example_seeds = [self.test_lo + i for i in range(n_examples)]
-        self.n_layers = len(analyser.model.bridge.layers)
-        self.directions = list(analyser.model.bridge.layers[0].mixer.direction_names)
 
-    # ---- image sources: each returns (source state, preview, description[, seed])
-    def from_upload(self, path):
+    # ---- image sources: each returns (source state, preview, description[, seed]). The
+    # source keeps the pixels the model saw; another model re-prepares them for its input.
+    def from_upload(self, name, path):
         img = read_upload(path, self.max_upload_mb * MB, self.max_pixels)
-        pixels = self.analyser.prepare(img)
-        name = html.escape(os.path.basename(str(path)))
+        pixels = self.models[name].prepare(img)
+        shown = html.escape(os.path.basename(str(path)))
         return ({"pixels": pixels, "scene": None}, _big(pixels),
-                f"upload `{name}`: {img.width} x {img.height}, mode {img.mode}")
+                f"upload `{shown}`: {img.width} x {img.height}, mode {img.mode}")
 
-    def from_seed(self, scene_seed):
+    def from_seed(self, name, scene_seed):
         if scene_seed is None:
             raise ValueError("type a scene seed (an integer >= 0) first")
-        pixels, scene = scene_pixels(int(scene_seed), self.scene_config)
+        pixels, scene = scene_pixels(int(scene_seed), self.models[name].p.scene_config)
         return ({"pixels": pixels, "scene": scene}, _big(pixels),
                 f"generated scene, seed **{int(scene_seed)}**", int(scene_seed))
 
-    def random_scene(self):
-        return self.from_seed(int(self.rng.integers(self.test_lo, self.test_lo + 10_000_000)))
+    def random_scene(self, name):
+        return self.from_seed(name, int(self.rng.integers(self.test_lo,
+                                                          self.test_lo + 10_000_000)))
 
-    def from_gallery(self, evt: gr.SelectData):
-        return self.from_seed(self.example_seeds[evt.index])
+    def from_gallery(self, name, evt: gr.SelectData):
+        return self.from_seed(name, self.example_seeds[evt.index])
 
-    def from_sketch(self, value):
-        pixels = self.analyser.prepare(sketch_image(value))
+    def from_sketch(self, name, value):
+        pixels = self.models[name].prepare(sketch_image(value))
         return {"pixels": pixels, "scene": None}, _big(pixels), "your drawing"
 
     # ---- analysis and figures
-    def render(self, view, word, tab, layer, direction, step, method):
+    def render(self, name, view, word, tab, layer, direction, step, method):
         """Figures for every tab: the active one drawn, the others cleared (they redraw
         when opened), and the ground-truth text."""
         if view is None:
             return [None] * len(TABS) + [""]
-        layer, k = int(layer), self.directions.index(direction)
-        figs = [tab_figure(self.analyser, view, t, word, layer, k, step, method) if t == tab
+        an = self.models[name]
+        directions = scan_choices(an.model)[1]
+        if direction is not None and direction not in directions:
+            raise ValueError(f"scan direction {direction!r} is not one of this model's "
+                             f"{directions}; pick one in the direction menu")
+        k = directions.index(direction) if direction is not None else 0
+        figs = [tab_figure(an, view, t, word, int(layer or 0), k, step, method) if t == tab
                 else None for t in TABS]
         return [*figs, truth_markdown(view, word)]
 
-    def run(self, source, mode, temperature, top_k, top_p, max_length, dseed):
+    def run(self, name, source, mode, temperature, top_k, top_p, max_length, dseed):
         """Analyse the current image; plots are cleared and redrawn by the next step, which
         reads the tab open by then."""
         if source is None:
             raise ValueError("No image yet: upload one, pick a scene or draw one.")
+        an = self.models[name]
         decoding = Decoding(mode, temperature, top_k, top_p, max_length, dseed)
-        view = self.analyser.analyse(source["pixels"], decoding, source["scene"])
+        view = an.analyse(an.prepare(source["pixels"]), decoding, source["scene"])
         word = default_word(view.analysis.words)
         return [view, word, word_spans(view.analysis.words, word), word_info(view, word),
                 *[None] * len(TABS), truth_markdown(view, word)]
 
-    def select_word(self, view, tab, layer, direction, step, method, evt: gr.SelectData):
+    def select_word(self, name, view, tab, layer, direction, step, method,
+                    evt: gr.SelectData):
         if view is None:
             raise ValueError("caption an image first")
         word = int(evt.index if not isinstance(evt.index, (list, tuple)) else evt.index[0])
         word = min(max(word, 0), max(view.analysis.n_words - 1, 0))
         return [word, word_spans(view.analysis.words, word), word_info(view, word),
-                *self.render(view, word, tab, layer, direction, step, method)]
+                *self.render(name, view, word, tab, layer, direction, step, method)]
 
-    def attribute(self, view, word, method, layer, direction, step):
+    def attribute(self, name, view, word, method, layer, direction, step):
         if view is None or not view.analysis.n_words:
             raise ValueError("caption an image first")
-        self.analyser.attribution(view, word, method)
-        return self.render(view, word, "attribution", layer, direction, step, method)
+        self.models[name].attribution(view, word, method)
+        return self.render(name, view, word, "attribution", layer, direction, step, method)
 
-    def caption_api(self, image, decoding="greedy", temperature=1.0, top_k=0, top_p=1.0,
-                    max_length=None, seed=0) -> str:
+    def switch_model(self, name):
+        """The selector changed: load the model, lay the page out for it (intro, tab
+        titles, scan controls, decoding ranges) and drop the old model's analysis."""
+        model = self.models[name].model
+        c = model.config
+        layers, directions = scan_choices(model)
+        titles = tab_titles(model)
+        return [name, intro(c), None, 0, [], "", *[None] * len(TABS), "",
+                *[gr.Tab(label=titles[t]) for t in TABS],
+                gr.Dropdown(choices=layers, value=layers[0] if layers else None,
+                            visible=bool(layers)),
+                gr.Dropdown(choices=directions, value=directions[0] if directions else None,
+                            visible=len(directions) > 1),
+                gr.Slider(maximum=c.num_patches, value=0),
+                gr.Slider(maximum=c.vocab_size, value=0),
+                gr.Slider(maximum=c.max_seq_length, value=c.max_seq_length)]
+
+    def cleared(self):
+        """Outputs of a failed image source: no image, caption, maps or ground truth."""
+        return [None, None, "*no image: the last one could not be used (see the message)*",
+                None, 0, [], "", *[None] * len(TABS), ""]
+
+    def rerun(self, name, source, *decoding):
+        """After a model switch: caption the current image with the new model, if any."""
+        if source is None:
+            return [gr.skip()] * (5 + len(TABS))
+        return self.run(name, source, *decoding)
+
+    def caption_api(self, name, image, decoding="greedy", temperature=1.0, top_k=0,
+                    top_p=1.0, max_length=None, seed=0) -> str:
         """/caption: an image file -> its caption (max_length None: the model's maximum)."""
+        an = self.models[name]
         if max_length is None:
-            max_length = self.model_config.max_seq_length
-        pixels = self.analyser.prepare(read_upload(image, self.max_upload_mb * MB,
-                                                   self.max_pixels))
-        return self.analyser.caption(pixels, Decoding(decoding, temperature, top_k, top_p,
-                                                      max_length, seed))
+            max_length = an.max_seq_length
+        pixels = an.prepare(read_upload(image, self.max_upload_mb * MB, self.max_pixels))
+        return an.caption(pixels, Decoding(decoding, temperature, top_k, top_p, max_length,
+                                           seed))
 
 
 # ---------------------------------------------------------------- builders of the parts
@@ -181,7 +262,17 @@ def session_state() -> dict:
     the open tab. The two large ones expire after STATE_TTL_S idle seconds."""
     return {"source": gr.State(None, time_to_live=STATE_TTL_S),
             "view": gr.State(None, time_to_live=STATE_TTL_S),
-            "word": gr.State(0), "tab": gr.State("cross")}
+            "word": gr.State(0), "tab": gr.State("cross"),
+            "model": gr.State(None)}  # the selector's choice; None: the first model
+
+
+def model_panel(h: Handlers) -> dict:
+    """The page's intro (which parts the model has) and the model selector, hidden when
+    only one model is offered."""
+    choices = h.models.labels()
+    return {"intro_md": gr.Markdown(intro(h.analyser.model.config), elem_id="intro"),
+            "model_dd": gr.Dropdown(choices, value=h.models.first, label="model",
+                                    visible=len(choices) > 1, elem_id="model")}
 
 
 def source_panel(h: Handlers) -> dict:
@@ -198,8 +289,9 @@ def source_panel(h: Handlers) -> dict:
                 label="test scenes (click one)", columns=3, allow_preview=False,
                 elem_id="gallery")
             with gr.Row():
-                seed_box = gr.Number(label="scene seed", precision=0, minimum=0,
-                                     elem_id="scene-seed")
+                seed_box = gr.Number(h.example_seeds[0] if h.example_seeds else h.test_lo,
+                                     label="scene seed", precision=0, minimum=0,
+                                     elem_id="scene-seed")  # a real test scene
                 load_btn = gr.Button("load seed")
             random_btn = gr.Button("new random scene", variant="secondary",
                                    elem_id="random-scene")
@@ -219,7 +311,7 @@ def source_panel(h: Handlers) -> dict:
 def decoding_panel(h: Handlers) -> dict:
     """The decoding settings (greedy, or sampling with temperature, top-k, top-p and a
     seed; the caption's maximum length) and the caption button, folded by default."""
-    c = h.model_config
+    c = h.analyser.model.config
     with gr.Accordion("decoding", open=False):
         mode = gr.Radio(["greedy", "sampling"], value="greedy", label="decoding")
         temperature = gr.Slider(0.05, 2.0, 1.0, step=0.05, label="temperature")
@@ -237,14 +329,16 @@ def word_panel(h: Handlers) -> dict:
     """The caption as clickable words (the selected one highlighted), the selected word's
     log-probability and gate numbers, and the bridge layer and scan direction that the
     State and Scrubber tabs show."""
+    layers, directions = scan_choices(h.analyser.model)
     caption = gr.HighlightedText(label="caption (click a word)", elem_id="caption",
                                  color_map={"selected": "#f59e0b"}, show_inline_category=False)
     info = gr.Markdown(elem_id="word-info")
     with gr.Row():
-        layer = gr.Dropdown(list(range(h.n_layers)), value=0,
-                            label="bridge layer (state, scrubber)")
-        direction = gr.Dropdown(h.directions, value=h.directions[0],
-                                label="scan direction (state, scrubber)")
+        layer = gr.Dropdown(layers, value=layers[0] if layers else None,
+                            label="bridge layer (state, scrubber)", visible=bool(layers))
+        direction = gr.Dropdown(directions, value=directions[0] if directions else None,
+                                label="scan direction (state, scrubber)",
+                                visible=len(directions) > 1)
     return {"caption": caption, "info": info, "layer": layer, "direction": direction}
 
 
@@ -260,7 +354,7 @@ def _truth_controls(h: Handlers) -> dict:
 
 
 def _scrubber_controls(h: Handlers) -> dict:
-    return {"step": gr.Slider(0, h.model_config.num_patches, 0, step=1, label="scan step",
+    return {"step": gr.Slider(0, h.analyser.model.config.num_patches, 0, step=1, label="scan step",
                               elem_id="scan-step")}
 
 
@@ -302,50 +396,70 @@ def _join(*parts: dict) -> SimpleNamespace:
 def wire_events(h: Handlers, ui: SimpleNamespace) -> None:
     """Every image source captions and renders; the caption button re-captions; a word
     click, a tab, a layer, direction or step change redraw; the attribution button
-    computes one; the hidden button serves /caption."""
+    computes one; the model selector lays the page out again and re-captions; the hidden
+    button serves /caption. Every handler reads the session's model first."""
     view_opts = [ui.layer, ui.direction, ui.step, ui.method]
     outs = [*ui.plots.values(), ui.truth_md]
     src_outs = [ui.source, ui.preview, ui.source_md]
+    decoding = [ui.mode, ui.temperature, ui.top_k, ui.top_p, ui.max_len, ui.dseed]
     quiet = {"api_visibility": "undocumented"}
-    run_ev = dict(fn=guarded(h.run), inputs=[ui.source, ui.mode, ui.temperature, ui.top_k,
-                                             ui.top_p, ui.max_len, ui.dseed],
-                  outputs=[ui.view, ui.word, ui.caption, ui.info, *outs], api_name="analyse",
-                  **quiet)
-    render_ev = dict(fn=guarded(h.render), inputs=[ui.view, ui.word, ui.tab, *view_opts],
+    run_outs = [ui.view, ui.word, ui.caption, ui.info, *outs]
+    run_ev = dict(fn=guarded(h.run), inputs=[ui.model, ui.source, *decoding],
+                  outputs=run_outs, api_name="analyse", **quiet)
+    render_ev = dict(fn=guarded(h.render),
+                     inputs=[ui.model, ui.view, ui.word, ui.tab, *view_opts],
                      outputs=outs, api_name="render", **quiet)
     for trigger, fn, inputs, outputs in (
-            (ui.upload.upload, h.from_upload, ui.upload, src_outs),
-            (ui.random_btn.click, h.random_scene, None, [*src_outs, ui.seed_box]),
-            (ui.load_btn.click, h.from_seed, ui.seed_box, [*src_outs, ui.seed_box]),
-            (ui.gallery.select, h.from_gallery, None, [*src_outs, ui.seed_box]),
-            (ui.draw_btn.click, h.from_sketch, ui.sketch, src_outs)):
-        trigger(guarded(fn), inputs, outputs, **quiet).success(**run_ev).success(**render_ev)
+            (ui.upload.upload, h.from_upload, [ui.upload], src_outs),
+            (ui.random_btn.click, h.random_scene, [], [*src_outs, ui.seed_box]),
+            (ui.load_btn.click, h.from_seed, [ui.seed_box], [*src_outs, ui.seed_box]),
+            (ui.gallery.select, h.from_gallery, [], [*src_outs, ui.seed_box]),
+            (ui.draw_btn.click, h.from_sketch, [ui.sketch], src_outs)):
+        loaded = trigger(guarded(fn), [ui.model, *inputs], outputs, **quiet)
+        loaded.success(**run_ev).success(**render_ev)
+        # a failed source (a bad upload, a bad seed) must not leave the last image's
+        # caption and maps beside its error
+        loaded.failure(h.cleared, None, [*src_outs, *run_outs], **quiet)
     ui.caption_btn.click(**run_ev).success(**render_ev)
-    ui.caption.select(guarded(h.select_word), [ui.view, ui.tab, *view_opts],
+    ui.caption.select(guarded(h.select_word), [ui.model, ui.view, ui.tab, *view_opts],
                       [ui.word, ui.caption, ui.info, *outs], **quiet)
     for t, item in ui.tab_items.items():
-        item.select(guarded(lambda *a, t=t: [t, *h.render(a[0], a[1], t, *a[2:])]),
-                    [ui.view, ui.word, *view_opts], [ui.tab, *outs], **quiet)
+        item.select(guarded(lambda *a, t=t: [t, *h.render(a[0], a[1], a[2], t, *a[3:])]),
+                    [ui.model, ui.view, ui.word, *view_opts], [ui.tab, *outs], **quiet)
     for control in (ui.layer, ui.direction, ui.step):
         control.change(**render_ev, trigger_mode="always_last")
-    ui.attr_btn.click(guarded(h.attribute), [ui.view, ui.word, ui.method, ui.layer,
+    ui.attr_btn.click(guarded(h.attribute), [ui.model, ui.view, ui.word, ui.method, ui.layer,
                                              ui.direction, ui.step], outs, **quiet)
-    ui.api_btn.click(guarded(h.caption_api), [ui.api_image, ui.mode, ui.temperature, ui.top_k,
-                                              ui.top_p, ui.max_len, ui.dseed], ui.api_caption,
-                     api_name="caption")
+    ui.model_dd.change(
+        guarded(h.switch_model), ui.model_dd,
+        [ui.model, ui.intro_md, *run_outs, *ui.tab_items.values(), ui.layer, ui.direction,
+         ui.step, ui.top_k, ui.max_len], **quiet,
+    ).success(guarded(h.rerun), [ui.model, ui.source, *decoding], run_outs, **quiet
+              ).success(**render_ev)
+    ui.api_btn.click(guarded(h.caption_api), [ui.model, ui.api_image, *decoding],
+                     ui.api_caption, api_name="caption")
+
+
+def model_choices(checkpoint: str, choices=None) -> list[str]:
+    """What the selector offers: `choices` (default: every shipped checkpoint), with
+    `checkpoint` first."""
+    rest = shipped_names() if choices is None else list(choices)
+    return [checkpoint, *[c for c in rest if c != checkpoint]]
 
 
 def build_app(checkpoint: str = "shapes-tiny", device: str = "cpu",
               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, concurrency: int = 2,
               n_examples: int = 9, seed: int | None = None,
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> gr.Blocks:
+              max_pixels: int = DEFAULT_MAX_PIXELS, choices=None) -> gr.Blocks:
     """The app on `checkpoint`, queued with `concurrency` parallel events; `seed` seeds the
-    'new random scene' button (None: fresh entropy). Raises CheckpointError for a bad
-    checkpoint before anything is laid out."""
-    h = Handlers(Analyser(load_pretrained(checkpoint, device=device)), max_upload_mb,
-                 n_examples, seed, max_pixels)
+    'new random scene' button (None: fresh entropy); the model selector offers `choices`
+    (names or folders; default: the shipped checkpoints), each loaded when first chosen.
+    Raises CheckpointError for a bad `checkpoint` before anything is laid out."""
+    models = Models(Analyser(load_pretrained(checkpoint, device=device)), checkpoint,
+                    model_choices(checkpoint, choices), device)
+    h = Handlers(models, max_upload_mb, n_examples, seed, max_pixels)
     with gr.Blocks(title="ssm-bridge", analytics_enabled=False) as demo:
-        gr.Markdown(intro(h.analyser.model.config))
+        top = model_panel(h)
         state = session_state()
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
@@ -354,7 +468,8 @@ def build_app(checkpoint: str = "shapes-tiny", device: str = "cpu",
                 words = word_panel(h)
                 with gr.Tabs():
                     maps = map_tabs(h)
-        wire_events(h, _join(state, sources, decoding, words, maps, api_inputs()))
+        wire_events(h, _join(top, state, sources, decoding, words, maps, api_inputs()))
     demo.queue(default_concurrency_limit=concurrency, max_size=256)
     demo.analyser = h.analyser  # for tests and benchmarks
+    demo.models = models
     return demo

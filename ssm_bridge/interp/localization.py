@@ -13,6 +13,7 @@ literature (Zhang et al. 2018, pointing game; Wang et al. 2020, energy-based poi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,8 +23,8 @@ from ..data.captions import OBJECT_ATTRIBUTES, PHRASE_ORDER, parse_caption
 
 ROLES = OBJECT_ATTRIBUTES  # the word of an object phrase a map may point from
 
-__all__ = ["energy_in_mask", "object_words", "parse_objects", "pointing_game", "random_map",
-           "random_scores"]
+__all__ = ["PhraseMatch", "energy_in_mask", "match_phrases", "object_words", "parse_objects",
+           "pointing_game", "random_map", "random_scores", "word_match"]
 
 
 # ---------------------------------------------------------------- metrics
@@ -151,3 +152,63 @@ def object_words(scene_or_caption, words: Sequence[str], role: str = "shape"
             return None
     return [(o[f"{role}_at"], j) for j, o in enumerate(parsed)]
 
+
+
+# ---------------------------------------------------------------- any caption -> objects
+@dataclass(frozen=True)
+class PhraseMatch:
+    """One object phrase of a generated caption and the scene object it names.
+
+    phrase: (size, colour, shape) as generated ("" where the caption stopped short);
+    start: index of its article in the words; obj: the object (index in scene.objects)
+    or None when no object shares any attribute with it; agree: for size, colour, shape,
+    whether the phrase's word equals that object's."""
+
+    phrase: tuple[str, str, str]
+    start: int
+    obj: int | None
+    agree: tuple[bool, bool, bool]
+
+    @property
+    def exact(self) -> bool:
+        return self.obj is not None and all(self.agree)
+
+    def role_at(self, word: int) -> str | None:
+        """"article", "size", "colour" or "shape" for a word index inside this phrase."""
+        k = word - self.start
+        return ("article", *PHRASE_ORDER)[k] if 0 <= k <= len(PHRASE_ORDER) else None
+
+
+def match_phrases(scene, words: Sequence[str]) -> list[PhraseMatch]:
+    """Each object phrase of a generated caption, right or wrong, matched to the object
+    it names: the pairs (phrase, object) are taken best first, by how many of size,
+    colour and shape agree, ties going to the object at the phrase's own place in the
+    left-to-right order; each object is named once. A phrase that agrees with no
+    remaining object in any attribute names none (obj None)."""
+    parsed = parse_caption(list(words))
+    truth = _truth(scene)
+    order = {a: k for k, a in enumerate(PHRASE_ORDER)}
+
+    def agree(p, j) -> tuple[bool, ...]:
+        t = dict(zip(("size", "colour", "shape"), truth[j]))
+        return tuple(p[order[a]] == t[a] for a in PHRASE_ORDER)
+
+    pairs = sorted(((sum(agree(p, j)), k == j, k, j) for k, p in enumerate(parsed.objects)
+                    for j in range(len(truth))), reverse=True)
+    named: dict[int, int] = {}
+    for score, _, k, j in pairs:
+        if score and k not in named and j not in named.values():
+            named[k] = j
+    return [PhraseMatch(tuple(p), start, named.get(k),
+                        agree(p, named[k]) if k in named else (False,) * 3)
+            for k, (p, start) in enumerate(zip(parsed.objects, parsed.starts))]
+
+
+def word_match(scene, words: Sequence[str], word: int) -> tuple[PhraseMatch, str] | None:
+    """(the phrase holding word `word`, the word's role in it), or None for a word outside
+    every object phrase (a relation word)."""
+    for m in match_phrases(scene, words):
+        role = m.role_at(word)
+        if role is not None:
+            return m, role
+    return None

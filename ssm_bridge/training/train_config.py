@@ -232,8 +232,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "shapes-tiny": dict(SHAPES_TINY_TRAINING, model="shapes-tiny"),
     # The Mamba-decoder models (config.PRESETS of the same names): shapes-tiny's data and
     # optimiser over 6000 steps (shapes-tiny passed 97 % at 5500), no image-prefix dropout.
-    # A step costs 0.90x shapes-tiny's (all-ssm-tiny) and 0.69x (cobra-tiny), measured side
-    # by side, so ~0.41 s at fp32 on the 2-core AVX2 CPU: ~41 minutes of steps.
+    # An all-ssm-tiny step (its wider decoder) costs 0.448 s at fp32 on the 2-core AVX2 CPU,
+    # 44.8 minutes of steps; shapes-all-ssm shipped its step 5000 (docs/training-notes.md).
     "cobra-tiny": dict(SHAPES_TINY_TRAINING, model="cobra-tiny", max_steps=6000,
                        prefix_dropout_start=0),
     "all-ssm-tiny": dict(SHAPES_TINY_TRAINING, model="all-ssm-tiny", max_steps=6000,

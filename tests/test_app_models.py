@@ -1,0 +1,93 @@
+"""The app's model selector: the page lays itself out for the chosen checkpoint (tab
+titles, scan controls, decoding ranges) and every handler works on the session's model.
+The two shipped checkpoints are the two kinds: shapes-tiny attends, shapes-all-ssm has no
+attention anywhere."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("gradio")
+from apputil import app  # noqa: F401  (puts the repository root on sys.path)
+
+from ssm_bridge import load_pretrained
+from ssm_bridge.app.support import (
+    DEFAULT_MAX_PIXELS,
+    SCAN_TABS,
+    TABS,
+    Analyser,
+)
+from ssm_bridge.app.ui import Handlers, Models, model_choices, scan_choices
+
+ALL_SSM = "shapes-all-ssm"
+DECODING = ("greedy", 1.0, 0, 1.0, 16, 0)
+
+
+@pytest.fixture(scope="module")
+def handlers(one_thread) -> Handlers:
+    first = Analyser(load_pretrained("shapes-tiny"))
+    models = Models(first, "shapes-tiny", model_choices("shapes-tiny"), "cpu")
+    return Handlers(models, 10.0, 1, 0, DEFAULT_MAX_PIXELS)
+
+
+def test_choices_put_the_starting_checkpoint_first(tmp_path):
+    assert model_choices("shapes-tiny") == ["shapes-tiny", ALL_SSM]  # the shipped ones
+    assert model_choices(ALL_SSM, ["shapes-tiny", ALL_SSM]) == [ALL_SSM, "shapes-tiny"]
+    folder = str(tmp_path / "my-run")
+    models = Models(None, "shapes-tiny", model_choices("shapes-tiny", [folder]), "cpu")
+    assert models.labels() == [("shapes-tiny", "shapes-tiny"), ("my-run", folder)]
+
+
+def test_each_session_captions_with_its_own_model(handlers):
+    source = handlers.from_seed(None, handlers.example_seeds[0])[0]
+    tiny = handlers.run(None, source, *DECODING)[0]
+    ssm = handlers.run(ALL_SSM, source, *DECODING)[0]
+    assert tiny.analysis.cross_attention is not None
+    assert ssm.analysis.cross_attention is None and ssm.analysis.hidden_attention is not None
+    assert handlers.models[ALL_SSM] is handlers.models[ALL_SSM]  # loaded once
+    layers, directions = scan_choices(handlers.models[ALL_SSM].model)
+    figs = handlers.render(ALL_SSM, ssm, 0, "cross", layers[0], directions[0], 0, "ig")
+    assert figs[list(TABS).index("cross")] is not None  # the word -> image scan map
+
+
+def test_switching_lays_the_page_out_for_the_model(handlers):
+    out = handlers.switch_model(ALL_SSM)
+    name, intro, view = out[:3]
+    tabs = out[7 + len(TABS): 7 + 2 * len(TABS)]
+    layer, direction, step, top_k, max_len = out[-5:]
+    assert name == ALL_SSM and view is None
+    assert "Vision Mamba" in intro and "Mamba decoder" in intro
+    titles = {t: tab.label for t, tab in zip(TABS, tabs)}
+    assert titles["cross"] == SCAN_TABS["cross"] and titles["truth"] == TABS["truth"]
+    config = handlers.models[ALL_SSM].model.config
+    assert step.maximum == config.num_patches and max_len.value == config.max_seq_length
+    assert top_k.maximum == config.vocab_size
+    assert layer.choices and direction.choices
+    back = handlers.switch_model("shapes-tiny")
+    assert back[7 + len(TABS)].label == TABS["cross"]
+
+
+def test_after_a_switch_the_current_image_is_captioned_again(handlers):
+    import gradio as gr
+
+    skipped = handlers.rerun(ALL_SSM, None, *DECODING)  # no image yet: nothing changes
+    assert len(skipped) == 5 + len(TABS) and all(x == gr.skip() for x in skipped)
+    source = handlers.from_seed(None, handlers.example_seeds[0])[0]
+    assert handlers.rerun(ALL_SSM, source, *DECODING)[0].analysis.words
+
+
+def test_unknown_and_broken_models_are_one_line(handlers, tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'nope'; choose one of"):
+        handlers.models["nope"]
+    handlers.models.choices.append(str(tmp_path))  # an empty folder
+    with pytest.raises(ValueError, match="cannot load model") as e:
+        handlers.models[str(tmp_path)]
+    assert "\n" not in str(e.value)
+
+
+def test_a_failed_image_source_clears_the_last_caption_and_maps(handlers):
+    """Wired to every source's failure: the source, preview, its line, then the analysis
+    outputs (view, word, caption, info, every tab's figure, the ground truth)."""
+    out = handlers.cleared()
+    assert len(out) == 3 + 4 + len(TABS) + 1
+    assert out[0] is None and out[3] is None and out[5] == [] and out[-1] == ""
