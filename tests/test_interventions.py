@@ -13,6 +13,7 @@ from ssm_bridge.interp.interventions import (
     patch_state,
     reset_state,
     scan_positions,
+    skip_tokens,
     token_positions,
     zero_state,
 )
@@ -73,6 +74,18 @@ def test_zero_state_is_zero_there_and_restarts_from_zero(bidir):
     pos = 1 + 15 - 5
     assert h[:, pos].abs().max() == 0
     assert torch.allclose(h[:, pos + 1], dbx[:, pos + 1])  # h_{t+1} = Ā·0 + B̄x_{t+1}
+
+
+def test_skip_tokens_carries_the_state_over_the_token(bidir):
+    """Ā_t = 1, B̄x_t = 0: h_t = h_{t-1}, and the scan goes on from it as if the token
+    were not there."""
+    model, images, _ = bidir
+    h0, _ = heavy(model, images, [])
+    h, _ = heavy(model, images, skip_tokens(model, [5], layers=[0]))
+    pos = 1 + 15 - 5
+    assert torch.equal(h[:, :pos], h0[:, :pos])
+    assert torch.equal(h[:, pos], h[:, pos - 1])  # carried over unchanged
+    assert (h[:, pos] - h0[:, pos]).abs().max() > 1e-3
 
 
 def test_positions_follow_each_direction_of_a_cross_scan(cross):

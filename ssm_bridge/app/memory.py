@@ -5,9 +5,9 @@ own malloc arenas. The tensors and figures one analysis frees stay mapped in the
 the thread that ran it, in holes between live blocks that the heap's automatic trimming
 (which only shrinks its top) cannot return. A long-running server then holds tens of MB it
 does not use: the served app's RSS grew 40-100 MB over 200 requests while Python-traced
-memory grew under 1 MB and malloc's in-use bytes stayed flat (docs/training-notes.md has
-the measurement). `malloc_trim(0)` hands those free pages back (madvise), so resident
-memory follows what is in use. It frees nothing that is live, so the maths is untouched.
+memory grew under 1 MB and malloc's in-use bytes stayed flat (README, Benchmarks).
+`malloc_trim(0)` hands those free pages back (madvise), so resident memory follows what
+is in use. It frees nothing that is live, so the maths is untouched.
 
 On a C library without malloc_trim (macOS, musl) `release_free_memory` does nothing and
 says so by returning False: the allocators there return free pages their own way.

@@ -17,6 +17,8 @@ patch p). Layers are ints, negative counting from the end (`addressing.layer_ind
     reset_state   Ā_t = 0: the state at t forgets the past, h_t = B̄x_t, and the scan
                   continues from it
     zero_state    Ā_t = 0 and B̄x_t = 0: h_t = 0, the scan continues from zero
+    skip_tokens   Ā_t = 1 and B̄x_t = 0: h_t = h_{t-1}, the scan passes over the token
+                  (Δ_t -> 0): it removes what the token writes, not what came before
     ablate_gate   the gate SiLU(z) set to 0 ("zero"), 1 ("one") or its mean over the
                   image's tokens ("mean"), at every token or at some patches
     patch_state   activation patching of the state between images: the target's scan is
@@ -153,16 +155,17 @@ def _overwrite(pos: torch.Tensor, value, min_length: int = 0) -> HookFn:
     return fn
 
 
-def _state_hooks(model, patches, layers, directions, dbx, stack: str) -> FwdHooks:
-    """Ā = 0 (and B̄x = dbx(layer ref, k, pos) unless dbx is None) at the patches' scan
-    positions."""
+def _state_hooks(model, patches, layers, directions, dbx, stack: str,
+                 a_bar: float = 0.0) -> FwdHooks:
+    """Ā = a_bar (and B̄x = dbx(layer ref, k, pos) unless dbx is None) at the patches'
+    scan positions."""
     L = _length(model)
     tokens = token_positions(patches, L)
     hooks: FwdHooks = []
     for ref in _stack(model, stack).select(layers):
         for k in _directions(ref, directions):
             pos = ref.scan_positions(k, tokens, L)  # (n,) in this direction's scan order
-            hooks.append((ref.hook("hook_A_bar", k), _overwrite(pos, 0.0, L)))
+            hooks.append((ref.hook("hook_A_bar", k), _overwrite(pos, a_bar, L)))
             if dbx is not None:
                 hooks.append((ref.hook("hook_dBx", k), _overwrite(pos, dbx(ref, k, pos), L)))
     return hooks
@@ -174,6 +177,15 @@ def reset_state(model, patches, layers=None, directions=None, *,
     and the scan continues from it. layers: ints (None: all); directions: names or
     indices (None: all); stack: "bridge" or "decoder" (its image tokens)."""
     return _state_hooks(model, patches, layers, directions, None, stack)
+
+
+def skip_tokens(model, patches, layers=None, directions=None, *,
+                stack: str = "bridge") -> FwdHooks:
+    """The scan passes over `patches` as if they were not there: Ā_t = 1 and B̄x_t = 0,
+    so h_t = h_{t-1} (what Δ_t -> 0 does). The state neither takes the token in nor
+    forgets anything there; only the token's own output keeps its skip term D x_t."""
+    return _state_hooks(model, patches, layers, directions, lambda ref, k, pos: 0.0, stack,
+                        a_bar=1.0)
 
 
 def zero_state(model, patches, layers=None, directions=None, *,
@@ -441,6 +453,7 @@ __all__ = [
     "patch_state",
     "reset_state",
     "scan_positions",
+    "skip_tokens",
     "source_states",
     "state_names",
     "token_positions",
