@@ -39,6 +39,7 @@ from ssm_bridge.app.support import (  # noqa: E402
     sketch_image,
     tab_figure,
     truth_markdown,
+    word_info,
     word_object,
     word_spans,
 )
@@ -192,6 +193,23 @@ def test_every_tab_draws_for_a_scene(scenes):
     assert "exact match" in truth_markdown(view, w)
     with pytest.raises(ValueError, match="unknown tab"):
         tab_figure(an, view, "nope")
+
+
+def test_the_selected_word_shows_the_models_top_next_words(scenes):
+    """A greedy caption's word is its query's most probable next word; the table lists the
+    top 5 with their probabilities, and the cross layers as a labelled table."""
+    an = Analyser(load_pretrained("shapes-tiny"))
+    view = an.analyse(scenes[1].image, Decoding(), scenes[1])
+    a = view.analysis
+    assert len(view.alternatives) == a.n_words
+    for w, top in zip(a.words, view.alternatives):
+        assert len(top) == 5 and top[0][0] == w
+        probs = [p for _, p in top]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+    assert abs(view.alternatives[2][0][1] - float(a.logprobs[2].exp())) < 1e-4
+    info = word_info(view, 2)
+    assert "| next word (top 5) | p |" in info and f"| {a.words[2]} | " in info
+    assert "| 0 | " in info and "gated update / text stream |" in info
 
 
 def test_ground_truth_of_a_wrong_caption_is_drawn_and_scored(scenes):

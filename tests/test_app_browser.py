@@ -48,7 +48,8 @@ def test_upload_caption_select_word_and_see_attention(browser, server, tmp_path)
     seen = shots.caption_and_select(page, png, truth, word=3)
     assert seen["caption"] == truth
     assert f"word 4/{len(truth.split())}: {truth.split()[3]}" in seen["word_info"]
-    assert "gated update / text stream: cross 0 " in seen["word_info"]
+    assert "gated update / text stream" in seen["word_info"]
+    assert f"next word (top 5)\tp\n{truth.split()[3]}\t" in seen["word_info"]
     assert seen["plot_width"] > 100  # a rendered figure, not a placeholder
     selected = page.locator("#caption .token.highlighted")
     assert selected.count() == 1 and selected.inner_text().strip() == truth.split()[3]

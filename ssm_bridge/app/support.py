@@ -59,6 +59,7 @@ SCAN_TABS = {"cross": "Word → image (scans)", "prefix": "Decoder scans per lay
 WORD_TAB_KINDS = {"cross": "cross_attention", "prefix": "prefix_attention",
                   "implicit": "implicit"}  # the attention kind each word tab needs
 FIGURE_DPI = 120
+TOP_K = 5  # alternatives shown for the selected word
 LOCALISED_KINDS = ("cross_attention", "prefix_attention", "implicit", "hidden_attention",
                    "hidden_rollout")
 RANDOM_MAPS = 100  # random maps averaged for the localisation baseline
@@ -230,6 +231,8 @@ class View:
     scene: object | None = None
     scans: dict = field(default_factory=dict, repr=False)
     baselines: dict = field(default_factory=dict, repr=False)  # object j -> random scores
+    # per word, the model's top next words at the query that wrote it: [(word, p), ...]
+    alternatives: list = field(default_factory=list, repr=False)
 
 
 class Analyser:
@@ -265,7 +268,23 @@ class Analyser:
         kw = decoding.generate_kwargs(self.max_seq_length)
         with self.lock, torch.no_grad():  # no inference_mode: attributions reuse these tensors
             a = analyse(self.model, self._tensor(pixels)[0], tokenizer=self.p.tokenizer, **kw)
-        return View(a, pixels, scene)
+            top = self._alternatives(a)
+        return View(a, pixels, scene, alternatives=top)
+
+    def _alternatives(self, a: CaptionAnalysis, k: int = TOP_K) -> list:
+        """Per generated word, the k most probable next words where it was written (one
+        teacher-forced pass over the caption)."""
+        if not a.n_words:
+            return []
+        ids = a.ids.to(self.device)[None]  # (1, S)
+        logits = self.model(a.image[None].to(self.device), ids[:, :-1])  # (1, S - 1, V)
+        probs = logits[0].float().softmax(-1)  # (S - 1, V)
+        out = []
+        for at in a.word_index:  # ids[at] was predicted at position at - 1
+            p, i = probs[at - 1].topk(k)
+            out.append([(self.p.tokenizer.decode([int(t)], skip_special=False), float(q))
+                        for q, t in zip(p, i)])
+        return out
 
     def attribution(self, view: View, word: int, kind: str) -> torch.Tensor:
         """(g, g) attribution of word `word` by `kind` (cached in the analysis)."""
@@ -313,19 +332,27 @@ def word_spans(words: list[str], selected: int | None) -> list[tuple[str, str | 
 
 
 def word_info(view: View, word: int) -> str:
-    """Markdown line of the selected word: its log-probability, the cross-attention gates
-    and each cross layer's gated update relative to the text stream."""
+    """Markdown for the selected word: its log-probability, the model's top next words
+    where it was written, and per cross layer the tanh gates and the gated update
+    relative to the text stream."""
     a = view.analysis
     if not a.n_words:
         return "*The model wrote no words for this image.*"
-    head = (f"word {word + 1}/{a.n_words}: **{html.escape(a.words[word])}**, log p = "
-            f"{float(a.logprobs[word]):.3f}")
+    lines = [f"word {word + 1}/{a.n_words}: **{html.escape(a.words[word])}**, log p = "
+             f"{float(a.logprobs[word]):.3f}", ""]
+    if view.alternatives:
+        lines += ["| next word (top 5) | p |", "|---|---|"]
+        lines += [f"| {html.escape(w)} | {p:.3f} |" for w, p in view.alternatives[word]]
+        lines.append("")
     if not a.gates:
-        return f"{head} · no cross-attention: the decoder reads the image through its scans"
-    gates = ", ".join(f"{k} {v:.2f}" for k, v in a.gates.items())
-    updates = ", ".join(f"cross {i} {float(u):.2f}" for i, u in enumerate(a.gated_update[word]))
-    return (f"{head} · cross-attention gates tanh(g): {gates} · "
-            f"gated update / text stream: {updates or 'none'}")
+        lines.append("No cross-attention: the decoder reads the image through its scans.")
+        return "\n".join(lines)
+    lines += ["| cross layer | tanh(gate) attention | tanh(gate) feed-forward | "
+              "gated update / text stream |", "|---|---|---|---|"]
+    for i, u in enumerate(a.gated_update[word]):
+        lines.append(f"| {i} | {a.gates.get(f'cross {i} attn', float('nan')):.2f} | "
+                     f"{a.gates.get(f'cross {i} ff', float('nan')):.2f} | {float(u):.2f} |")
+    return "\n".join(lines)
 
 
 def word_object(scene, words: list[str], word: int) -> int | None:
