@@ -18,9 +18,11 @@ from ssm_bridge.training.evaluate import caption_metrics
 from ssm_bridge.training.pretrained import SHIPPED_DIR
 
 NAMES = ["shapes-tiny", "shapes-all-ssm"]
-# Exact-match on the first 200 test scenes, measured for the shipped weights, that a
-# change must not lose (the 1000-scene figures are in each metrics.json).
-FIRST_200 = {"shapes-tiny": 0.97, "shapes-all-ssm": 0.96}
+# Floors on the first 200 test scenes that a change must not go below: (exact-match,
+# lowest attribute). Measured for the shipped weights: shapes-tiny 98.5 % exact, lowest
+# attribute relation 98.97 %; shapes-all-ssm 96.5 %, lowest shape 98.23 % (the 1000-scene
+# figures are in each metrics.json).
+FIRST_200 = {"shapes-tiny": (0.97, 0.98), "shapes-all-ssm": (0.96, 0.98)}
 # Targets a shipped checkpoint misses (its card says "not met"), held at the measured
 # figure instead, so that a change cannot lose more: shapes-all-ssm's 1000-scene
 # exact-match is 96.9 % against the 97 %.
@@ -61,8 +63,9 @@ def first_200(shipped):
 
 
 def test_exact_match_on_200_test_scenes_does_not_regress(name, first_200):
-    assert first_200["exact_match"] >= FIRST_200[name], first_200
-    assert min(first_200[a] for a in CAPTION_ATTRIBUTES) >= 0.95
+    exact, attribute = FIRST_200[name]
+    assert first_200["exact_match"] >= exact, first_200
+    assert min(first_200[a] for a in CAPTION_ATTRIBUTES) >= attribute, first_200
 
 
 def test_metrics_meet_the_shipped_targets(name):

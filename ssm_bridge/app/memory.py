@@ -35,7 +35,9 @@ def _malloc_trim():
 
 def release_free_memory() -> bool:
     """Return the allocator's free pages to the OS (glibc's malloc_trim(0)); False where
-    the C library has no malloc_trim. Costs about a millisecond per 100 MB of heap."""
+    the C library has no malloc_trim. It walks the heap: ~2 ms when there is little to
+    return, ~0.1 s when hundreds of MB of freed pages go back (measured on a 2-core
+    AVX2 EPYC)."""
     trim = _malloc_trim()
     if trim is None:
         return False
