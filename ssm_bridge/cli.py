@@ -6,6 +6,7 @@
     ssm-bridge interpret --checkpoint NAME_OR_DIR --num N [--maps KINDS] [--json PATH]
     ssm-bridge faithfulness --checkpoint NAME_OR_DIR --num N [--maps KINDS] [--json PATH]
     ssm-bridge trace --checkpoint NAME_OR_DIR --attribute colour --num N [--plot PNG]
+    ssm-bridge sanity --checkpoint NAME_OR_DIR --num N [--shuffled DIR] [--plot PNG]
     ssm-bridge app [--checkpoint NAME_OR_DIR] [--host H] [--port P] [--device D] ...
 """
 
@@ -108,7 +109,8 @@ def caption_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("train", "eval", "caption", "interpret", "faithfulness", "trace", "app")
+    commands = ("train", "eval", "caption", "interpret", "faithfulness", "trace", "sanity",
+                "app")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help")
               else sys.stdout)
@@ -132,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         from .interp.tracing import main as trace_main
 
         return trace_main(rest)
+    if cmd == "sanity":
+        from .interp.sanity import main as sanity_main
+
+        return sanity_main(rest)
     if cmd == "train":
         from .training.train import main as train_main
 

@@ -112,6 +112,39 @@ def test_true_mask_map_beats_random_map_on_deletion_and_insertion(shipped):
     assert c_true.delta_af > c_rand.delta_af
 
 
+def _curves_ref(model, image, ids, position, saliency, baseline, order):
+    """One image at a time, every count, no shared endpoints: the readable twin."""
+    from ssm_bridge.interp.attribution import WordLogit, make_baseline
+    base = make_baseline(image[None], baseline, patch_size=model.config.patch_size)[0]
+    P = saliency.numel()
+    target = WordLogit(model, ids[: position + 1], position - 1, int(ids[position]),
+                       score="logprob")
+    ranking = fa.patch_ranking(saliency, order)
+    with torch.no_grad():
+        return torch.stack([target(fa.perturbed_images(image, base, ranking, [k]))[0]
+                            for k in (round(P * s / fa.FRACTIONS)
+                                      for s in range(fa.FRACTIONS + 1))])
+
+
+@pytest.mark.slow
+def test_batched_curves_of_many_maps_match_the_one_image_loop(shipped):
+    image, ids, position, _ = _colour_word(shipped, 2)
+    g = torch.Generator().manual_seed(1)
+    maps = [torch.rand(8, 8, generator=g) for _ in range(5)]  # 5 x 2 x 15 + 2 = 152 images
+    many = fa.perturbation_curves_many(shipped.model, image, ids, position, maps,
+                                       baseline="mean", orders=("morf", "lerf"))
+    for m, c in zip(maps, many):
+        for order in ("morf", "lerf"):
+            ref = _curves_ref(shipped.model, image, ids, position, m, "mean", order)
+            torch.testing.assert_close(c.logprob[order], ref, atol=1e-4, rtol=1e-4)
+        assert set(c.auc) == {"morf", "lerf", "insertion"}
+    one = fa.perturbation_curves(shipped.model, image, ids, position, maps[3], baseline="mean")
+    assert one.auc["morf"] == pytest.approx(many[3].auc["morf"], abs=1e-5)
+    with pytest.raises(ValueError, match="orders must be some of"):
+        fa.perturbation_curves_many(shipped.model, image, ids, position, maps,
+                                    orders=("insertion",))
+
+
 def test_randomisation_flags_a_map_that_ignores_the_model():
     torch.manual_seed(0)
     model = EnhancedVLM(VLMConfig.from_preset("tiny")).eval()
@@ -141,10 +174,16 @@ def test_faithfulness_cli_rows(tmp_path, capsys):
 
     from ssm_bridge.cli import main
 
-    out = tmp_path / "f.json"
+    out, png = tmp_path / "f.json", tmp_path / "f.png"
     assert main(["faithfulness", "--num", "2", "--maps", "cross_attention,delta",
-                 "--json", str(out), "--no-progress"]) == 0
-    rows = json.loads(out.read_text())
+                 "--json", str(out), "--no-progress", "--plot", str(png)]) == 0
+    saved = json.loads(out.read_text())
+    rows = saved["rows"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(saved["fractions"]) == 17
+    for kind in ("cross_attention", "delta", "random"):  # a mean curve from 1 to 0
+        morf = saved["curves"][kind]["mean"]["morf"]
+        assert len(morf) == 17 and morf[0] == pytest.approx(1) and morf[-1] == pytest.approx(0)
     assert [(r["map"], r["baseline"]) for r in rows] == [
         (k, b) for k in ("cross_attention", "delta", "random") for b in ("blur", "mean")]
     for r in rows:
@@ -162,7 +201,15 @@ def test_faithfulness_plots():
     fig = viz.deletion_curves({"a": [torch.zeros(5), torch.ones(5)], "random": [torch.ones(5)]},
                               torch.linspace(0, 1, 5))
     assert len(fig.axes[0].lines) == 2
+    fig = viz.deletion_curves({"a": [torch.zeros(5)]}, torch.linspace(0, 1, 5),
+                              dashed={"a": [torch.ones(5)]})
+    solid, dash = fig.axes[0].lines
+    assert dash.get_linestyle() == "--" and dash.get_color() == solid.get_color()
     fig = viz.cascade_plot({"a": [("decoder.lm_head", 0.9), ("vision.patch_embed", 0.1)]})
     assert len(fig.axes[0].lines) == 2  # the curve and the zero line
+    fig = viz.cascade_plot({"a": [("decoder.lm_head", 0.9), ("vision.patch_embed", 0.1)]},
+                           shuffled={"a": 0.2})
+    assert fig.axes[0].lines[1].get_ydata()[0] == 0.2  # the shuffled-caption point
+    assert fig.axes[0].get_xticklabels()[-1].get_text() == "shuffled captions"
     with pytest.raises(ValueError, match="points"):
         viz.deletion_curves({"a": [torch.zeros(3)]}, torch.linspace(0, 1, 5))

@@ -237,6 +237,27 @@ def test_generate_traces_without_cross_attention_layers(tiny_config):
     assert tr.prefix_attention.shape[:3] == (2, tr.steps, cfg.text_num_layers)
 
 
+def test_forced_traces_equal_what_generate_records(setup, tiny_config):
+    """A caption read teacher-forced gives the traces generate wrote it with (the query
+    row of each step), with and without cross-attention; a bad ids shape is one line."""
+    from ssm_bridge.core.generation import forced_traces
+
+    for model in (setup[1], make_model(tiny_config.replace(cross_attn_layers=0))):
+        images = setup[2]
+        ids, tr = model.generate(images, max_length=8, temperature=0, return_traces=True)
+        keep = ~(ids[:, 1:-1] == model.config.eos_token_id).cumsum(1).gt(0)  # before EOS
+        keep = torch.cat([torch.ones_like(keep[:, :1]), keep], 1)  # (B, steps)
+        forced = forced_traces(model, images, ids)
+        assert forced.start == 1 and forced.steps == tr.steps
+        for name in ("cross_attention", "prefix_attention", "logprobs"):
+            a, b = getattr(forced, name), getattr(tr, name)
+            assert a.shape == b.shape, name
+            torch.testing.assert_close(a[keep], b[keep], rtol=1e-4, atol=1e-5)
+        assert no_hooks_left(model)
+    with pytest.raises(ValueError, match=r"ids must be \(B=2, S >= 2\)"):
+        forced_traces(setup[1], images, ids[0])
+
+
 # ---------------------------------------------------------------- heavy opt-in, threads
 def test_heavy_suffixes_are_the_scan_directions_heavy_hook_points(setup):
     """hooks.HEAVY_SUFFIXES is ScanDirection.HEAVY_HOOKS, and each names a hook point that

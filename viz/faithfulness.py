@@ -22,40 +22,61 @@ from .style import (
 
 
 def deletion_curves(curves: Mapping[str, Sequence], fractions, *,
+                    dashed: Mapping[str, Sequence] | None = None,
+                    ylabel: str = "log p(word)",
                     title: str | None = "MoRF deletion: log p of the word") -> Figure:
-    """Mean log-p curve per map kind: {kind: [(S,) curves]} over fractions (S,)."""
+    """Mean curve per map kind: {kind: [(S,) curves]} over fractions (S,). dashed: a
+    second set per kind (LeRF, say), drawn dashed in the kind's colour."""
     f = to_numpy(fractions, "fractions")
-    fig, axes = new_figure()
+    fig, axes = new_figure(size=(6.5, 3.6)) if dashed else new_figure()
     ax = axes[0, 0]
     for kind, rows in curves.items():
-        values = np.stack([to_numpy(r, kind) for r in rows])  # (n, S)
-        if values.shape[1] != f.shape[0]:
-            raise ValueError(f"{kind}: curves have {values.shape[1]} points, fractions "
-                             f"{f.shape[0]}")
-        ax.plot(f, values.mean(0), label=kind, linestyle="--" if kind == "random" else "-")
-    set_labels(ax, "fraction of patches replaced", "log p(word)")
+        line, = ax.plot(f, _mean_curve(rows, kind, f), label=kind,
+                        linestyle="--" if kind == "random" and not dashed else "-")
+        if dashed and dashed.get(kind):
+            ax.plot(f, _mean_curve(dashed[kind], kind, f), linestyle="--",
+                    color=line.get_color())
+    set_labels(ax, "fraction of patches replaced", ylabel)
     set_title(ax, title)
-    ax.legend(fontsize=TICK_SIZE, frameon=False)
+    ax.legend(fontsize=TICK_SIZE, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
     return fig
 
 
+def _mean_curve(rows: Sequence, kind: str, f: np.ndarray) -> np.ndarray:
+    values = np.stack([to_numpy(r, kind) for r in rows])  # (n, S)
+    if values.shape[1] != f.shape[0]:
+        raise ValueError(f"{kind}: curves have {values.shape[1]} points, fractions "
+                         f"{f.shape[0]}")
+    return values.mean(0)
+
+
 def cascade_plot(cascades: Mapping[str, Sequence[tuple[str, float]]], *,
+                 shuffled: Mapping[str, float] | None = None,
                  title: str | None = "cascading randomisation") -> Figure:
     """Spearman ρ with the trained model's map after each re-initialised group, one line
-    per map kind: {kind: [(group, ρ), ...]} (faithfulness.cascading_randomisation)."""
-    fig, axes = new_figure(size=(5.5, 3.2))
+    per map kind: {kind: [(group, ρ), ...]} (faithfulness.cascading_randomisation,
+    sanity.cascade_curves). shuffled: {kind: ρ} of the model trained on shuffled captions
+    (sanity.data_randomisation), drawn as one more point, apart, in the line's colour."""
+    fig, axes = new_figure(size=(6.5, 3.6))
     ax = axes[0, 0]
     groups: list[str] = []
     for kind, pairs in cascades.items():
         groups = groups or [g for g, _ in pairs]
-        ax.plot(range(len(pairs)), [r for _, r in pairs], marker="o", markersize=3,
-                label=kind)
+        line, = ax.plot(range(len(pairs)), [r for _, r in pairs], marker="o", markersize=3,
+                        label=kind)
+        if shuffled and kind in shuffled:
+            ax.plot([len(pairs) + 0.5], [shuffled[kind]], marker="D", markersize=4,
+                    linestyle="none", color=line.get_color())
     ax.axhline(0, color="#8c8c8c", linewidth=0.6)
-    ax.set_xticks(range(len(groups)), groups, rotation=60, ha="right", fontsize=TICK_SIZE)
+    ticks, labels = list(range(len(groups))), list(groups)
+    if shuffled:
+        ticks.append(len(groups) + 0.5)
+        labels.append("shuffled captions")
+    ax.set_xticks(ticks, labels, rotation=60, ha="right", fontsize=TICK_SIZE)
     ax.set_ylim(-1.05, 1.05)
     set_labels(ax, "re-initialised down to (from the logits)", "Spearman ρ")
     set_title(ax, title)
-    ax.legend(fontsize=TICK_SIZE, frameon=False)
+    ax.legend(fontsize=TICK_SIZE, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
     return fig
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+from einops import rearrange
 
 from .checks import check_images, check_sampling
 from .layers import eval_mode
@@ -166,13 +167,51 @@ def generate(model: EnhancedVLM, images: torch.Tensor, max_length: int | None = 
     with eval_mode(model):
         if not return_traces:
             return _decode(*args)
-        prefix_hooks = getattr(model.decoder, "hook_prefix_attn", ())  # none in a Mamba
-        rec = _Recorder([f"decoder.cross_layers.{i}.attn.hook_pattern"
-                         for i in range(len(model.decoder.cross_layers))],
-                        [f"decoder.hook_prefix_attn.{i}" for i in range(len(prefix_hooks))])
+        rec = _recorder(model)
         with model.hooks(rec.fwd_hooks()):
             out = _decode(*args, recorder=rec)
         return out, rec.traces(out, seq.shape[1])
+
+
+def _recorder(model: EnhancedVLM) -> _Recorder:
+    prefix_hooks = getattr(model.decoder, "hook_prefix_attn", ())  # none in a Mamba
+    return _Recorder([f"decoder.cross_layers.{i}.attn.hook_pattern"
+                      for i in range(len(model.decoder.cross_layers))],
+                     [f"decoder.hook_prefix_attn.{i}" for i in range(len(prefix_hooks))])
+
+
+@torch.no_grad()
+def forced_traces(model: EnhancedVLM, images: torch.Tensor, ids: torch.Tensor
+                  ) -> GenerationTraces:
+    """The traces `generate` records had it written `ids` (B, S), BOS first: one
+    teacher-forced forward. Attention is causal, so row s of each pattern is the query
+    that wrote ids[:, s + 1] (what generate without a cache keeps). For analyses of a
+    fixed caption: a re-initialised model in a sanity check, say, reads the caption the
+    trained model wrote."""
+    check_images(images, model.config)
+    ids = torch.as_tensor(ids, dtype=torch.long, device=images.device)
+    if ids.dim() != 2 or ids.shape[0] != images.shape[0] or ids.shape[1] < 2:
+        raise ValueError(f"ids must be (B={images.shape[0]}, S >= 2) with BOS first, got "
+                         f"shape {tuple(ids.shape)}")
+    rec = _recorder(model)
+    full: dict[str, torch.Tensor] = {}
+
+    def keep(t: torch.Tensor, name: str) -> None:
+        full[name] = t.detach().float()  # (B, H, S - 1, L)
+
+    with eval_mode(model), model.hooks([(n, keep) for n in rec.cross_names + rec.prefix_names]):
+        logits = model(images, ids[:, :-1])  # (B, S - 1, V)
+    B, steps, L = ids.shape[0], ids.shape[1] - 1, model.config.num_media_tokens
+
+    def stacked(names: list[str]) -> torch.Tensor:  # (B, steps, layers, H, L)
+        if not names:
+            return torch.zeros(B, steps, 0, 1, L)
+        return rearrange(torch.stack([full[n] for n in names], 1),
+                         "b layers h s l -> b s layers h l")
+
+    logprobs = logits.float().log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]  # (B, S-1)
+    return GenerationTraces(ids, 1, stacked(rec.cross_names), stacked(rec.prefix_names),
+                            logprobs)
 
 
 def _decode(model, images, seq, max_length, temperature, top_k, top_p, generator, use_cache,

@@ -106,13 +106,17 @@ class SceneCaptions(Dataset):
     (num * H * W * 3 bytes: 12 KB a scene at 64 px) so that training is not bound by
     drawing (`workers` > 0 processes share the drawing; the result is the same);
     prerender=False draws each item when it is read (for DataLoader workers).
+    shuffle_text_seed: None, or a seed: item i then pairs its image with the text of item
+    perm[i] of a seeded permutation (Adebayo et al.'s data randomisation: a model trained
+    so learns the captions' language but nothing that ties them to the image).
     """
 
     def __init__(self, split: str, num: int, scene_config: SceneConfig | None = None,
                  tokenizer: Tokenizer | None = None, transform: ImageTransform | None = None,
                  task: str = "caption", seed_offset: int = 0, prerender: bool = True,
                  progress: bool = True, caption_fraction: float = 0.5,
-                 max_tokens: int | None = None, workers: int = 0) -> None:
+                 max_tokens: int | None = None, workers: int = 0,
+                 shuffle_text_seed: int | None = None) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if not isinstance(num, int) or num < 1:
@@ -123,6 +127,8 @@ class SceneCaptions(Dataset):
         self.transform = transform or ImageTransform(self.config.img_size)
         self.caption_fraction, self.max_tokens = caption_fraction, max_tokens
         make_scene(split, seed_offset + num - 1, self.config)  # bad split/range: fail now
+        self.text_of = (torch.arange(num) if shuffle_text_seed is None else torch.randperm(
+            num, generator=torch.Generator().manual_seed(shuffle_text_seed)))  # (num,)
         self.images: torch.Tensor | None = None  # (num, H, W, 3) uint8 once pre-rendered
         self.examples: list[SceneExample] | None = None
         if prerender:
@@ -157,19 +163,19 @@ class SceneCaptions(Dataset):
 
     def example(self, i: int) -> SceneExample:
         """The text of item i: prompt, answer, kind, seed."""
+        j = int(self.text_of[i])
         if self.examples is not None:
-            return self.examples[i]
-        return choose_example(self.scene(i), self.task, self.caption_fraction)
+            return self.examples[j]
+        return choose_example(self.scene(j), self.task, self.caption_fraction)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ex = self.example(i)
         if self.images is not None:
-            ex, pixels = self.examples[i], self.images[i]
+            pixels = self.images[i]
             image = (self.transform.normalize(pixels) if pixels.shape[0] ==
                      self.transform.img_size else self.transform(pixels.numpy()))
         else:
-            scene = self.scene(i)
-            ex = choose_example(scene, self.task, self.caption_fraction)
-            image = self.transform(scene.image)
+            image = self.transform(self.scene(i).image)
         tokens, targets = encode_example(self.tokenizer, ex.answer, ex.prompt or None,
                                          self.max_tokens)
         return image, tokens, targets

@@ -30,6 +30,7 @@ from .maps import word_maps
 
 BASELINES = ("blur", "mean")
 CURVE_KEYS = ("morf", "lerf", "insertion", "delta_af")
+SHAPE_KEYS = ("curve_morf", "curve_lerf")  # the normalised curves themselves, for plots
 SEGMENT_KEYS = ("pixel_accuracy", "miou", "mean_ap")
 
 
@@ -50,55 +51,77 @@ def collect(pretrained_or_model, n: int = 100, split: str = "test", maps=None, *
     model, tok, transform, cfg = _bundle(pretrained_or_model, **bundle_kwargs)
     maps = [*_check_maps(maps, model), "random"]
     base = {"blur": "blur", "mean": dataset_mean(transform, cfg)}
-    curves: dict = {(k, b): {key: [] for key in CURVE_KEYS} for k in maps for b in baselines}
+    curves: dict = {(k, b): {key: [] for key in CURVE_KEYS + SHAPE_KEYS}
+                    for k in maps for b in baselines}
     segments: dict = {k: {key: [] for key in SEGMENT_KEYS} for k in maps}
     rng = torch.Generator().manual_seed(seed)
     skipped = [0]
     for scene, a, pairs in captioned_scenes(model, tok, transform, cfg, n, split, role,
                                             skipped, progress, "faithfulness"):
         words = [w for w, _ in pairs]
-        for kind in maps:
-            kind_maps = (torch.rand(len(words), a.grid_side, a.grid_side, generator=rng)
-                         if kind == "random" else word_maps(a, kind, model, words))
-            for m, (w, j) in zip(kind_maps, pairs):
-                _score_word(model, a, w, m, scene.objects[j].mask, kind, base, seed,
-                            curves, segments)
+        per_kind = {kind: (torch.rand(len(words), a.grid_side, a.grid_side, generator=rng)
+                           if kind == "random" else word_maps(a, kind, model, words))
+                    for kind in maps}
+        for i, (w, j) in enumerate(pairs):
+            _score_word(model, a, w, {k: m[i] for k, m in per_kind.items()},
+                        scene.objects[j].mask, base, seed, curves, segments)
     return {"curves": curves, "segments": segments, "maps": maps, "baselines": list(baselines),
             "images": n - skipped[0], "skipped": skipped[0], "n": n, "role": role}
 
 
-def _score_word(model, a, w: int, m: torch.Tensor, mask, kind: str, base: dict, seed: int,
-                curves: dict, segments: dict) -> None:
-    for key, value in fa.segmentation_scores(m, mask).items():
-        segments[kind][key].append(value)
+def _score_word(model, a, w: int, maps: dict, mask, base: dict, seed: int, curves: dict,
+                segments: dict) -> None:
+    """Score word w's map of every kind: segmentation against the mask, then the deletion
+    curves of all kinds under each baseline in one batched forward (MoRF and LeRF only:
+    the leaderboard reads no random order, its random row is a random map)."""
+    for kind, m in maps.items():
+        for key, value in fa.segmentation_scores(m, mask).items():
+            segments[kind][key].append(value)
     for b, baseline in base.items():
-        if (kind, b) not in curves:
-            continue
-        c = fa.perturbation_curves(model, a.image, a.ids, a.word_index[w], m,
-                                   baseline=baseline, seed=seed)
-        for key in ("morf", "lerf", "insertion"):
-            curves[kind, b][key].append(c.auc[key])
-        curves[kind, b]["delta_af"].append(c.delta_af)
+        many = fa.perturbation_curves_many(model, a.image, a.ids, a.word_index[w],
+                                           list(maps.values()), baseline=baseline, seed=seed,
+                                           orders=("morf", "lerf"))
+        for kind, c in zip(maps, many):
+            for key in ("morf", "lerf", "insertion"):
+                curves[kind, b][key].append(c.auc[key])
+            curves[kind, b]["delta_af"].append(c.delta_af)
+            for order in ("morf", "lerf"):
+                y = c.normalised(order)
+                if y is not None:  # an unreadable word has no curve (MIN_DROP)
+                    curves[kind, b][f"curve_{order}"].append(y.tolist())
 
 
 def leaderboard(pretrained_or_model, n: int = 100, split: str = "test", maps=None,
                 **kwargs) -> list[dict]:
     """One row per (map kind, baseline): mean and std of every score (module docstring),
     n_words, images (captions scored) and skipped (captions whose objects did not match)."""
+    return study(pretrained_or_model, n, split, maps, **kwargs)["rows"]
+
+
+def study(pretrained_or_model, n: int = 100, split: str = "test", maps=None,
+          **kwargs) -> dict:
+    """{"rows": leaderboard rows, "curves": {kind: {baseline: {"morf" | "lerf": mean
+    normalised curve}}}, "fractions": [...], "images", "skipped", "n", "role"}."""
     s = collect(pretrained_or_model, n, split, maps, **kwargs)
-    rows = []
+    rows, mean_curves = [], {}
     for kind in s["maps"]:
         for b in s["baselines"]:
             row = {"map": kind, "baseline": b}
-            for key, values in {**s["curves"][kind, b], **s["segments"][kind]}.items():
-                v = np.asarray(values, dtype=np.float64)
+            scores = {**s["curves"][kind, b], **s["segments"][kind]}
+            for key in (*CURVE_KEYS, *SEGMENT_KEYS):
+                v = np.asarray(scores[key], dtype=np.float64)
                 v = v[np.isfinite(v)]
                 row[key] = float(v.mean()) if v.size else float("nan")
                 row[f"{key}_std"] = float(v.std()) if v.size else float("nan")
             row.update(n_words=len(s["segments"][kind]["miou"]), images=s["images"],
                        skipped=s["skipped"])
             rows.append(row)
-    return rows
+            mean_curves.setdefault(kind, {})[b] = {
+                o: np.mean(scores[f"curve_{o}"], 0).tolist() if scores[f"curve_{o}"] else []
+                for o in ("morf", "lerf")}
+    fractions = [k / fa.FRACTIONS for k in range(fa.FRACTIONS + 1)]
+    return {"rows": rows, "curves": mean_curves, "fractions": fractions,
+            **{k: s[k] for k in ("images", "skipped", "n", "role")}}
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -113,20 +136,38 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """ssm-bridge faithfulness: the leaderboard on a checkpoint, as text (and JSON)."""
+    """ssm-bridge faithfulness: the leaderboard on a checkpoint, as text (and JSON, and the
+    mean deletion curves as a plot)."""
     import json
     import sys
 
-    from ..cli import Parser, load_or_exit
+    from ..cli import Parser, load_or_exit, writable_file
 
     p = Parser(prog="ssm-bridge faithfulness", description=__doc__.split("\n")[0])
     add_scene_map_args(p)
+    p.add_argument("--plot", type=writable_file,
+                   help="write the mean normalised MoRF / LeRF curves per kind (PNG)")
+    p.add_argument("--plot-baseline", choices=BASELINES, default="mean",
+                   help="whose curves --plot draws")
     args = p.parse_args(argv)
     bundle = load_or_exit(p, args.checkpoint)
     maps = parsed_maps(p, args, bundle.model)
-    rows = leaderboard(bundle, args.num, args.split, maps, role=args.role, seed=args.seed,
-                       progress=not args.no_progress and sys.stderr.isatty())
-    print(format_rows(rows))
+    s = study(bundle, args.num, args.split, maps, role=args.role, seed=args.seed,
+              progress=not args.no_progress and sys.stderr.isatty())
+    print(format_rows(s["rows"]))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps(s, indent=1))
+    if args.plot:
+        curves_plot(s, args.plot_baseline).savefig(args.plot, dpi=130, bbox_inches="tight")
     return 0
+
+
+def curves_plot(s: dict, baseline: str = "mean"):
+    """The study's mean normalised deletion curves per kind: MoRF solid, LeRF dashed."""
+    from viz.faithfulness import deletion_curves
+
+    morf = {k: [c[baseline]["morf"]] for k, c in s["curves"].items() if c[baseline]["morf"]}
+    lerf = {k: [c[baseline]["lerf"]] for k, c in s["curves"].items() if c[baseline]["lerf"]}
+    return deletion_curves(morf, s["fractions"], dashed=lerf,
+                           ylabel="share of the baseline's drop not yet taken",
+                           title=f"MoRF (solid) and LeRF (dashed), {baseline} baseline")

@@ -168,13 +168,13 @@ def write_outputs(rows: list[dict], json_path=None, csv_path=None, plot_path=Non
         localisation_bars(rows, metric="pointing_game").savefig(plot_path, dpi=150)
 
 
-def add_scene_map_args(p) -> None:
+def add_scene_map_args(p, num: int = 100) -> None:
     """The options of the commands that caption test scenes and score maps per word."""
     from ..cli import int_at_least, writable_file
     from ..data import SPLITS
 
     p.add_argument("--checkpoint", default="shapes-tiny", help="shipped name or folder")
-    p.add_argument("--num", type=int_at_least(1), default=100,
+    p.add_argument("--num", type=int_at_least(1), default=num,
                    help="scenes to caption and score")
     p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--maps", default="",
@@ -183,7 +183,7 @@ def add_scene_map_args(p) -> None:
     p.add_argument("--role", default="shape", choices=loc.ROLES,
                    help="which word of each object phrase is scored")
     p.add_argument("--seed", type=int_at_least(0), default=0,
-                   help="seed of the random-map baseline")
+                   help="seed of the random maps and re-initialised weights")
     p.add_argument("--json", type=writable_file, help="write the rows as JSON")
     p.add_argument("--no-progress", action="store_true")
 

@@ -58,6 +58,7 @@ import torch
 from einops import rearrange, reduce
 
 from ..core.addressing import SSMStack, layer_index, ssm_stacks
+from ..core.generation import forced_traces
 from ..core.layers import eval_mode
 from . import attribution as attr_mod
 from . import implicit_attention as ia
@@ -156,19 +157,24 @@ def model_kinds(model) -> tuple[str, ...]:
 # ---------------------------------------------------------------- analyse
 def analyse(model, image: torch.Tensor, *, tokenizer=None, max_length: int | None = None,
             temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-            seed: int | None = None, prompt=None) -> CaptionAnalysis:
+            seed: int | None = None, prompt=None, ids=None) -> CaptionAnalysis:
     """Caption one image (3, H, W) or (1, 3, H, W), normalised as the model expects, and
     collect every per-word and bridge map its parts allow (see the module docstring).
     Greedy by default; max_length defaults to config.max_seq_length. Words are decoded with
-    `tokenizer` (else shown as ids)."""
+    `tokenizer` (else shown as ids). ids: a caption (S,) to read instead of generating one
+    (teacher-forced, BOS first; generation.forced_traces), e.g. another model's."""
     image = _one_image(image, model)  # (1, 3, H, W)
     _check_grid(model)
     kinds = model_kinds(model)
     with eval_mode(model):
-        ids, traces = model.generate(
-            image, max_length=max_length or model.config.max_seq_length,
-            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, prompt=prompt,
-            return_traces=True)
+        if ids is None:
+            ids, traces = model.generate(
+                image, max_length=max_length or model.config.max_seq_length,
+                temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, prompt=prompt,
+                return_traces=True)
+        else:
+            ids = torch.as_tensor(ids, dtype=torch.long, device=image.device)[None]  # (1, S)
+            traces = forced_traces(model, image, ids)
         updates = gated_update(model, image, ids[:, :-1])  # (1, cross_layers, S - 1)
         image_path = _image_path_maps(model, image, kinds)
         ids = ids[0]  # (S,)

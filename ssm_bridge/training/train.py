@@ -82,7 +82,8 @@ def build_data(cfg: TrainConfig) -> Data:
         tokenizer = Tokenizer.for_scenes(cfg.scenes)
         train_set = SceneCaptions("train", cfg.num_train, cfg.scenes, tokenizer, transform,
                                   task=cfg.task, progress=cfg.progress,
-                                  workers=cfg.draw_workers)
+                                  workers=cfg.draw_workers, shuffle_text_seed=(
+                                      cfg.seed if cfg.shuffle_captions else None))
         evaluate = None
         if cfg.eval_num:
             val = [make_scene("val", i, cfg.scenes) for i in range(cfg.eval_num)]
@@ -96,6 +97,9 @@ def build_data(cfg: TrainConfig) -> Data:
 def _coco_data(cfg: TrainConfig, transform: ImageTransform) -> Data:
     from ..data import CocoCaptions, build_tokenizer_from_coco, collate
 
+    if cfg.shuffle_captions:
+        raise ValueError("--shuffle_captions=true trains on the scene world only; drop it or "
+                         "use --data=scenes")
     if not (cfg.coco_annotations or cfg.coco_karpathy) or not cfg.coco_images:
         raise ValueError("--data=coco needs --coco_images=DIR and --coco_annotations=FILE "
                          "(or --coco_karpathy=FILE)")

@@ -32,6 +32,9 @@ class TrainConfig:
     task: str = "caption"  # caption | vqa | mixed (scenes only)
     num_train: int = 50_000  # training scenes, pre-rendered once (scenes only)
     draw_workers: int = 0  # processes drawing the training scenes (0 = this one)
+    # Sanity check (Adebayo et al.'s data randomisation): train each image on another
+    # scene's caption, by a permutation drawn from `seed`. Scenes only.
+    shuffle_captions: bool = False
     coco_annotations: str = ""  # COCO-format annotation JSON (data=coco)
     coco_images: str = ""  # image folder (data=coco)
     coco_karpathy: str = ""  # optional Karpathy split file (data=coco)
