@@ -6,6 +6,8 @@
     ssm-bridge interpret --checkpoint NAME_OR_DIR --num N [--maps KINDS] [--json PATH]
     ssm-bridge faithfulness --checkpoint NAME_OR_DIR --num N [--maps KINDS] [--json PATH]
     ssm-bridge trace --checkpoint NAME_OR_DIR --attribute colour --num N [--plot PNG]
+    ssm-bridge report IMAGE | --scene SPLIT:INDEX --out REPORT.html [--checkpoint NAME_OR_DIR]
+                      [--maps KINDS] [--seed N] [--max-length N]
     ssm-bridge app [--checkpoint NAME_OR_DIR] [--host H] [--port P] [--device D] ...
 """
 
@@ -108,7 +110,8 @@ def caption_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("train", "eval", "caption", "interpret", "faithfulness", "trace", "app")
+    commands = ("train", "eval", "caption", "interpret", "faithfulness", "trace", "report",
+                "app")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help")
               else sys.stdout)
@@ -128,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         from .interp.faithfulness_study import main as faithfulness_main
 
         return faithfulness_main(rest)
+    if cmd == "report":
+        from .interp.report import main as report_main
+
+        return report_main(rest)
     if cmd == "trace":
         from .interp.tracing import main as trace_main
 
