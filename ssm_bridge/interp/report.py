@@ -11,7 +11,8 @@ opens offline (images as base64 PNG data URIs, inline CSS, nothing fetched):
     the grid      one row per caption word (with its log-prob), one column per map kind,
                   each cell the word's map over the image
     faithfulness  per word and kind the normalised MoRF / LeRF AUCs of the deletion curves
-                  and ΔA^F = LeRF - MoRF (faithfulness.perturbation_curves, one baseline),
+                  and ΔA^F = LeRF - MoRF (faithfulness.perturbation_curves; the dataset-mean
+                  baseline by default, --baseline blur for the blurred image),
                   the word's curves, the random order's AUC as the floor; for a scene-world
                   image (--scene) also the segmentation scores of each word's map against
                   the mask of the object its phrase names (faithfulness.segmentation_scores;
@@ -45,6 +46,8 @@ from .faithfulness_study import BASELINES, baseline_inputs
 from .interpret import _bundle, _check_maps, add_maps_arg, parsed_maps
 from .localization import word_match
 from .maps import CaptionAnalysis, analyse, word_maps
+
+BASELINE_TEXT = {"mean": "the mean image of 256 training scenes", "blur": "the image blurred"}
 
 __all__ = ["ReportData", "WordScores", "build_report", "collect", "main", "parse_scene_ref",
            "report_bytes", "write_report"]
@@ -195,8 +198,9 @@ def stamp(pretrained, label: str, pixels: np.ndarray, seed: int, max_length: int
         "seed": str(seed),
         "decoding": f"greedy (temperature 0), max_length {max_length} tokens (BOS included)",
         "map kinds": ", ".join(maps),
-        "perturbation": f"baseline {baseline}, {fa.FRACTIONS} steps, curves read when the "
-                        f"full baseline takes >= {fa.MIN_DROP:g} nat off log p",
+        "perturbation": f"baseline {baseline} ({BASELINE_TEXT[baseline]}), {fa.FRACTIONS} "
+                        f"steps, curves read when the full baseline takes >= "
+                        f"{fa.MIN_DROP:g} nat off log p",
         "ssm_bridge": ssm_bridge.__version__, "torch": torch.__version__,
         "numpy": np.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "CPU": cpu_model(),
@@ -206,12 +210,13 @@ def stamp(pretrained, label: str, pixels: np.ndarray, seed: int, max_length: int
 
 
 def collect(pretrained, image=None, scene=None, maps=None, *, seed: int = 0,
-            max_length: int | None = None, baseline: str = "blur", progress: bool = False,
+            max_length: int | None = None, baseline: str = "mean", progress: bool = False,
             command: str | None = None) -> ReportData:
     """Caption the image, score every word x map kind and draw the bridge (module
     docstring). pretrained: a Pretrained bundle or a checkpoint name / folder; image: a
     file path, PIL image or array; scene: "split:index" (exactly one of the two); maps:
-    kinds (None: every kind the model has); baseline: "blur" or "mean"."""
+    kinds (None: every kind the model has); baseline: "mean" (the dataset mean: under
+    "blur" most words keep their log p, and their curves cannot be read)."""
     from ..training.pretrained import Pretrained, load_pretrained
 
     label = str(pretrained) if isinstance(pretrained, (str, Path)) else pretrained.path.name
@@ -296,8 +301,10 @@ def _parser():
     p.add_argument("--checkpoint", default="shapes-tiny", help="shipped name or folder")
     p.add_argument("--out", type=writable_file, required=True, help="the HTML file to write")
     add_maps_arg(p)
-    p.add_argument("--baseline", choices=BASELINES, default="blur",
-                   help="what deleted patches become (mean: of 256 training scenes)")
+    p.add_argument("--baseline", choices=BASELINES, default="mean",
+                   help="what deleted patches become: the mean of 256 training scenes "
+                        "(default), or the image blurred (a blurred object keeps its colour, "
+                        "so most colour and size words leave their curves unread)")
     p.add_argument("--seed", type=int_at_least(0), default=0,
                    help="seed of the perturbation orders' tie-breaking and random order")
     p.add_argument("--max-length", type=int_at_least(2), default=None,

@@ -110,7 +110,7 @@ def _grid(d) -> str:
         lp = float(a.logprobs[w])
         rows.append(f"<tr class=\"word\" data-word=\"{w}\"><td>{w + 1}</td>"
                     f"<td class=\"w\">{esc(word)}</td><td class=\"logp\" data-logp=\"{lp!r}\">"
-                    f"{lp:.4f}</td>{cells}</tr>")
+                    f"{lp:.4g}</td>{cells}</tr>")
     return ("<h2>Where each word looked: caption words &times; map kinds</h2>\n"
             "<p>Each cell is the word's map on the ViT patch grid, upsampled over the model's "
             "input; every cell has its own colour scale (signed maps diverge around 0). log p: "
