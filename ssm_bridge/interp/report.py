@@ -219,11 +219,11 @@ def collect(pretrained, image=None, scene=None, maps=None, *, seed: int = 0,
     "blur" most words keep their log p, and their curves cannot be read)."""
     from ..training.pretrained import Pretrained, load_pretrained
 
-    label = str(pretrained) if isinstance(pretrained, (str, Path)) else pretrained.path.name
     p = load_pretrained(pretrained) if isinstance(pretrained, (str, Path)) else pretrained
     if not isinstance(p, Pretrained):
         raise ValueError(f"expected a Pretrained bundle or a checkpoint name, got "
                          f"{type(p).__name__}: the stamp needs the checkpoint's weights file")
+    label = str(pretrained) if isinstance(pretrained, (str, Path)) else p.path.name
     model, tok, transform, cfg = _bundle(p)
     maps = _check_maps(maps, model)
     max_length = _check_length(max_length, model.config.max_seq_length)
@@ -233,9 +233,8 @@ def collect(pretrained, image=None, scene=None, maps=None, *, seed: int = 0,
     objects = word_objects(s, a.words)
     masks = [None if j is None else s.objects[j].mask for j in objects]  # (H, W) bool each
     grids, scores = score_words(model, a, maps, masks, base, seed, progress)
-    command = command or (f"build_report({label!r}, image={image!r}, scene={scene!r}, "
-                          f"maps={maps!r}, seed={seed}, max_length={max_length}, "
-                          f"baseline={baseline!r})")
+    command = command or (f"build_report({label!r}, {source!r}, maps={maps!r}, seed={seed}, "
+                          f"max_length={max_length}, baseline={baseline!r})")
     data = ReportData(a, pixels, source, s, maps, baseline, grids, scores, objects,
                       stamp(p, label, pixels, seed, max_length, maps, baseline, command))
     data.figures = bridge_figures(p, a, pixels)

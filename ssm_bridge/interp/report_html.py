@@ -113,7 +113,9 @@ def _grid(d) -> str:
                     f"{lp:.4g}</td>{cells}</tr>")
     return ("<h2>Where each word looked: caption words &times; map kinds</h2>\n"
             "<p>Each cell is the word's map on the ViT patch grid, upsampled over the model's "
-            "input; every cell has its own colour scale (signed maps diverge around 0). log p: "
+            "input; every cell has its own colour scale (signed maps diverge around 0). The "
+            "SSM kinds (delta, gate, state_norm and their vision_ / decoder_ forms) do not "
+            "depend on the word: their column repeats one map, the mean over layers. log p: "
             "the word's log-probability where greedy decoding wrote it.</p>\n"
             f"<table class=\"grid\">\n{chr(10).join(rows)}\n</table>")
 
