@@ -7,6 +7,8 @@
     ssm-bridge faithfulness --checkpoint NAME_OR_DIR --num N [--maps KINDS] [--json PATH]
     ssm-bridge trace --checkpoint NAME_OR_DIR --attribute colour --num N [--plot PNG]
     ssm-bridge sanity --checkpoint NAME_OR_DIR --num N [--shuffled DIR] [--plot PNG]
+    ssm-bridge report IMAGE | --scene SPLIT:INDEX --out REPORT.html [--checkpoint NAME_OR_DIR]
+                      [--maps KINDS] [--seed N] [--max-length N]
     ssm-bridge app [--checkpoint NAME_OR_DIR] [--host H] [--port P] [--device D] ...
 """
 
@@ -107,44 +109,31 @@ def caption_main(argv: list[str]) -> int:
     return 1 if failed else 0
 
 
+# Each subcommand's module (imported only when it runs, so `--help` loads no torch); its
+# main(argv) parses the rest of the command line. `caption` lives here.
+SUBCOMMANDS = {
+    "train": ".training.train", "eval": ".training.evaluate", "caption": None,
+    "interpret": ".interp.interpret", "faithfulness": ".interp.faithfulness_study",
+    "trace": ".interp.tracing", "sanity": ".interp.sanity", "report": ".interp.report",
+    "app": ".app.serve",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    import importlib
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("train", "eval", "caption", "interpret", "faithfulness", "trace", "sanity",
-                "app")
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
         print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help")
               else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     cmd, rest = argv[0], argv[1:]
     if cmd == "caption":
         return caption_main(rest)
+    module = importlib.import_module(SUBCOMMANDS[cmd], __package__)
     if cmd == "app":
-        from .app.serve import main as app_main
-
-        return app_main(rest, prog="ssm-bridge app")
-    if cmd == "interpret":
-        from .interp.interpret import main as interpret_main
-
-        return interpret_main(rest)
-    if cmd == "faithfulness":
-        from .interp.faithfulness_study import main as faithfulness_main
-
-        return faithfulness_main(rest)
-    if cmd == "trace":
-        from .interp.tracing import main as trace_main
-
-        return trace_main(rest)
-    if cmd == "sanity":
-        from .interp.sanity import main as sanity_main
-
-        return sanity_main(rest)
-    if cmd == "train":
-        from .training.train import main as train_main
-
-        return train_main(rest)
-    from .training.evaluate import main as eval_main
-
-    return eval_main(rest)
+        return module.main(rest, prog="ssm-bridge app")
+    return module.main(rest)
 
 
 if __name__ == "__main__":

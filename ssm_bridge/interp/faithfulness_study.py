@@ -40,17 +40,29 @@ def dataset_mean(transform, scene_config, n: int = 256) -> torch.Tensor:
     return torch.stack(images).mean(0)
 
 
+def check_baselines(baselines) -> None:
+    """ValueError unless `baselines` is a non-empty selection of BASELINES."""
+    bad = [b for b in baselines if b not in BASELINES]
+    if bad or not baselines:
+        raise ValueError(f"baselines must be some of {BASELINES}, got {list(baselines)}")
+
+
+def baseline_inputs(baselines, transform, scene_config) -> dict:
+    """{name: what perturbation_curves takes as `baseline`} for names from BASELINES:
+    "blur" as is, "mean" the dataset mean (computed only when asked for: 256 scenes)."""
+    check_baselines(baselines)
+    return {b: dataset_mean(transform, scene_config) if b == "mean" else b for b in baselines}
+
+
 def collect(pretrained_or_model, n: int = 100, split: str = "test", maps=None, *,
             role: str = "shape", baselines=BASELINES, seed: int = 0, progress: bool = True,
             **bundle_kwargs) -> dict:
     """{(kind, baseline): {key: [values]}} and {kind: {segment key: [values]}} over the
     scored words of the first n scenes of `split` (see the module docstring)."""
-    bad = [b for b in baselines if b not in BASELINES]
-    if bad or not baselines:
-        raise ValueError(f"baselines must be some of {BASELINES}, got {list(baselines)}")
+    check_baselines(baselines)
     model, tok, transform, cfg = _bundle(pretrained_or_model, **bundle_kwargs)
     maps = [*_check_maps(maps, model), "random"]
-    base = {"blur": "blur", "mean": dataset_mean(transform, cfg)}
+    base = baseline_inputs(baselines, transform, cfg)
     curves: dict = {(k, b): {key: [] for key in CURVE_KEYS + SHAPE_KEYS}
                     for k in maps for b in baselines}
     segments: dict = {k: {key: [] for key in SEGMENT_KEYS} for k in maps}

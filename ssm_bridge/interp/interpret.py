@@ -177,15 +177,20 @@ def add_scene_map_args(p, num: int = 100) -> None:
     p.add_argument("--num", type=int_at_least(1), default=num,
                    help="scenes to caption and score")
     p.add_argument("--split", default="test", choices=SPLITS)
-    p.add_argument("--maps", default="",
-                   help=f"comma-separated kinds from {','.join(MAP_KINDS)} (default: every "
-                        "kind the checkpoint's model has)")
+    add_maps_arg(p)
     p.add_argument("--role", default="shape", choices=loc.ROLES,
                    help="which word of each object phrase is scored")
     p.add_argument("--seed", type=int_at_least(0), default=0,
                    help="seed of the random maps and re-initialised weights")
     p.add_argument("--json", type=writable_file, help="write the rows as JSON")
     p.add_argument("--no-progress", action="store_true")
+
+
+def add_maps_arg(p) -> None:
+    """--maps, read by `parsed_maps` (which checks the kinds against the model)."""
+    p.add_argument("--maps", default="",
+                   help=f"comma-separated kinds from {','.join(MAP_KINDS)} (default: every "
+                        "kind the checkpoint's model has)")
 
 
 def parsed_maps(p, args, model) -> list[str]:
