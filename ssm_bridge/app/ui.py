@@ -2,8 +2,9 @@
 
     demo = build_app("shapes-tiny")   # a queued gr.Blocks; app.py's launch(demo) serves it
 
-Left column: `source_panel` (upload, test scenes, sketchpad; the model input they give)
-and `decoding_panel` (greedy or sampling, the caption button). Right column: `word_panel`
+Left column: `source_panel` (upload, test scenes, sketchpad; the model input they give),
+`decoding_panel` (greedy or sampling, the caption button) and `report_panel` (the
+"Download report" button: report_download.py). Right column: `word_panel`
 (the caption as clickable words, the selected word's numbers, the layer and direction)
 and, in one tabs group, `map_tabs` (a figure per analysis of support.TABS). `api_inputs`
 holds the hidden components behind the /caption API. Each builder lays out its part and
@@ -32,6 +33,7 @@ from ..data import split_seeds
 from ..training.checkpoint import CheckpointError
 from ..training.pretrained import load_pretrained, shipped_names
 from .memory import release_free_memory
+from .report_download import PROGRESS, ReportDownloads, report_panel
 from .support import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
@@ -146,15 +148,16 @@ class Handlers:
         self.rng = np.random.default_rng(seed)  # the 'new random scene' button
         self.test_lo = split_seeds("test", 1)[0]
         self.example_seeds = [self.test_lo + i for i in range(n_examples)]
+        self.reports = ReportDownloads()  # where "Download report" writes, and which maps
 
     # ---- image sources: each returns (source state, preview, description[, seed]). The
     # source keeps the pixels the model saw; another model re-prepares them for its input.
     def from_upload(self, name, path):
         img = read_upload(path, self.max_upload_mb * MB, self.max_pixels)
         pixels = self.models[name].prepare(img)
-        shown = html.escape(os.path.basename(str(path)))
-        return ({"pixels": pixels, "scene": None}, _big(pixels),
-                f"upload `{shown}`: {img.width} x {img.height}, mode {img.mode}")
+        file = os.path.basename(str(path))  # the report's command names it
+        return ({"pixels": pixels, "scene": None, "name": file}, _big(pixels),
+                f"upload `{html.escape(file)}`: {img.width} x {img.height}, mode {img.mode}")
 
     def from_seed(self, name, scene_seed):
         if scene_seed is None:
@@ -244,6 +247,14 @@ class Handlers:
         if source is None:
             return [gr.skip()] * (5 + len(TABS))
         return self.run(name, source, *decoding)
+
+    def report(self, name, source, max_length, progress=PROGRESS):
+        """"Download report": `ssm-bridge report` of the current image by the session's
+        model, greedy up to the session's max length (report_download.py); its path."""
+        if source is None:
+            raise ValueError("No image yet: upload one, pick a scene or draw one.")
+        return str(self.reports.write(self.models[name], name or self.models.first, source,
+                                      max_length, progress))
 
     def caption_api(self, name, image, decoding="greedy", temperature=1.0, top_k=0,
                     top_p=1.0, max_length=None, seed=0) -> str:
@@ -396,8 +407,9 @@ def _join(*parts: dict) -> SimpleNamespace:
 def wire_events(h: Handlers, ui: SimpleNamespace) -> None:
     """Every image source captions and renders; the caption button re-captions; a word
     click, a tab, a layer, direction or step change redraw; the attribution button
-    computes one; the model selector lays the page out again and re-captions; the hidden
-    button serves /caption. Every handler reads the session's model first."""
+    computes one; the model selector lays the page out again and re-captions; the report
+    button writes the report file; the hidden button serves /caption. Every handler reads
+    the session's model first."""
     view_opts = [ui.layer, ui.direction, ui.step, ui.method]
     outs = [*ui.plots.values(), ui.truth_md]
     src_outs = [ui.source, ui.preview, ui.source_md]
@@ -436,6 +448,9 @@ def wire_events(h: Handlers, ui: SimpleNamespace) -> None:
          ui.step, ui.top_k, ui.max_len], **quiet,
     ).success(guarded(h.rerun), [ui.model, ui.source, *decoding], run_outs, **quiet
               ).success(**render_ev)
+    # one report at a time across sessions: each holds its model for a minute or more
+    ui.report_btn.click(guarded(h.report), [ui.model, ui.source, ui.max_len], ui.report_file,
+                        concurrency_limit=1, concurrency_id="report", **quiet)
     ui.api_btn.click(guarded(h.caption_api), [ui.model, ui.api_image, *decoding],
                      ui.api_caption, api_name="caption")
 
@@ -464,11 +479,13 @@ def build_app(checkpoint: str = "shapes-tiny", device: str = "cpu",
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 sources, decoding = source_panel(h), decoding_panel(h)
+                reports = report_panel()
             with gr.Column(scale=2):
                 words = word_panel(h)
                 with gr.Tabs():
                     maps = map_tabs(h)
-        wire_events(h, _join(top, state, sources, decoding, words, maps, api_inputs()))
+        wire_events(h, _join(top, state, sources, decoding, reports, words, maps,
+                             api_inputs()))
     demo.queue(default_concurrency_limit=concurrency, max_size=256)
     demo.analyser = h.analyser  # for tests and benchmarks
     demo.models = models

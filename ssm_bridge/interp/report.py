@@ -95,9 +95,10 @@ def parse_scene_ref(ref: str) -> tuple[str, int]:
     return split, int(index)
 
 
-def load_input(transform, scene_config, image=None, scene=None):
+def load_input(transform, scene_config, image=None, scene=None, name=None):
     """(pixels (S, S, 3) uint8, Scene or None, source text) from exactly one of an image
-    (a file path, a PIL image or an array) and a scene reference."""
+    (a file path, a PIL image or an array) and a scene reference; `name` names an
+    in-memory image (the app's upload by its file name) on the page."""
     if (image is None) == (scene is None):
         raise ValueError("give exactly one of image (a file) and scene ('split:index')")
     if scene is not None:
@@ -106,7 +107,7 @@ def load_input(transform, scene_config, image=None, scene=None):
         return transform.to_array(s.image), s, f"scene {split}:{index}"
     if isinstance(image, (str, Path)):
         return transform.to_array(open_image(image)), None, str(image)
-    return transform.to_array(image), None, f"an in-memory {type(image).__name__}"
+    return transform.to_array(image), None, name or f"an in-memory {type(image).__name__}"
 
 
 def word_objects(scene, words: Sequence[str]) -> list[int | None]:
@@ -216,10 +217,11 @@ def stamp(pretrained, label: str, pixels: np.ndarray, seed: int, max_length: int
 
 def collect(pretrained, image=None, scene=None, maps=None, *, seed: int = 0,
             max_length: int | None = None, baseline: str = "mean", progress: bool = False,
-            command: str | None = None) -> ReportData:
+            command: str | None = None, name: str | None = None) -> ReportData:
     """Caption the image, score every word x map kind and draw the bridge (module
     docstring). pretrained: a Pretrained bundle or a checkpoint name / folder; image: a
-    file path, PIL image or array; scene: "split:index" (exactly one of the two); maps:
+    file path, PIL image or array (name: what the page calls an in-memory one); scene:
+    "split:index" (exactly one of the two); maps:
     kinds (None: every kind the model has); baseline: "mean" (the dataset mean: under
     "blur" most words keep their log p, and their curves cannot be read)."""
     from ..training.pretrained import Pretrained, load_pretrained
@@ -232,7 +234,7 @@ def collect(pretrained, image=None, scene=None, maps=None, *, seed: int = 0,
     model, tok, transform, cfg = _bundle(p)
     maps = _check_maps(maps, model)
     max_length = _check_length(max_length, model.config.max_seq_length)
-    pixels, s, source = load_input(transform, cfg, image, scene)
+    pixels, s, source = load_input(transform, cfg, image, scene, name)
     base = baseline_inputs([baseline], transform, cfg)[baseline]
     a = analyse(model, transform(pixels), tokenizer=tok, max_length=max_length)
     objects = word_objects(s, a.words)
