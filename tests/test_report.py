@@ -57,6 +57,55 @@ class Page(HTMLParser):
         return [s for a, s in self.texts if all(a.get(k) == v for k, v in attrs.items())]
 
 
+URL_ATTRS = ("src", "href", "srcset", "action", "formaction", "poster", "data", "background",
+             "xlink:href")
+
+
+class Refs(HTMLParser):
+    """Every URL a browser could fetch for the page: the URL-valued attributes, each
+    url(...) in a style attribute or <style> element, and the tags that load by
+    themselves (script, link, iframe, object, embed, base, meta refresh)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.loaders: list[str] = []
+        self.in_style = False
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in ("script", "link", "iframe", "object", "embed", "base") or (
+                tag == "meta" and (attrs.get("http-equiv") or "").lower() == "refresh"):
+            self.loaders.append(tag)
+        for key, value in attrs.items():
+            if key == "srcset":  # "a.png 2x, b.png 1x"; a data: URI may hold commas
+                self.urls += [value] if value.startswith("data:") else \
+                    [part.split()[0] for part in value.split(",") if part.strip()]
+            elif key in URL_ATTRS and value is not None:
+                self.urls.append(value)
+        self._style(attrs.get("style") or "")
+        self.in_style = tag == "style"
+
+    def handle_endtag(self, tag):
+        self.in_style = False
+
+    def handle_data(self, data):
+        if self.in_style:
+            self._style(data)
+
+    def _style(self, css: str) -> None:
+        self.urls += [u.strip("'\" ") for u in re.findall(r"url\(([^)]*)\)", css, re.I)]
+        self.loaders += ["@import"] * css.lower().count("@import")
+
+
+def external_refs(html: str) -> list[str]:
+    """What the page would fetch from outside itself (empty: it opens offline)."""
+    refs = Refs(html)
+    return refs.loaders + [u for u in refs.urls if not u.startswith("data:")]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _threads(one_thread):
     """One thread: the tiny model decodes fastest so on a loaded 2-core machine."""
@@ -118,6 +167,20 @@ def test_nothing_outside_the_file(scene_report):
     for banned in ("http:", "https:", "<script", "<link", "@import", "url(", "//",
                    "<iframe", "<object", "<embed", "href="):
         assert banned not in text, banned
+
+
+def test_the_parsed_page_references_nothing_outside(scene_report):
+    """The same, read as a browser would (html.parser): every URL-valued attribute and
+    every url( in a style is a data: URI, and nothing loads a script or a stylesheet."""
+    _, html = scene_report
+    refs = Refs(html)
+    assert len(refs.urls) == html.count("<img") and refs.loaders == []
+    assert external_refs(html) == []
+    leaky = ('<p style="background: url(https://x.org/a.png)">'
+             '<a href="https://example.org">x</a><img srcset="a.png 2x, data:x 1x">'
+             '<style>@import "s.css"; b { background: url( //cdn/x.png ) }</style>')
+    assert external_refs(leaky) == ["@import", "https://x.org/a.png", "https://example.org",
+                                    "a.png", "//cdn/x.png"]  # the checker itself catches them
 
 
 def test_stamp_holds_hash_seed_versions_and_command(scene_report, bundle):
