@@ -35,10 +35,15 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server():
+def app_demo():
     demo, url = shots.start_app(n_examples=4)
-    yield url
+    yield demo, url
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def server(app_demo):
+    return app_demo[1]
 
 
 def test_upload_caption_select_word_and_see_attention(browser, server, tmp_path):
@@ -85,3 +90,43 @@ def test_the_model_selector_switches_to_the_attention_free_checkpoint(browser, s
     assert shots.choose_model(page, "shapes-tiny", "A ViT reads", n) == truth
     assert shots.open_tab(page, TABS["cross"], "cross") > 100
     assert outside == []
+
+
+def test_download_the_report_of_a_test_scene_and_open_it_offline(browser, app_demo,
+                                                                 tmp_path, monkeypatch):
+    """The "Download report" button on a test scene: the browser downloads one HTML file,
+    which opens from disk with every figure drawn, the app's caption in it, and no request
+    but file: and data: ones."""
+    demo, url = app_demo
+    monkeypatch.setattr(demo.reports, "maps", ["cross_attention", "delta"])  # quicker
+    page, outside = shots.open_page(browser, url)
+    page.get_by_role("tab", name="Scenes").click()
+    page.get_by_role("button", name="load seed").click()  # the first test scene
+    page.wait_for_function("() => document.querySelectorAll('#caption .token').length > 0",
+                           timeout=shots.TIMEOUT_MS)
+    page.wait_for_function(shots.IDLE, arg="#caption", timeout=shots.TIMEOUT_MS)
+    caption = shots.caption_text(page)
+    page.locator("#report-btn").click()
+    link = page.locator("#report-file a[download]").first
+    link.wait_for(timeout=3 * shots.TIMEOUT_MS)  # a report takes tens of seconds
+    with page.expect_download(timeout=shots.TIMEOUT_MS) as caught:
+        link.click()
+    download = caught.value
+    assert download.suggested_filename == "report-test-0-shapes-tiny.html"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    assert outside == [], f"the page tried to reach {outside}"
+
+    report = browser.new_page(viewport=shots.VIEWPORT)
+    requests: list[str] = []
+    report.on("request", lambda r: requests.append(r.url))
+    report.goto(saved.as_uri())
+    report.wait_for_load_state("load")
+    widths = report.evaluate("() => Array.from(document.images, i => i.complete ? "
+                             "i.naturalWidth : 0)")
+    assert len(widths) > 10 and min(widths) > 0, widths
+    words = report.evaluate("() => Array.from(document.querySelectorAll('tr.word .w'), "
+                            "e => e.innerText.trim())")
+    assert " ".join(words) == caption
+    assert report.inner_text(".caption").strip() == caption
+    assert requests and all(u.startswith(("file:", "data:")) for u in requests), requests

@@ -489,4 +489,5 @@ def build_app(checkpoint: str = "shapes-tiny", device: str = "cpu",
     demo.queue(default_concurrency_limit=concurrency, max_size=256)
     demo.analyser = h.analyser  # for tests and benchmarks
     demo.models = models
+    demo.reports = h.reports  # tests choose a few map kinds
     return demo
