@@ -213,3 +213,30 @@ def test_faithfulness_plots():
     assert fig.axes[0].get_xticklabels()[-1].get_text() == "shuffled captions"
     with pytest.raises(ValueError, match="points"):
         viz.deletion_curves({"a": [torch.zeros(3)]}, torch.linspace(0, 1, 5))
+
+
+def test_scores_are_averaged_per_scene_then_over_scenes():
+    from ssm_bridge.interp.faithfulness_study import over_scenes
+
+    mean, std = over_scenes([1.0, 3.0, 10.0, float("nan")], [5, 5, 7, 9])
+    assert (mean, std) == (pytest.approx(6.0), pytest.approx(4.0))  # scenes: 2, 10; 9 unread
+    assert all(math.isnan(x) for x in over_scenes([float("nan")], [1]))
+
+
+def test_markdown_tables_one_per_metric_group():
+    from ssm_bridge.interp.faithfulness_study import CURVE_KEYS, SEGMENT_KEYS, markdown_tables
+
+    def row(kind, b):
+        return {"map": kind, "baseline": b, "n_words": 4, "n_read": 3, "scenes": 2,
+                "images": 2, **{k: 0.5 for k in CURVE_KEYS + SEGMENT_KEYS},
+                **{f"{k}_std": 0.1 for k in CURVE_KEYS + SEGMENT_KEYS}}
+
+    s = {"rows": [row(k, b) for k in ("ig", "random") for b in ("blur", "mean")]}
+    loc = [{"map": "ig", "pointing_game": 0.9, "energy_in_mask": 0.4,
+            "random_pointing_game": 0.1, "random_energy": 0.05}]
+    text = markdown_tables(s, loc)
+    assert text.count("| map |") == 3  # blur, mean, segmentation
+    assert "4 words, 3 with readable curves in 2 scenes" in text
+    seg = text.split("Segmentation")[1]
+    assert "| ig | 0.500 ± 0.100 | 0.500 ± 0.100 | 0.500 ± 0.100 | 0.900 | 0.400 |" in seg
+    assert "| random |" in seg and "| 0.100 | 0.050 |" in seg

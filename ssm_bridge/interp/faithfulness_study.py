@@ -15,7 +15,9 @@ with a seeded random map (the "random" row every map must beat):
     delta_af                lerf - morf
     pixel_accuracy, miou, mean_ap   segmentation scores against the object's mask
 
-Each value is a mean over the scored words with its standard deviation (`<key>_std`).
+Each value is a mean over scenes of the scene's mean over its scored words, with the
+standard deviation over scenes (`<key>_std`); n_words counts the scored words and n_read
+those whose curves the baseline can read (the rest have no AUC: faithfulness.MIN_DROP).
 """
 
 from __future__ import annotations
@@ -67,10 +69,11 @@ def collect(pretrained_or_model, n: int = 100, split: str = "test", maps=None, *
                     for k in maps for b in baselines}
     segments: dict = {k: {key: [] for key in SEGMENT_KEYS} for k in maps}
     rng = torch.Generator().manual_seed(seed)
-    skipped = [0]
+    skipped, word_scene = [0], []  # word_scene: the scene of each scored word, in order
     for scene, a, pairs in captioned_scenes(model, tok, transform, cfg, n, split, role,
                                             skipped, progress, "faithfulness"):
         words = [w for w, _ in pairs]
+        word_scene += [scene.seed] * len(words)
         per_kind = {kind: (torch.rand(len(words), a.grid_side, a.grid_side, generator=rng)
                            if kind == "random" else word_maps(a, kind, model, words))
                     for kind in maps}
@@ -78,7 +81,8 @@ def collect(pretrained_or_model, n: int = 100, split: str = "test", maps=None, *
             _score_word(model, a, w, {k: m[i] for k, m in per_kind.items()},
                         scene.objects[j].mask, base, seed, curves, segments)
     return {"curves": curves, "segments": segments, "maps": maps, "baselines": list(baselines),
-            "images": n - skipped[0], "skipped": skipped[0], "n": n, "role": role}
+            "word_scene": word_scene, "images": n - skipped[0], "skipped": skipped[0], "n": n,
+            "role": role}
 
 
 def _score_word(model, a, w: int, maps: dict, mask, base: dict, seed: int, curves: dict,
@@ -105,8 +109,9 @@ def _score_word(model, a, w: int, maps: dict, mask, base: dict, seed: int, curve
 
 def leaderboard(pretrained_or_model, n: int = 100, split: str = "test", maps=None,
                 **kwargs) -> list[dict]:
-    """One row per (map kind, baseline): mean and std of every score (module docstring),
-    n_words, images (captions scored) and skipped (captions whose objects did not match)."""
+    """One row per (map kind, baseline): mean and std over scenes of every score (module
+    docstring), n_words, n_read, scenes (with a scored word), images (captions scored)
+    and skipped (captions whose objects did not match)."""
     return study(pretrained_or_model, n, split, maps, **kwargs)["rows"]
 
 
@@ -121,12 +126,10 @@ def study(pretrained_or_model, n: int = 100, split: str = "test", maps=None,
             row = {"map": kind, "baseline": b}
             scores = {**s["curves"][kind, b], **s["segments"][kind]}
             for key in (*CURVE_KEYS, *SEGMENT_KEYS):
-                v = np.asarray(scores[key], dtype=np.float64)
-                v = v[np.isfinite(v)]
-                row[key] = float(v.mean()) if v.size else float("nan")
-                row[f"{key}_std"] = float(v.std()) if v.size else float("nan")
-            row.update(n_words=len(s["segments"][kind]["miou"]), images=s["images"],
-                       skipped=s["skipped"])
+                row[key], row[f"{key}_std"] = over_scenes(scores[key], s["word_scene"])
+            row.update(n_words=len(s["word_scene"]), n_read=int(np.isfinite(
+                np.asarray(scores["morf"], dtype=np.float64)).sum()),
+                scenes=len(set(s["word_scene"])), images=s["images"], skipped=s["skipped"])
             rows.append(row)
             mean_curves.setdefault(kind, {})[b] = {
                 o: np.mean(scores[f"curve_{o}"], 0).tolist() if scores[f"curve_{o}"] else []
@@ -134,6 +137,16 @@ def study(pretrained_or_model, n: int = 100, split: str = "test", maps=None,
     fractions = [k / fa.FRACTIONS for k in range(fa.FRACTIONS + 1)]
     return {"rows": rows, "curves": mean_curves, "fractions": fractions,
             **{k: s[k] for k in ("images", "skipped", "n", "role")}}
+
+
+def over_scenes(values, word_scene) -> tuple[float, float]:
+    """(mean, std) over scenes of each scene's mean over its words (NaN values left out:
+    words the baseline cannot read). NaN, NaN when no scene has a value."""
+    v = np.asarray(values, dtype=np.float64)
+    scenes = np.asarray(word_scene)
+    means = [v[scenes == sc][np.isfinite(v[scenes == sc])].mean() for sc in np.unique(scenes)
+             if np.isfinite(v[scenes == sc]).any()]
+    return (float(np.mean(means)), float(np.std(means))) if means else (float("nan"),) * 2
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -183,3 +196,43 @@ def curves_plot(s: dict, baseline: str = "mean"):
     return deletion_curves(morf, s["fractions"], dashed=lerf,
                            ylabel="share of the baseline's drop not yet taken",
                            title=f"MoRF (solid) and LeRF (dashed), {baseline} baseline")
+
+
+def markdown_tables(s: dict, localisation: list[dict] | None = None) -> str:
+    """The study as one markdown table per metric group, rows the map kinds, cells mean ±
+    std over scenes: deletion under each baseline, then segmentation (with the
+    pointing game and energy-in-mask of interpret.localisation_table rows, when given)."""
+    rows = s["rows"]
+    out = []
+    for b in dict.fromkeys(r["baseline"] for r in rows):
+        out.append(_table(f"Deletion and insertion, {b} baseline (normalised AUC)",
+                          [r for r in rows if r["baseline"] == b],
+                          {"MoRF ↓": "morf", "LeRF ↑": "lerf", "insertion ↑": "insertion",
+                           "ΔA^F ↑": "delta_af"}))
+    first = [r for r in rows if r["baseline"] == rows[0]["baseline"]]  # maps, not curves
+    loc = {r["map"]: r for r in localisation or []}
+    columns = {"pixel accuracy ↑": "pixel_accuracy", "mIoU ↑": "miou", "mAP ↑": "mean_ap"}
+    if loc:  # the localisation table's random baseline is a column of every row
+        anyrow = next(iter(loc.values()))
+        loc["random"] = {"pointing_game": anyrow["random_pointing_game"],
+                         "energy_in_mask": anyrow["random_energy"]}
+        first = [{**r, **{k: loc.get(r["map"], {}).get(k, float("nan"))
+                          for k in ("pointing_game", "energy_in_mask")}} for r in first]
+        columns.update({"pointing game ↑": "pointing_game", "energy in mask ↑": "energy_in_mask"})
+    out.append(_table("Segmentation against the named object's mask", first, columns))
+    return "\n\n".join(out)
+
+
+def _table(title: str, rows: list[dict], columns: dict[str, str]) -> str:
+    def cell(r, key):
+        v, sd = r.get(key, float("nan")), r.get(f"{key}_std")
+        return f"{v:.3f}" if sd is None or not np.isfinite(sd) else f"{v:.3f} ± {sd:.3f}"
+
+    r0 = rows[0]
+    read = f", {r0['n_read']} with readable curves" if "morf" in columns.values() else ""
+    head = (f"**{title}** ({r0['n_words']} words{read} in {r0['scenes']} scenes; mean ± "
+            "std over scenes)\n\n")
+    lines = ["| map | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {r['map']} | " + " | ".join(cell(r, k) for k in columns.values()) + " |"
+              for r in rows]
+    return head + "\n".join(lines)
