@@ -235,13 +235,17 @@ def test_ground_truth_of_a_wrong_caption_is_drawn_and_scored(scenes):
     assert fig is not None and fig.axes[0].get_title().startswith("objects: 1 ")
 
 
-def test_handler_errors_become_escaped_gr_errors():
+def test_handler_errors_are_plain_text_without_markup():
+    """API clients read the message as text (no HTML entities: it used to say '&lt;img'),
+    and the toast that renders it as HTML finds no tag in a hostile file name."""
     def handler(name):
-        raise UploadError(f"{name} is empty (0 bytes): upload an image file.")
+        raise UploadError(f"{name} is empty (0 bytes) & unreadable: upload an image file.")
 
     with pytest.raises(gr.Error) as info:
         app.guarded(handler)("<img src=x onerror=alert(1)>.png")
-    assert "&lt;img src=x" in info.value.message and "<img" not in info.value.message
+    message = info.value.message
+    assert "<" not in message and ">" not in message and "&lt;" not in message
+    assert message.startswith("\u2039img src=x onerror=alert(1)\u203a.png is empty (0 bytes) &")
 
 
 def test_every_event_returns_the_allocators_free_pages(monkeypatch):

@@ -70,9 +70,16 @@ STATE_TTL_S = 3600  # an idle session's analysis is dropped after this many seco
 ATTRIBUTION_METHODS = ["ig", "gradcam", "saliency"]
 
 
+def toast_text(message: str) -> str:
+    """A message that is plain text for API clients and safe as the HTML gradio's toast
+    renders it: angle brackets (a hostile file name's tags) become the look-alike
+    single guillemets, so there is no markup and no HTML entity to show either way."""
+    return message.replace("<", "\u2039").replace(">", "\u203a")
+
+
 def guarded(fn):
     """Handler wrapper: a ValueError (bad upload, bad setting) becomes a gr.Error whose
-    message the user sees (HTML-escaped: it may quote a file name). After every event the
+    message the user sees (toast_text: it may quote a file name). After every event the
     allocator's free pages go back to the OS (memory.py: without it a long-running server
     holds tens of MB it freed)."""
     @functools.wraps(fn)
@@ -80,7 +87,7 @@ def guarded(fn):
         try:
             return fn(*args, **kwargs)
         except ValueError as e:
-            raise gr.Error(html.escape(str(e)), print_exception=False) from None
+            raise gr.Error(toast_text(str(e)), print_exception=False) from None
         finally:
             release_free_memory()
     return inner
