@@ -240,3 +240,18 @@ def test_markdown_tables_one_per_metric_group():
     seg = text.split("Segmentation")[1]
     assert "| ig | 0.500 ± 0.100 | 0.500 ± 0.100 | 0.500 ± 0.100 | 0.900 | 0.400 |" in seg
     assert "| random |" in seg and "| 0.100 | 0.050 |" in seg
+
+
+def test_tied_embeddings_are_re_drawn_with_the_output_head(tiny_config):
+    """shapes-tiny's output head is its token embedding: re-drawing the head re-draws the
+    embedding, so the first cascade group says so and the embedding has no group of its own
+    (it would otherwise seem to be re-drawn twice, the second time to no effect)."""
+    from conftest import make_model
+
+    tied = make_model(tiny_config.replace(tie_word_embeddings=True))
+    names = [n for n, _ in fa.cascade_groups(tied)]
+    assert names[0] == "decoder.lm_head = tok_embed"
+    assert not any(n.startswith("decoder.tok_embed") for n in names)
+    untied = make_model(tiny_config.replace(tie_word_embeddings=False))
+    names = [n for n, _ in fa.cascade_groups(untied)]
+    assert names[0] == "decoder.lm_head" and "decoder.tok_embed" in names

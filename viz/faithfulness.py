@@ -15,6 +15,7 @@ from .style import (
     TICK_SIZE,
     add_colorbar,
     new_figure,
+    series_style,
     set_labels,
     set_title,
     value_norm,
@@ -30,9 +31,10 @@ def deletion_curves(curves: Mapping[str, Sequence], fractions, *,
     f = to_numpy(fractions, "fractions")
     fig, axes = new_figure(size=(6.5, 3.6)) if dashed else new_figure()
     ax = axes[0, 0]
-    for kind, rows in curves.items():
-        line, = ax.plot(f, _mean_curve(rows, kind, f), label=kind,
-                        linestyle="--" if kind == "random" and not dashed else "-")
+    for i, (kind, rows) in enumerate(curves.items()):
+        line, = ax.plot(f, _mean_curve(rows, kind, f), label=kind, markersize=3,
+                        linestyle="--" if kind == "random" and not dashed else "-",
+                        **series_style(i))
         if dashed and dashed.get(kind):
             ax.plot(f, _mean_curve(dashed[kind], kind, f), linestyle="--",
                     color=line.get_color())
@@ -60,12 +62,12 @@ def cascade_plot(cascades: Mapping[str, Sequence[tuple[str, float]]], *,
     fig, axes = new_figure(size=(6.5, 3.6))
     ax = axes[0, 0]
     groups: list[str] = []
-    for kind, pairs in cascades.items():
+    for i, (kind, pairs) in enumerate(cascades.items()):
         groups = groups or [g for g, _ in pairs]
-        line, = ax.plot(range(len(pairs)), [r for _, r in pairs], marker="o", markersize=3,
-                        label=kind)
+        line, = ax.plot(range(len(pairs)), [r for _, r in pairs], markersize=3.5,
+                        label=kind, **series_style(i))
         if shuffled and kind in shuffled:
-            ax.plot([len(pairs) + 0.5], [shuffled[kind]], marker="D", markersize=4,
+            ax.plot([len(pairs) + 0.5], [shuffled[kind]], marker=line.get_marker(), markersize=6,
                     linestyle="none", color=line.get_color())
     ax.axhline(0, color="#8c8c8c", linewidth=0.6)
     ticks, labels = list(range(len(groups))), list(groups)

@@ -17,6 +17,16 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
 PALETTE = ["#3b6ea8", "#d0743c", "#5c9e5a", "#b04a5a", "#7a68a6", "#8c8c8c"]
+# Plots with more lines than PALETTE has colours (one per map kind, say): colour and
+# marker both change, so no two of ten lines look alike.
+SERIES_COLOURS = [*PALETTE[:5], "#d4a72c", "#3fa7a3", "#9c5b2e", "#d46fa8", "#404040"]
+SERIES_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "h", "<", "*"]
+
+
+def series_style(i: int) -> dict:
+    """Line i's colour and marker (matplotlib keyword arguments)."""
+    return {"color": SERIES_COLOURS[i % len(SERIES_COLOURS)],
+            "marker": SERIES_MARKERS[i % len(SERIES_MARKERS)]}
 
 SEQUENTIAL_CMAP = "inferno"  # magnitudes: attention, |attribution|, Δ, norms
 DIVERGING_CMAP = "RdBu_r"  # signed values, centred on zero (red positive, blue negative)

@@ -242,8 +242,27 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 def cascade_groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
     """The model's layers from the logits down, as (name, modules) groups: each of
-    CASCADE_PARTS, its children in reverse order, a ModuleList split into its layers."""
-    groups = []
+    CASCADE_PARTS, its children in reverse order, a ModuleList split into its layers. A
+    parameter shared by two modules (tied input and output embeddings) is re-drawn with
+    the first group that holds it, whose name says so ("decoder.lm_head = tok_embed"); a
+    later group with nothing left of its own is dropped."""
+    owners: dict[int, list[str]] = {}  # parameter id -> every module path holding it
+    for path, module in model.named_modules():
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), []).append(path)
+    groups, seen = [], set()
+    for path, module in _cascade_modules(model):
+        params = {id(p) for p in module.parameters()}
+        if params <= seen:
+            continue
+        tied = sorted({o for i in params - seen for o in owners[i]
+                       if o != path and not o.startswith(path + ".")})
+        seen |= params
+        groups.append((path + "".join(f" = {t.split('.', 1)[-1]}" for t in tied), [module]))
+    return groups
+
+
+def _cascade_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     for part in CASCADE_PARTS:
         root = getattr(model, part, None)
         if root is None:
@@ -252,9 +271,7 @@ def cascade_groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
             items = list(enumerate(child)) if isinstance(child, nn.ModuleList) else [(None, child)]
             for i, module in reversed(items):
                 if any(True for _ in module.parameters()):
-                    path = f"{part}.{name}" + ("" if i is None else f".{i}")
-                    groups.append((path, [module]))
-    return groups
+                    yield f"{part}.{name}" + ("" if i is None else f".{i}"), module
 
 
 def randomise_(modules: Sequence[nn.Module], seed: int) -> None:
