@@ -201,12 +201,17 @@ def test_faithfulness_plots():
     fig = viz.deletion_curves({"a": [torch.zeros(5), torch.ones(5)], "random": [torch.ones(5)]},
                               torch.linspace(0, 1, 5))
     assert len(fig.axes[0].lines) == 2
-    fig = viz.deletion_curves({"a": [torch.zeros(5)]}, torch.linspace(0, 1, 5),
-                              dashed={"a": [torch.ones(5)]})
-    solid, dash = fig.axes[0].lines
-    assert dash.get_linestyle() == "--" and dash.get_color() == solid.get_color()
+    fig = viz.morf_lerf_panels({"a": [torch.zeros(5)]}, {"a": [torch.ones(5)]},
+                               torch.linspace(0, 1, 5))
+    (morf,), (lerf,) = fig.axes[0].lines, fig.axes[1].lines
+    assert morf.get_color() == lerf.get_color() and list(lerf.get_ydata()) == [1.0] * 5
     fig = viz.cascade_plot({"a": [("decoder.lm_head", 0.9), ("vision.patch_embed", 0.1)]})
     assert len(fig.axes[0].lines) == 2  # the curve and the zero line
+    rows = [{"map": "ig", "mean_ap": 0.5, "delta_af": 0.3, "mean_ap_std": 0.1,
+             "delta_af_std": 0.2}, {"map": "random", "mean_ap": 0.06, "delta_af": 0.0}]
+    fig = viz.plausible_vs_faithful(rows)
+    assert [t.get_text() for t in fig.axes[0].texts][0] == "ig"
+    assert any(list(line.get_xdata()) == [0.06, 0.06] for line in fig.axes[0].lines)  # random
     fig = viz.cascade_plot({"a": [("decoder.lm_head", 0.9), ("vision.patch_embed", 0.1)]},
                            shuffled={"a": 0.2})
     assert fig.axes[0].lines[1].get_ydata()[0] == 0.2  # the shuffled-caption point

@@ -11,7 +11,8 @@ example of a batch first (x[0]). Wrong shapes raise a ValueError naming the expe
     tokens.py     token_heatmap (per-token Δ, gate, |h| of a language model's layers)
     scrubber.py   scan_scrubber_frame
     tables.py     localisation_table, localisation_bars, gate_values
-    faithfulness.py  deletion_curves, cascade_plot, trace_heatmap
+    faithfulness.py  deletion_curves, morf_lerf_panels, cascade_plot, trace_heatmap,
+                     plausible_vs_faithful
     training.py   plot_training_curves
     arrays.py     to_numpy, as_image, grid_values (per-token values -> (g, g) map)
     style.py      new_figure, colour maps, font sizes, overlay / colourbar helpers
@@ -19,7 +20,13 @@ example of a batch first (x[0]). Wrong shapes raise a ValueError naming the expe
 
 from .arrays import as_image, grid_values, to_numpy
 from .attention import implicit_attention_grid, implicit_attention_matrix, word_attention_grid
-from .faithfulness import cascade_plot, deletion_curves, trace_heatmap
+from .faithfulness import (
+    cascade_plot,
+    deletion_curves,
+    morf_lerf_panels,
+    plausible_vs_faithful,
+    trace_heatmap,
+)
 from .maps import attribution_overlay, layer_maps, map_panels, overlay
 from .scrubber import scan_scrubber_frame
 from .ssm import delta_map, gate_map, state_norm_map, state_pca, state_trajectory
@@ -44,9 +51,11 @@ __all__ = [
     "localisation_bars",
     "localisation_table",
     "map_panels",
+    "morf_lerf_panels",
     "new_figure",
     "overlay",
     "overlay_map",
+    "plausible_vs_faithful",
     "plot_training_curves",
     "scan_scrubber_frame",
     "state_norm_map",

@@ -23,25 +23,40 @@ from .style import (
 
 
 def deletion_curves(curves: Mapping[str, Sequence], fractions, *,
-                    dashed: Mapping[str, Sequence] | None = None,
                     ylabel: str = "log p(word)",
                     title: str | None = "MoRF deletion: log p of the word") -> Figure:
-    """Mean curve per map kind: {kind: [(S,) curves]} over fractions (S,). dashed: a
-    second set per kind (LeRF, say), drawn dashed in the kind's colour."""
+    """Mean curve per map kind: {kind: [(S,) curves]} over fractions (S,)."""
     f = to_numpy(fractions, "fractions")
-    fig, axes = new_figure(size=(6.5, 3.6)) if dashed else new_figure()
-    ax = axes[0, 0]
-    for i, (kind, rows) in enumerate(curves.items()):
-        line, = ax.plot(f, _mean_curve(rows, kind, f), label=kind, markersize=3,
-                        linestyle="--" if kind == "random" and not dashed else "-",
-                        **series_style(i))
-        if dashed and dashed.get(kind):
-            ax.plot(f, _mean_curve(dashed[kind], kind, f), linestyle="--",
-                    color=line.get_color())
-    set_labels(ax, "fraction of patches replaced", ylabel)
-    set_title(ax, title)
-    ax.legend(fontsize=TICK_SIZE, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
+    fig, axes = new_figure()
+    _draw_curves(axes[0, 0], curves, f, ylabel, title)
+    axes[0, 0].legend(fontsize=TICK_SIZE, frameon=False, loc="center left",
+                      bbox_to_anchor=(1, 0.5))
     return fig
+
+
+def morf_lerf_panels(morf: Mapping[str, Sequence], lerf: Mapping[str, Sequence], fractions,
+                     *, ylabel: str = "normalised log p of the word",
+                     title: str | None = None) -> Figure:
+    """Two panels, MoRF (left: lower is more faithful) and LeRF (right: higher is), with
+    the mean curve per map kind in the same colour and marker on both."""
+    f = to_numpy(fractions, "fractions")
+    fig, axes = new_figure(ncols=2, size=(4.2, 3.4))
+    _draw_curves(axes[0, 0], morf, f, ylabel, "MoRF: most relevant first (lower: faithful)")
+    _draw_curves(axes[0, 1], lerf, f, None, "LeRF: least relevant first (higher: faithful)")
+    axes[0, 1].legend(fontsize=TICK_SIZE, frameon=False, loc="center left",
+                      bbox_to_anchor=(1, 0.5))
+    if title:
+        fig.suptitle(title, fontsize=LABEL_SIZE)
+    return fig
+
+
+def _draw_curves(ax, curves: Mapping[str, Sequence], f: np.ndarray, ylabel: str | None,
+                 title: str | None) -> None:
+    for i, (kind, rows) in enumerate(curves.items()):
+        ax.plot(f, _mean_curve(rows, kind, f), label=kind, markersize=3,
+                linestyle="--" if kind == "random" else "-", **series_style(i))
+    set_labels(ax, "fraction of patches replaced", ylabel or "")
+    set_title(ax, title)
 
 
 def _mean_curve(rows: Sequence, kind: str, f: np.ndarray) -> np.ndarray:
@@ -110,4 +125,30 @@ def trace_heatmap(effect: Mapping[str, np.ndarray], *, grid_side: int | None = N
     set_title(ax, (title or "indirect effect of restoring one token") +
               (f"\n({single})" if single else ""))
     add_colorbar(fig, im, ax, label="share of the clean-vs-counterfactual difference")
+    return fig
+
+
+def plausible_vs_faithful(rows: Sequence[Mapping], *, x: str = "mean_ap",
+                          y: str = "delta_af", xlabel: str = "plausibility: mAP against "
+                          "the object's mask", ylabel: str = "faithfulness: ΔA^F",
+                          title: str | None = "plausible or faithful?") -> Figure:
+    """One point per map kind (leaderboard rows: map, x, y and their _std), with ± std
+    bars; the random row's values are drawn as dashed guide lines."""
+    fig, axes = new_figure(size=(5.2, 4.0))
+    ax = axes[0, 0]
+    for i, r in enumerate(rows):
+        if r["map"] == "random":
+            ax.axvline(r[x], color="#8c8c8c", linestyle="--", linewidth=0.8)
+            ax.axhline(r[y], color="#8c8c8c", linestyle="--", linewidth=0.8)
+            continue
+        style = series_style(i)
+        ax.errorbar(r[x], r[y], xerr=r.get(f"{x}_std"), yerr=r.get(f"{y}_std"),
+                    color=style["color"], marker=style["marker"], markersize=5,
+                    elinewidth=0.6, alpha=0.9, label=r["map"])
+        ax.annotate(r["map"], (r[x], r[y]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=TICK_SIZE)
+    set_labels(ax, xlabel, ylabel)
+    set_title(ax, title)
+    ax.text(0.99, 0.01, "dashed: the random map", transform=ax.transAxes, ha="right",
+            va="bottom", fontsize=TICK_SIZE, color="#8c8c8c")
     return fig

@@ -188,14 +188,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def curves_plot(s: dict, baseline: str = "mean"):
-    """The study's mean normalised deletion curves per kind: MoRF solid, LeRF dashed."""
-    from viz.faithfulness import deletion_curves
+    """The study's mean normalised MoRF and LeRF curves per kind, side by side."""
+    from viz.faithfulness import morf_lerf_panels
 
     morf = {k: [c[baseline]["morf"]] for k, c in s["curves"].items() if c[baseline]["morf"]}
     lerf = {k: [c[baseline]["lerf"]] for k, c in s["curves"].items() if c[baseline]["lerf"]}
-    return deletion_curves(morf, s["fractions"], dashed=lerf,
-                           ylabel="share of the baseline's drop not yet taken",
-                           title=f"MoRF (solid) and LeRF (dashed), {baseline} baseline")
+    return morf_lerf_panels(morf, lerf, s["fractions"],
+                            title=f"deletion curves, {baseline} baseline: mean over words")
 
 
 def markdown_tables(s: dict, localisation: list[dict] | None = None) -> str:
