@@ -210,7 +210,7 @@ def test_faithfulness_plots():
     rows = [{"map": "ig", "mean_ap": 0.5, "delta_af": 0.3, "mean_ap_std": 0.1,
              "delta_af_std": 0.2}, {"map": "random", "mean_ap": 0.06, "delta_af": 0.0}]
     fig = viz.plausible_vs_faithful(rows)
-    assert [t.get_text() for t in fig.axes[0].texts][0] == "ig"
+    assert fig.axes[0].texts[0].get_text() == "ig"
     assert any(list(line.get_xdata()) == [0.06, 0.06] for line in fig.axes[0].lines)  # random
     fig = viz.cascade_plot({"a": [("decoder.lm_head", 0.9), ("vision.patch_embed", 0.1)]},
                            shuffled={"a": 0.2})
