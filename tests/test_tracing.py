@@ -27,6 +27,17 @@ def test_pairs_differ_in_exactly_the_traced_word(shipped, colour_pairs):
     assert [p.corrupt_id for p in again] == [p.corrupt_id for p in colour_pairs]  # seeded
 
 
+def test_position_pairs_flip_one_relation_word_and_keep_the_object_order(shipped):
+    """A sideways move reorders the left-to-right caption: before the fix no position
+    pair differed in one word (0 of 16 in 320 scenes)."""
+    pairs = tr.make_pairs(shipped, "position", 4)
+    for p in pairs:
+        a, b = p.clean.caption.split(), p.corrupt.caption.split()
+        assert [i for i in range(len(a)) if a[i] != b[i]] == [p.position - 1]
+        assert {a[p.position - 1], b[p.position - 1]} == {"above", "below"}
+        assert p.clean.objects[0].centre[0] == p.corrupt.objects[0].centre[0]
+
+
 @pytest.mark.parametrize("metric", tr.METRICS)
 def test_restoring_the_whole_bridge_output_restores_everything(shipped, colour_pairs, metric):
     # every path from the image to the caption passes the bridge output

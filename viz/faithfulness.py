@@ -117,10 +117,11 @@ def trace_heatmap(effect: Mapping[str, np.ndarray], *, grid_side: int | None = N
     norm, cmap = value_norm(data, signed=True)
     im = ax.imshow(data, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
     ax.set_yticks(range(len(wide)), list(wide), fontsize=TICK_SIZE)
-    ticks = [0, *range(1, L, g)]
-    ax.set_xticks(ticks, ["cls", *[f"row {r}" for r in range(len(ticks) - 1)]],
-                  fontsize=TICK_SIZE, rotation=45, ha="right")
-    ax.set_xlabel("image token (cls, then patches row by row)", fontsize=LABEL_SIZE)
+    ticks = list(range(1, L, g))  # the first patch of each row (token 0, cls, is unlabelled)
+    ax.set_xticks(ticks, [f"row {r}" for r in range(len(ticks))], fontsize=TICK_SIZE,
+                  rotation=45, ha="right")
+    ax.set_xlabel("image token: cls (first column), then the patches row by row",
+                  fontsize=LABEL_SIZE)
     single = ", ".join(f"{k} {v[0]:.2f}" for k, v in rows.items() if v.size == 1)
     set_title(ax, (title or "indirect effect of restoring one token") +
               (f"\n({single})" if single else ""))
