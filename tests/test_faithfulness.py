@@ -260,3 +260,16 @@ def test_tied_embeddings_are_re_drawn_with_the_output_head(tiny_config):
     untied = make_model(tiny_config.replace(tie_word_embeddings=False))
     names = [n for n, _ in fa.cascade_groups(untied)]
     assert names[0] == "decoder.lm_head" and "decoder.tok_embed" in names
+
+
+@pytest.mark.slow
+def test_the_attention_free_models_decoder_kinds_are_scored():
+    """The leaderboard covers the SSM-decoder kinds when the model has them."""
+    from ssm_bridge.interp.faithfulness_study import format_rows, leaderboard
+
+    rows = leaderboard("shapes-all-ssm", n=2, maps=["hidden_rollout", "decoder_state_norm"],
+                       baselines=("mean",), progress=False)
+    assert [r["map"] for r in rows] == ["hidden_rollout", "decoder_state_norm", "random"]
+    assert all(r["n_words"] > 0 and 0 <= r["miou"] <= 1 for r in rows)
+    lines = format_rows(rows).splitlines()
+    assert lines[2].split()[:2] == ["decoder_state_norm", "mean"]  # the name has its column

@@ -152,11 +152,12 @@ def over_scenes(values, word_scene) -> tuple[float, float]:
 def format_rows(rows: list[dict]) -> str:
     """The leaderboard as aligned text: mean ± std per score."""
     keys = (*CURVE_KEYS, *SEGMENT_KEYS)
-    head = f"{'map':<18}{'baseline':<9}" + "".join(f"{k:>17}" for k in keys)
+    w = max(len("map"), *(len(r["map"]) for r in rows)) + 2  # decoder_state_norm: 18
+    head = f"{'map':<{w}}{'baseline':<9}" + "".join(f"{k:>17}" for k in keys)
     lines = [head]
     for r in rows:
         cells = "".join(f"{r[k]:>9.3f} ±{r[k + '_std']:<6.3f}" for k in keys)
-        lines.append(f"{r['map']:<18}{r['baseline']:<9}{cells}")
+        lines.append(f"{r['map']:<{w}}{r['baseline']:<9}{cells}")
     return "\n".join(lines)
 
 

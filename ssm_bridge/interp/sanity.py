@@ -152,14 +152,15 @@ def cascade_curves(cascade_result: dict) -> dict[str, list[tuple[str, float]]]:
 
 def format_rows(rows: list[dict]) -> str:
     """The summary as aligned text: ρ after the full cascade, the flag, ρ shuffled."""
-    lines = [f"{'map':<20}{'rho_full':>18}{'flagged':>9}{'rho_shuffled':>18}"]
+    w = max(len("map"), *(len(r["map"]) for r in rows)) + 2
+    lines = [f"{'map':<{w}}{'rho_full':>18}{'flagged':>9}{'rho_shuffled':>18}"]
     for r in rows:
         full = (f"{r['rho_full']:>9.3f} ±{r['rho_full_std']:<6.3f}" if "rho_full" in r
                 else f"{'-':>17}")
         shuf = (f"{r['rho_shuffled']:>9.3f} ±{r['rho_shuffled_std']:<6.3f}"
                 if "rho_shuffled" in r else f"{'-':>17}")
         flag = "yes" if r.get("flagged") else "no" if "flagged" in r else "-"
-        lines.append(f"{r['map']:<20}{full} {flag:>8} {shuf}")
+        lines.append(f"{r['map']:<{w}}{full} {flag:>8} {shuf}")
     return "\n".join(lines)
 
 
