@@ -42,6 +42,7 @@ from ..interp.localization import (
     word_match,
 )
 from ..interp.maps import ATTRIBUTION_KINDS, CaptionAnalysis, analyse, model_kinds, word_map
+from ..interp.ood import OODScore
 from .serve import DEFAULT_MAX_UPLOAD_MB, MB  # the command line states the limit too
 
 DEFAULT_MAX_PIXELS = 40_000_000  # a 7,300 x 5,500 photo; bombs declare far more
@@ -233,16 +234,50 @@ class View:
     baselines: dict = field(default_factory=dict, repr=False)  # object j -> random scores
     # per word, the model's top next words at the query that wrote it: [(word, p), ...]
     alternatives: list = field(default_factory=list, repr=False)
+    ood: float | None = None  # interp.ood score: above 1, unlike the training scenes
+
+
+_OOD_FITS: dict[str, OODScore] = {}  # checkpoint folder -> its fitted OOD score
 
 
 class Analyser:
     """The pretrained bundle behind a lock: caption, analyse, attribute, scan data."""
 
-    def __init__(self, pretrained) -> None:
+    def __init__(self, pretrained, fit_ood: bool = True) -> None:
         self.p = pretrained
         self.model = pretrained.model.eval()
         self.lock = threading.Lock()
         self.device = next(self.model.parameters()).device
+        self._ood: OODScore | None = None
+        self._ood_error: BaseException | None = None
+        # Fitting the OOD score reads ~770 scenes (seconds): it starts now, in the
+        # background, so that the first caption does not wait for all of it.
+        self._ood_fit = threading.Thread(target=self._fit_ood, daemon=True)
+        self._ood_wanted = fit_ood and pretrained.scene_config is not None
+        if self._ood_wanted:
+            self._ood_fit.start()
+
+    def _fit_ood(self) -> None:
+        key = str(Path(self.p.path).resolve())  # a checkpoint's score is fitted once
+        try:
+            with self.lock:
+                if key not in _OOD_FITS:
+                    _OOD_FITS[key] = OODScore.fit(self.model, self.p.transform,
+                                                  self.p.scene_config)
+                self._ood = _OOD_FITS[key]
+        except BaseException as e:  # re-raised by ood_score, in the thread that asks
+            self._ood_error = e
+
+    def ood_score(self, pixels: np.ndarray) -> float | None:
+        """The image's interp.ood score (waits for the fit); None for a model without a
+        scene world to compare with (or built with fit_ood=False)."""
+        if not self._ood_wanted:
+            return None
+        self._ood_fit.join()
+        if self._ood_error is not None:
+            raise RuntimeError("fitting the OOD score failed") from self._ood_error
+        with self.lock:
+            return float(self._ood.score(self.model, self._tensor(pixels))[0])
 
     @property
     def max_seq_length(self) -> int:
@@ -269,7 +304,7 @@ class Analyser:
         with self.lock, torch.no_grad():  # no inference_mode: attributions reuse these tensors
             a = analyse(self.model, self._tensor(pixels)[0], tokenizer=self.p.tokenizer, **kw)
             top = self._alternatives(a)
-        return View(a, pixels, scene, alternatives=top)
+        return View(a, pixels, scene, alternatives=top, ood=self.ood_score(pixels))
 
     def _alternatives(self, a: CaptionAnalysis, k: int = TOP_K) -> list:
         """Per generated word, the k most probable next words where it was written (one
@@ -331,15 +366,25 @@ def word_spans(words: list[str], selected: int | None) -> list[tuple[str, str | 
     return [(w + " ", "selected" if i == selected else None) for i, w in enumerate(words)]
 
 
+def ood_warning(score: float | None) -> str:
+    """A markdown warning line when the image is unlike the training scenes, else ''."""
+    if score is None or score <= 1.0:
+        return ""
+    return (f"⚠️ **This image is unlike the scenes the model was trained on** (out-of-"
+            f"distribution score {score:.1f}; 99 % of test scenes score at most 1): the "
+            "caption is a guess, however confident its log p.\n\n")
+
+
 def word_info(view: View, word: int) -> str:
     """Markdown for the selected word: its log-probability, the model's top next words
     where it was written, and per cross layer the tanh gates and the gated update
     relative to the text stream."""
     a = view.analysis
+    warning = ood_warning(view.ood)
     if not a.n_words:
-        return "*The model wrote no words for this image.*"
-    lines = [f"word {word + 1}/{a.n_words}: **{html.escape(a.words[word])}**, log p = "
-             f"{float(a.logprobs[word]):.3f}", ""]
+        return warning + "*The model wrote no words for this image.*"
+    lines = [warning + f"word {word + 1}/{a.n_words}: **{html.escape(a.words[word])}**, "
+             f"log p = {float(a.logprobs[word]):.3f}", ""]
     if view.alternatives:
         lines += ["| next word (top 5) | p |", "|---|---|"]
         lines += [f"| {html.escape(w)} | {p:.3f} |" for w, p in view.alternatives[word]]

@@ -154,7 +154,7 @@ def bridge_figures(pretrained, a: CaptionAnalysis, pixels: np.ndarray) -> list:
     from ..app.support import Analyser, View, selectivity_maps, tab_figure
     from .report_html import png_uri
 
-    analyser, view = Analyser(pretrained), View(a, pixels)
+    analyser, view = Analyser(pretrained, fit_ood=False), View(a, pixels)
     out = []
     if selectivity_maps(a):
         out.append(("Δ and gate per layer (mean over channels)",
