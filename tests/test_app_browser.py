@@ -130,3 +130,17 @@ def test_download_the_report_of_a_test_scene_and_open_it_offline(browser, app_de
     assert " ".join(words) == caption
     assert report.inner_text(".caption").strip() == caption
     assert requests and all(u.startswith(("file:", "data:")) for u in requests), requests
+
+
+def test_a_photograph_gets_the_out_of_distribution_warning(browser, server):
+    """Issue 19, point 8: a photo got a confident caption with nothing to say the model
+    had never seen anything like it."""
+    from test_ood import photo_files
+
+    page, outside = shots.open_page(browser, server)
+    page.locator("#upload input[type=file]").set_input_files(photo_files()[0])
+    page.wait_for_function(
+        "() => document.querySelector('#word-info').innerText.includes('unlike the scenes')",
+        timeout=shots.TIMEOUT_MS)
+    assert "out-of-distribution score" in page.inner_text("#word-info")
+    assert outside == [], f"the page tried to reach {outside}"
