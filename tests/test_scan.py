@@ -290,6 +290,16 @@ def test_another_checkout_of_the_same_source_does_not_rebuild(tmp_path):
     assert built.stat().st_mtime_ns == before, "the kernel was rebuilt"
 
 
+def test_each_torch_install_gets_its_own_build_folder(monkeypatch):
+    """Two environments (a .venv per checkout) name different torch include and library
+    folders in the build command: sharing one folder, each rebuilt the kernel whenever the
+    other had built last (a fresh-clone CI run saw its kernel rebuilt mid-test)."""
+    here = scan.extension_dir()
+    assert scan.extension_dir() == here  # stable within one environment
+    monkeypatch.setattr(scan.torch, "__file__", "/elsewhere/.venv/lib/torch/__init__.py")
+    assert scan.extension_dir() != here
+
+
 def test_prepare_extension_says_what_it_does(monkeypatch):
     lines: list[str] = []
     ready = scan.prepare_extension(log=lines.append)

@@ -71,12 +71,15 @@ def test_the_published_ablation_budget_resolves_as_before(monkeypatch):
 
 
 def same_as_before(got: dict, before: dict) -> bool:
-    """Equal on every field the fixture holds; VLMConfig fields added since (the decoder
-    and vision types, ...) must hold their defaults, which build the model as before."""
-    defaults = json.loads(json.dumps(VLMConfig().to_dict()))
-    added = {k: v for k, v in got["model"].items() if k not in before["model"]}
-    assert added == {k: defaults[k] for k in added}, added
-    got = {**got, "model": {k: v for k, v in got["model"].items() if k in before["model"]}}
+    """Equal on every field the fixture holds; VLMConfig and TrainConfig fields added since
+    (the decoder and vision types, shuffle_captions, ...) must hold their defaults, which
+    build the model and its training as before."""
+    defaults = {"model": VLMConfig().to_dict(), "train": TrainConfig().to_dict()}
+    for part in ("model", "train"):
+        default = json.loads(json.dumps(defaults[part]))
+        added = {k: v for k, v in got[part].items() if k not in before[part]}
+        assert added == {k: default[k] for k in added}, added
+        got = {**got, part: {k: v for k, v in got[part].items() if k in before[part]}}
     assert got == {k: before[k] for k in ("train", "model", "scenes", "params")}
     return True
 

@@ -34,6 +34,7 @@ from ..training.checkpoint import CheckpointError
 from ..training.pretrained import load_pretrained, shipped_names
 from .memory import release_free_memory
 from .report_download import PROGRESS, ReportDownloads, report_panel
+from .rest import complete_short_calls
 from .support import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
@@ -494,6 +495,7 @@ def build_app(checkpoint: str = "shapes-tiny", device: str = "cpu",
         wire_events(h, _join(top, state, sources, decoding, reports, words, maps,
                              api_inputs()))
     demo.queue(default_concurrency_limit=concurrency, max_size=256)
+    complete_short_calls(demo)  # a raw REST /caption with only the image gets the defaults
     demo.analyser = h.analyser  # for tests and benchmarks
     demo.models = models
     demo.reports = h.reports  # tests choose a few map kinds

@@ -321,8 +321,9 @@ _ext_state: dict = {"module": None, "error": None, "warned": False}
 def extension_dir() -> Path:
     """Build cache of the C++ kernel: one folder per Python, torch, CPU (it is built with
     -march=native, so a cache shared between machines must not mix CPUs) and kernel source
-    (its hash, with the compiler flags): every checkout of the same source shares one
-    build, and an edited source gets a folder of its own instead of evicting the others."""
+    (its hash, with the compiler flags and torch's install folder): every checkout of the
+    same source in one environment shares one build, and an edited source or another
+    environment gets a folder of its own instead of evicting the others."""
     root = Path(os.environ.get("SSM_BRIDGE_EXT_DIR") or Path.home() / ".cache/ssm_bridge/ext")
     tag = (f"py{sys.version_info[0]}{sys.version_info[1]}_torch{torch.__version__}"
            f"_{_cpu_id()}_src{_source_id()}")
@@ -330,9 +331,13 @@ def extension_dir() -> Path:
 
 
 def _source_id() -> str:
-    """Short hash of the kernel source and the flags it is compiled with."""
+    """Short hash of the kernel source, the flags it is compiled with, and where torch is
+    installed: torch's headers and libraries are named in the compile and link commands,
+    so two environments (one .venv per checkout, as `make` makes) sharing one folder would
+    each rebuild the kernel whenever the other had built last."""
     h = hashlib.sha256(_SOURCE.read_bytes())
     h.update("\0".join((*_CFLAGS, "|", *_LDFLAGS)).encode())
+    h.update(str(Path(torch.__file__).resolve().parent).encode())
     return h.hexdigest()[:12]
 
 
