@@ -195,6 +195,30 @@ def test_every_tab_draws_for_a_scene(scenes):
         tab_figure(an, view, "nope")
 
 
+def test_cross_attention_per_layer_and_per_head(scenes):
+    """Issue 19, point 2: beside the mean, one panel per cross layer and per (layer, head),
+    each titled as the query that wrote the word; the mean of the heads is the layer map."""
+    an = Analyser(load_pretrained("shapes-tiny"), fit_ood=False)
+    view = an.analyse(scenes[0].image, Decoding(), scenes[0])
+    a, c = view.analysis, an.model.config
+    w = default_word(a.words)
+    assert a.cross_attention_heads.shape == (a.n_words, c.cross_attn_layers, c.cross_attn_heads,
+                                             a.grid_side, a.grid_side)
+    torch.testing.assert_close(a.cross_attention_heads.mean(2), a.cross_attention_layers)
+    titles = {}
+    for heads in ("mean", "per layer", "per head"):
+        fig = tab_figure(an, view, "cross", w, heads=heads)
+        titles[heads] = [ax.get_title() for ax in fig.axes if ax.get_title()]
+        fig.canvas.draw()
+    assert "query that wrote" in titles["mean"][0]
+    assert len(titles["per layer"]) == c.cross_attn_layers
+    assert len(titles["per head"]) == c.cross_attn_layers * c.cross_attn_heads
+    last = f"layer {c.cross_attn_layers - 1} head {c.cross_attn_heads - 1}"
+    assert titles["per head"][-1] == last
+    with pytest.raises(ValueError, match="cross-attention view must be one of"):
+        tab_figure(an, view, "cross", w, heads="per token")
+
+
 def test_the_selected_word_shows_the_models_top_next_words(scenes):
     """A greedy caption's word is its query's most probable next word; the table lists the
     top 5 with their probabilities, and the cross layers as a labelled table."""

@@ -144,3 +144,19 @@ def test_a_photograph_gets_the_out_of_distribution_warning(browser, server):
         timeout=shots.TIMEOUT_MS)
     assert "out-of-distribution score" in page.inner_text("#word-info")
     assert outside == [], f"the page tried to reach {outside}"
+
+
+def test_the_per_head_cross_attention_view(browser, server, tmp_path):
+    """Issue 19, point 2: the cross-attention tab offers per-layer and per-head views."""
+    png = tmp_path / "scene.png"
+    truth = shots.scene_png(5, png)
+    page, outside = shots.open_page(browser, server)
+    shots.caption_and_select(page, png, truth, word=2)
+    mean_width = shots.wait_plot(page, "cross")
+    page.locator("#cross-view").get_by_label("per head").check()
+    page.wait_for_function("w => { const i = document.querySelector('#plot-cross img'); "
+                           "return i && i.complete && i.naturalWidth > 0 "
+                           "&& i.naturalWidth != w; }", arg=mean_width,
+                           timeout=shots.TIMEOUT_MS)
+    assert shots.wait_plot(page, "cross") > mean_width  # a grid of panels, wider
+    assert outside == [], f"the page tried to reach {outside}"

@@ -54,7 +54,8 @@ def test_switching_lays_the_page_out_for_the_model(handlers):
     out = handlers.switch_model(ALL_SSM)
     name, intro, view = out[:3]
     tabs = out[7 + len(TABS): 7 + 2 * len(TABS)]
-    layer, direction, step, top_k, max_len = out[-5:]
+    layer, direction, step, top_k, max_len, heads = out[-6:]
+    assert heads.visible is False  # no cross-attention: no per-head view to choose
     assert name == ALL_SSM and view is None
     assert "Vision Mamba" in intro and "Mamba decoder" in intro
     titles = {t: tab.label for t, tab in zip(TABS, tabs)}

@@ -48,6 +48,7 @@ from .serve import DEFAULT_MAX_UPLOAD_MB, MB  # the command line states the limi
 DEFAULT_MAX_PIXELS = 40_000_000  # a 7,300 x 5,500 photo; bombs declare far more
 SAFE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "AVIF", "PPM", "TGA", "ICO")
 DECODINGS = ("greedy", "sampling")
+CROSS_VIEWS = ("mean", "per layer", "per head")  # what the cross-attention tab can show
 TABS = {  # tab id -> title, in the order the app shows them
     "cross": "Cross-attention", "prefix": "Decoder → image", "bridge": "Δ / gate",
     "state": "State", "implicit": "Implicit", "attribution": "Attribution",
@@ -432,16 +433,19 @@ def _overlay(view: View, grid, title: str, label: str):
 
 
 def tab_figure(analyser: Analyser, view: View, tab: str, word: int = 0, layer: int = 0,
-               direction: int = 0, step: int = 0, method: str = "ig"):
+               direction: int = 0, step: int = 0, method: str = "ig", heads: str = "mean"):
     """The figure of tab `tab` (a TABS key) for word `word`; None for the attribution tab
-    until that attribution is computed, and for the ground-truth tab without a scene."""
-    fig = _tab_figure(analyser, view, tab, word, layer, direction, step, method)
+    until that attribution is computed, and for the ground-truth tab without a scene.
+    heads: the cross-attention tab's view, one of CROSS_VIEWS."""
+    if heads not in CROSS_VIEWS:
+        raise ValueError(f"cross-attention view must be one of {CROSS_VIEWS}, got {heads!r}")
+    fig = _tab_figure(analyser, view, tab, word, layer, direction, step, method, heads)
     if fig is not None:
         fig.set_dpi(FIGURE_DPI)
     return fig
 
 
-def _tab_figure(analyser, view, tab, word, layer, direction, step, method):
+def _tab_figure(analyser, view, tab, word, layer, direction, step, method, heads):
     a, w = view.analysis, min(max(int(word), 0), max(view.analysis.n_words - 1, 0))
     if tab in ("cross", "prefix", "implicit", "attribution", "truth") and a.n_words == 0:
         return None
@@ -449,6 +453,8 @@ def _tab_figure(analyser, view, tab, word, layer, direction, step, method):
     if tab in WORD_TAB_KINDS:
         if getattr(a, WORD_TAB_KINDS[tab]) is None:
             return _scan_figure(view, tab, w, quoted)
+        if tab == "cross" and heads != "mean":
+            return _cross_panels(view, w, quoted, heads)
         return _attention_figure(view, tab, w, quoted)
     if tab == "bridge":
         return viz.layer_maps(selectivity_maps(a), view.pixels, ncols=2)
@@ -471,10 +477,24 @@ def _tab_figure(analyser, view, tab, word, layer, direction, step, method):
     raise ValueError(f"unknown tab {tab!r}; choose one of {list(TABS)}")
 
 
+def _cross_panels(view: View, w: int, quoted: str, heads: str):
+    """Word w's cross-attention per layer (mean over heads) or per (layer, head)."""
+    a = view.analysis
+    if heads == "per layer":
+        items = [(f"layer {i}", m) for i, m in enumerate(a.cross_attention_layers[w])]
+    else:
+        items = [(f"layer {i} head {h}", m) for i, per_head in
+                 enumerate(a.cross_attention_heads[w]) for h, m in enumerate(per_head)]
+    fig = viz.map_panels(items, view.pixels, ncols=min(len(items), 4), shared_scale=True)[0]
+    fig.suptitle(f"cross-attention of the query that wrote {quoted}, {heads}")
+    return fig
+
+
 def _attention_figure(view: View, tab: str, w: int, quoted: str):
     a = view.analysis
     if tab == "cross":
-        return _overlay(view, a.cross_attention[w], f"cross-attention of {quoted}", "attention")
+        return _overlay(view, a.cross_attention[w], f"cross-attention of the query that "
+                        f"wrote {quoted}", "attention")
     if tab == "prefix":
         return _overlay(view, a.prefix_attention[w], f"decoder attention of {quoted} to the "
                         "image prefix", "attention")

@@ -36,6 +36,7 @@ from .memory import release_free_memory
 from .report_download import PROGRESS, ReportDownloads, report_panel
 from .rest import complete_short_calls
 from .support import (
+    CROSS_VIEWS,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
     MB,
@@ -186,7 +187,7 @@ class Handlers:
         return {"pixels": pixels, "scene": None}, _big(pixels), "your drawing"
 
     # ---- analysis and figures
-    def render(self, name, view, word, tab, layer, direction, step, method):
+    def render(self, name, view, word, tab, layer, direction, step, method, heads="mean"):
         """Figures for every tab: the active one drawn, the others cleared (they redraw
         when opened), and the ground-truth text."""
         if view is None:
@@ -197,8 +198,8 @@ class Handlers:
             raise ValueError(f"scan direction {direction!r} is not one of this model's "
                              f"{directions}; pick one in the direction menu")
         k = directions.index(direction) if direction is not None else 0
-        figs = [tab_figure(an, view, t, word, int(layer or 0), k, step, method) if t == tab
-                else None for t in TABS]
+        figs = [tab_figure(an, view, t, word, int(layer or 0), k, step, method,
+                           heads or "mean") if t == tab else None for t in TABS]
         return [*figs, truth_markdown(view, word)]
 
     def run(self, name, source, mode, temperature, top_k, top_p, max_length, dseed):
@@ -213,20 +214,21 @@ class Handlers:
         return [view, word, word_spans(view.analysis.words, word), word_info(view, word),
                 *[None] * len(TABS), truth_markdown(view, word)]
 
-    def select_word(self, name, view, tab, layer, direction, step, method,
+    def select_word(self, name, view, tab, layer, direction, step, method, heads,
                     evt: gr.SelectData):
         if view is None:
             raise ValueError("caption an image first")
         word = int(evt.index if not isinstance(evt.index, (list, tuple)) else evt.index[0])
         word = min(max(word, 0), max(view.analysis.n_words - 1, 0))
         return [word, word_spans(view.analysis.words, word), word_info(view, word),
-                *self.render(name, view, word, tab, layer, direction, step, method)]
+                *self.render(name, view, word, tab, layer, direction, step, method, heads)]
 
-    def attribute(self, name, view, word, method, layer, direction, step):
+    def attribute(self, name, view, word, method, layer, direction, step, heads="mean"):
         if view is None or not view.analysis.n_words:
             raise ValueError("caption an image first")
         self.models[name].attribution(view, word, method)
-        return self.render(name, view, word, "attribution", layer, direction, step, method)
+        return self.render(name, view, word, "attribution", layer, direction, step, method,
+                           heads)
 
     def switch_model(self, name):
         """The selector changed: load the model, lay the page out for it (intro, tab
@@ -243,7 +245,8 @@ class Handlers:
                             visible=len(directions) > 1),
                 gr.Slider(maximum=c.num_patches, value=0),
                 gr.Slider(maximum=c.vocab_size, value=0),
-                gr.Slider(maximum=c.max_seq_length, value=c.max_seq_length)]
+                gr.Slider(maximum=c.max_seq_length, value=c.max_seq_length),
+                gr.Radio(value="mean", visible=c.cross_attn_layers > 0)]
 
     def cleared(self):
         """Outputs of a failed image source: no image, caption, maps or ground truth."""
@@ -368,6 +371,13 @@ def _attribution_controls(h: Handlers) -> dict:
     return {"method": method, "attr_btn": attr_btn}
 
 
+def _cross_controls(h: Handlers) -> dict:
+    c = h.analyser.model.config
+    return {"heads": gr.Radio(list(CROSS_VIEWS), value="mean", elem_id="cross-view",
+                              label="view (the query that wrote the word)",
+                              visible=c.cross_attn_layers > 0)}
+
+
 def _truth_controls(h: Handlers) -> dict:
     return {"truth_md": gr.Markdown(elem_id="truth")}
 
@@ -378,7 +388,7 @@ def _scrubber_controls(h: Handlers) -> dict:
 
 
 TAB_CONTROLS = {  # tab id -> builder of what the tab shows above its figure
-    "attribution": _attribution_controls, "truth": _truth_controls,
+    "cross": _cross_controls, "attribution": _attribution_controls, "truth": _truth_controls,
     "scrubber": _scrubber_controls,
 }
 
@@ -418,7 +428,7 @@ def wire_events(h: Handlers, ui: SimpleNamespace) -> None:
     computes one; the model selector lays the page out again and re-captions; the report
     button writes the report file; the hidden button serves /caption. Every handler reads
     the session's model first."""
-    view_opts = [ui.layer, ui.direction, ui.step, ui.method]
+    view_opts = [ui.layer, ui.direction, ui.step, ui.method, ui.heads]
     outs = [*ui.plots.values(), ui.truth_md]
     src_outs = [ui.source, ui.preview, ui.source_md]
     decoding = [ui.mode, ui.temperature, ui.top_k, ui.top_p, ui.max_len, ui.dseed]
@@ -446,14 +456,14 @@ def wire_events(h: Handlers, ui: SimpleNamespace) -> None:
     for t, item in ui.tab_items.items():
         item.select(guarded(lambda *a, t=t: [t, *h.render(a[0], a[1], a[2], t, *a[3:])]),
                     [ui.model, ui.view, ui.word, *view_opts], [ui.tab, *outs], **quiet)
-    for control in (ui.layer, ui.direction, ui.step):
+    for control in (ui.layer, ui.direction, ui.step, ui.heads):
         control.change(**render_ev, trigger_mode="always_last")
     ui.attr_btn.click(guarded(h.attribute), [ui.model, ui.view, ui.word, ui.method, ui.layer,
-                                             ui.direction, ui.step], outs, **quiet)
+                                             ui.direction, ui.step, ui.heads], outs, **quiet)
     ui.model_dd.change(
         guarded(h.switch_model), ui.model_dd,
         [ui.model, ui.intro_md, *run_outs, *ui.tab_items.values(), ui.layer, ui.direction,
-         ui.step, ui.top_k, ui.max_len], **quiet,
+         ui.step, ui.top_k, ui.max_len, ui.heads], **quiet,
     ).success(guarded(h.rerun), [ui.model, ui.source, *decoding], run_outs, **quiet
               ).success(**render_ev)
     # one report at a time across sessions: each holds its model for a minute or more

@@ -89,10 +89,11 @@ class CaptionAnalysis:
     words / word_index: the generated words (no BOS/EOS/PAD) and their positions in ids;
     logprobs (n_words,); image (3, H, W) the model input; grid_side g.
     Per word: cross_attention, prefix_attention, implicit, hidden_attention, hidden_rollout
-    (n_words, g, g); cross_attention_layers (n_words, cross_layers, g, g) and
-    hidden_attention_layers (n_words, decoder layers, g, g). Per bridge layer: delta, gate,
-    state_norm {layer: (g, g)}; implicit_rollout (L, L) with L = 1 + g². Per Vision Mamba
-    encoder layer: vision_delta, vision_gate, vision_state_norm {layer: (g, g)}. Per Mamba decoder
+    (n_words, g, g); cross_attention_layers (n_words, cross_layers, g, g),
+    cross_attention_heads (n_words, cross_layers, heads, g, g) and hidden_attention_layers
+    (n_words, decoder layers, g, g). Per bridge layer: delta, gate, state_norm
+    {layer: (g, g)}; implicit_rollout (L, L) with L = 1 + g². Per Vision Mamba encoder
+    layer: vision_delta, vision_gate, vision_state_norm {layer: (g, g)}. Per Mamba decoder
     layer: decoder_delta, decoder_gate, decoder_state_norm {layer: (g, g)} and
     decoder_selectivity (every token of [prefix ; text]). A kind the model's parts do not
     have is None (`model_kinds`). gates: the tanh cross-attention gates by name
@@ -112,6 +113,7 @@ class CaptionAnalysis:
     gated_update: torch.Tensor
     cross_attention: torch.Tensor | None = None
     cross_attention_layers: torch.Tensor | None = None
+    cross_attention_heads: torch.Tensor | None = None
     prefix_attention: torch.Tensor | None = None
     implicit: torch.Tensor | None = None
     implicit_rollout: torch.Tensor | None = None
@@ -208,9 +210,11 @@ def _attention_maps(traces, steps: list[int], rollout, g: int, kinds) -> dict:
     """The decoder's attention kinds per word (cross, prefix, implicit) that `kinds` has."""
     out = {}
     if "cross_attention" in kinds:
-        cross_rows = _mean_heads(traces.cross_attention[0, steps])  # (n, cross_layers, L)
+        heads = traces.cross_attention[0, steps].float()  # (n, cross_layers, H, L)
+        cross_rows = _mean_heads(heads)  # (n, cross_layers, L)
         out.update(cross_attention=_grid(cross_rows.mean(1), g),
-                   cross_attention_layers=_grid(cross_rows, g))
+                   cross_attention_layers=_grid(cross_rows, g),
+                   cross_attention_heads=_grid(heads, g))
         if "implicit" in kinds:  # the cross-attention row pushed through the bridge's SSM
             out.update(implicit=_grid(cross_rows.mean(1) @ rollout, g), implicit_rollout=rollout)
     if "prefix_attention" in kinds:
