@@ -146,8 +146,9 @@ def test_a_photograph_gets_the_out_of_distribution_warning(browser, server):
     assert outside == [], f"the page tried to reach {outside}"
 
 
-def test_the_per_head_cross_attention_view(browser, server, tmp_path):
-    """Issue 19, point 2: the cross-attention tab offers per-layer and per-head views."""
+def test_the_per_head_cross_attention_view_and_its_download(browser, server, tmp_path):
+    """Issue 19, points 2 and 3: the cross-attention tab offers per-layer and per-head
+    views, and the open map downloads as a PNG and its arrays."""
     png = tmp_path / "scene.png"
     truth = shots.scene_png(5, png)
     page, outside = shots.open_page(browser, server)
@@ -159,4 +160,9 @@ def test_the_per_head_cross_attention_view(browser, server, tmp_path):
                            "&& i.naturalWidth != w; }", arg=mean_width,
                            timeout=shots.TIMEOUT_MS)
     assert shots.wait_plot(page, "cross") > mean_width  # a grid of panels, wider
+    page.locator("#map-btn").click()  # issue 19, point 3: the open map downloads
+    page.wait_for_function("() => document.querySelectorAll('#map-files a').length >= 2",
+                           timeout=shots.TIMEOUT_MS)
+    listed = "".join(page.inner_text("#map-files").split())  # names break across lines
+    assert "cross-word3.png" in listed and "cross-word3.npz" in listed, listed
     assert outside == [], f"the page tried to reach {outside}"

@@ -92,3 +92,36 @@ def test_a_failed_image_source_clears_the_last_caption_and_maps(handlers):
     out = handlers.cleared()
     assert len(out) == 3 + 4 + len(TABS) + 1
     assert out[0] is None and out[3] is None and out[5] == [] and out[-1] == ""
+
+
+def test_download_the_open_map_as_png_and_arrays(handlers, tmp_path, monkeypatch):
+    """Issue 19, point 3: every map downloads as a PNG and its arrays; for the cross-
+    attention tab the saved map is the word's map, for either model."""
+    import numpy as np
+    from PIL import Image
+
+    from ssm_bridge.app import ui
+
+    monkeypatch.setattr(ui, "fresh_folder", lambda kind: tmp_path / kind)
+    (tmp_path / "maps").mkdir()
+    source = handlers.from_seed(None, handlers.example_seeds[0])[0]
+    view = handlers.run(None, source, *DECODING)[0]
+    png, npz = handlers.download_map(None, view, 1, "cross", 0, None, 0, "ig", "mean")
+    assert png.endswith("cross-word2.png") and Image.open(png).size[0] > 100
+    np.testing.assert_array_equal(np.load(npz)["cross_attention"],
+                                  view.analysis.cross_attention[1].numpy())
+    heads = np.load(handlers.download_map(None, view, 1, "cross", 0, None, 0, "ig",
+                                          "per head")[1])
+    per_head = view.analysis.cross_attention_heads[1]  # (layers, heads, g, g)
+    np.testing.assert_array_equal(heads["layer0_head1"], per_head[0, 1].numpy())
+    assert len(heads.files) == per_head.shape[0] * per_head.shape[1]
+    ssm = handlers.run(ALL_SSM, source, *DECODING)[0]
+    layers, directions = scan_choices(handlers.models[ALL_SSM].model)
+    _, npz = handlers.download_map(ALL_SSM, ssm, 0, "bridge", layers[0], directions[0], 0,
+                                   "ig")
+    saved = np.load(npz)
+    assert "bridge_0" in saved.files[0] and len(saved.files) >= 2  # Δ and gate per layer
+    with pytest.raises(ValueError, match="no map yet"):
+        handlers.download_map(None, view, 1, "attribution", 0, None, 0, "ig")
+    with pytest.raises(ValueError, match="caption an image first"):
+        handlers.download_map(None, None, 0, "cross", 0, None, 0, "ig")

@@ -12,17 +12,13 @@ captions greedily (it has no sampling) up to the session's max length; the butto
 says so.
 
 Each report is written in a fresh folder under gradio's upload cache, which the server
-serves as it is (no allowed_paths, no copy); folders older than REPORT_AGE_S are removed
+serves as it is (downloads.fresh_folder); folders older than MAX_AGE_S are removed
 whenever a new report is written, so the disk holds at most that long's reports.
 """
 
 from __future__ import annotations
 
-import re
 import shlex
-import shutil
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +28,8 @@ import numpy as np
 from ..data import SPLITS, make_scene
 from ..data.scenes import SPLIT_SIZE
 from ..interp import report
+from .downloads import MAX_AGE_S, fresh_folder, safe_name
 
-REPORT_AGE_S = 3600  # a report's folder is removed this many seconds after it was made
 HELP = ("**Download report**: one HTML file of the current image and model, every caption "
         "word under every map kind with its faithfulness (and, for a generated scene, "
         "segmentation) scores and a reproducibility stamp; it takes a minute or more on a "
@@ -98,35 +94,16 @@ def report_input(p, source: dict) -> ReportInput:
                        f"input of {what}, which the app does not save)", Path(file).stem)
 
 
-def _safe(text: str) -> str:
-    """A file-name part: letters, digits, '.', '_' and '-' only, at most 60 of them."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:60] or "image"
-
-
 class ReportDownloads:
     """Writes each report in its own folder under `root` (None: gradio's upload cache);
     `maps`: the kinds reported (None: every kind the model has, as the CLI's default)."""
 
     def __init__(self, root: str | Path | None = None, maps: list[str] | None = None,
-                 max_age_s: float = REPORT_AGE_S) -> None:
+                 max_age_s: float = MAX_AGE_S) -> None:
         self.root, self.maps, self.max_age_s = root, maps, max_age_s
 
     def _folder(self) -> Path:
-        if self.root is None:
-            from gradio.utils import get_upload_folder
-
-            base = Path(get_upload_folder()) / "ssm-bridge-reports"
-        else:
-            base = Path(self.root)
-        base.mkdir(parents=True, exist_ok=True)
-        now = time.time()
-        for old in base.iterdir():  # the server's disk holds at most max_age_s of reports
-            try:
-                if now - old.stat().st_mtime > self.max_age_s:
-                    shutil.rmtree(old, ignore_errors=True)
-            except FileNotFoundError:  # another request removed it first
-                continue
-        return Path(tempfile.mkdtemp(prefix="report-", dir=base))
+        return fresh_folder("reports", self.root, self.max_age_s)
 
     def command(self, checkpoint: str, inp: ReportInput, out: str, max_length: int,
                 limit: int) -> str:
@@ -147,7 +124,7 @@ class ReportDownloads:
         elif float(max_length).is_integer():  # a slider's 32.0; report checks the range
             max_length = int(max_length)
         inp = report_input(p, source)
-        out = f"report-{_safe(inp.stem)}-{_safe(Path(checkpoint).name)}.html"
+        out = f"report-{safe_name(inp.stem)}-{safe_name(Path(checkpoint).name)}.html"
         if progress is not None:
             progress(0, desc="report: captioning")
         path = self._folder() / out

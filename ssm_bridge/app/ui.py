@@ -32,6 +32,7 @@ from ..core.addressing import SSMStack
 from ..data import split_seeds
 from ..training.checkpoint import CheckpointError
 from ..training.pretrained import load_pretrained, shipped_names
+from .downloads import fresh_folder, tab_arrays, write_map_files
 from .memory import release_free_memory
 from .report_download import PROGRESS, ReportDownloads, report_panel
 from .rest import complete_short_calls
@@ -223,6 +224,23 @@ class Handlers:
         return [word, word_spans(view.analysis.words, word), word_info(view, word),
                 *self.render(name, view, word, tab, layer, direction, step, method, heads)]
 
+    def download_map(self, name, view, word, tab, layer, direction, step, method,
+                     heads="mean"):
+        """"Download this map": the open tab's figure (PNG) and its maps (.npz) for the
+        selected word, in a fresh folder (downloads.py); the two paths."""
+        if view is None:
+            raise ValueError("caption an image first: there is no map to download yet")
+        an = self.models[name]
+        directions = scan_choices(an.model)[1]
+        k = directions.index(direction) if direction in directions else 0
+        heads = heads or "mean"
+        fig = tab_figure(an, view, tab, word, int(layer or 0), k, step, method, heads)
+        arrays = tab_arrays(an, view, tab, word, int(layer or 0), k, method, heads)
+        if fig is None or not arrays:
+            raise ValueError(f"the {TABS[tab]} tab has no map yet: compute it first")
+        stem = f"{tab}-word{int(word) + 1}" if view.analysis.n_words else tab
+        return [str(p) for p in write_map_files(fig, arrays, fresh_folder("maps"), stem)]
+
     def attribute(self, name, view, word, method, layer, direction, step, heads="mean"):
         if view is None or not view.analysis.n_words:
             raise ValueError("caption an image first")
@@ -405,6 +423,16 @@ def map_tabs(h: Handlers) -> dict:
     return {"plots": plots, "tab_items": items, **controls}
 
 
+def map_download_panel() -> dict:
+    """Under the tabs: the open map as a PNG and its arrays (.npz, one per panel)."""
+    with gr.Row():
+        button = gr.Button("download this map (PNG + arrays)", elem_id="map-btn", scale=1)
+        files = gr.File(label="the open tab's figure and its maps (.npz: numpy.load)",
+                        file_count="multiple", interactive=False, elem_id="map-files",
+                        scale=2)
+    return {"map_btn": button, "map_files": files}
+
+
 def api_inputs() -> dict:
     """Hidden components behind the /caption API (the decoding controls are shared)."""
     return {"api_image": gr.File(visible=False, label="image"),
@@ -469,6 +497,8 @@ def wire_events(h: Handlers, ui: SimpleNamespace) -> None:
     # one report at a time across sessions: each holds its model for a minute or more
     ui.report_btn.click(guarded(h.report), [ui.model, ui.source, ui.max_len], ui.report_file,
                         concurrency_limit=1, concurrency_id="report", **quiet)
+    ui.map_btn.click(guarded(h.download_map), [ui.model, ui.view, ui.word, ui.tab, *view_opts],
+                     ui.map_files, **quiet)
     ui.api_btn.click(guarded(h.caption_api), [ui.model, ui.api_image, *decoding],
                      ui.api_caption, api_name="caption")
 
@@ -502,8 +532,9 @@ def build_app(checkpoint: str = "shapes-tiny", device: str = "cpu",
                 words = word_panel(h)
                 with gr.Tabs():
                     maps = map_tabs(h)
+                map_files = map_download_panel()
         wire_events(h, _join(top, state, sources, decoding, reports, words, maps,
-                             api_inputs()))
+                             map_files, api_inputs()))
     demo.queue(default_concurrency_limit=concurrency, max_size=256)
     complete_short_calls(demo)  # a raw REST /caption with only the image gets the defaults
     demo.analyser = h.analyser  # for tests and benchmarks
