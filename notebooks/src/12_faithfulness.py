@@ -171,7 +171,7 @@ assert by_kind["ig"]["delta_af"] < by_kind["prefix_attention"]["delta_af"] - 0.1
 # steps on shuffled captions (`--shuffle_captions=true`: its captions are grammatical,
 # its colour and shape words at chance). `shapes-tiny` ties its output head to its token
 # embedding, so the first group re-draws both (`decoder.lm_head = tok_embed`). The
-# diamonds at the right are the shuffled-caption model.
+# points set apart at the right are the shuffled-caption model.
 
 # %%
 sanity_run = json.loads((results / "sanity.json").read_text())
