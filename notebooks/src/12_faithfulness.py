@@ -84,8 +84,9 @@ assert curves["saliency"].auc["morf"] < curves["random"].auc["morf"]
 # %% [markdown]
 # ## 2 · A cascade on one scene
 #
-# The 16 groups of `shapes-tiny`, from the logits down: the decoder (its head, norm,
-# blocks, cross-attention layer, token embedding), then the bridge, then the ViT. After
+# The 15 groups of `shapes-tiny`, from the logits down: the decoder (its output head, which
+# is also its token embedding, then its norm, blocks and cross-attention layer), then the
+# bridge, then the ViT. After
 # each group the model reads the *trained* model's caption teacher-forced, and each map
 # is compared with the trained one by Spearman's ρ over the 8 × 8 patch grid.
 

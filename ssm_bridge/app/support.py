@@ -372,7 +372,7 @@ def ood_warning(score: float | None) -> str:
     if score is None or score <= 1.0:
         return ""
     return (f"⚠️ **This image is unlike the scenes the model was trained on** (out-of-"
-            f"distribution score {score:.1f}; 99 % of test scenes score at most 1): the "
+            f"distribution score {score:.1f}; 99 % of validation scenes score at most 1): the "
             "caption is a guess, however confident its log p.\n\n")
 
 
