@@ -197,3 +197,71 @@ def test_patch_activation_converts_patches_to_a_scan_order_hook(cross):
     changed = (out[name] != tgt[name]).any(-1)[0].nonzero()[:, 0].tolist()
     assert changed == [5]  # patch 1 = (row 0, col 1): read 5th after cls column-major
     assert torch.equal(out[name][:, 5], src[name][:, 5])
+
+
+# ---------------------------------------------------------------- one Action (app, explorer)
+def test_each_action_equals_its_builder(bidir):
+    from ssm_bridge.interp.interventions import Action, action_hooks, available_actions
+
+    model, images, tokens = bidir
+    builders = {"zero state": zero_state, "reset state": reset_state,
+                "skip patches": skip_tokens}
+    assert set(builders) < set(available_actions(model))
+    for kind, build in builders.items():
+        a = Action(kind, patches=(3, 9), layers=(0,), directions=("row_rev",))
+        with model.hooks(action_hooks(model, a)):
+            got = model(images, tokens)[0]
+        with model.hooks(build(model, [3, 9], [0], ["row_rev"])):
+            want = model(images, tokens)[0]
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_cross_attention_action_closes_the_gates(bidir):
+    from ssm_bridge.interp.interventions import Action, action_hooks
+
+    model, images, tokens = bidir
+    with model.hooks(action_hooks(model, Action("zero cross-attention"))):
+        ablated = model(images, tokens)[0]
+    saved = [(c.attn_gate.detach().clone()) for c in model.decoder.cross_layers]
+    try:
+        with torch.no_grad():
+            for c in model.decoder.cross_layers:
+                c.attn_gate.zero_()
+        closed = model(images, tokens)[0]
+    finally:
+        with torch.no_grad():
+            for c, g in zip(model.decoder.cross_layers, saved):
+                c.attn_gate.copy_(g)
+    torch.testing.assert_close(ablated, closed)
+    assert not torch.allclose(ablated, model(images, tokens)[0])
+
+
+def test_intervene_reports_the_action_and_bad_choices_are_named(bidir):
+    from ssm_bridge import VLMConfig
+    from ssm_bridge.interp.interventions import Action, available_actions, intervene
+
+    model, images, _ = bidir
+    tok = Tokenizer([f"w{i}" for i in range(model.config.vocab_size - 4)])
+    res = intervene(model, tok, images[0], Action("zero state", patches=tuple(range(16))),
+                    max_length=4)
+    ref = compare(model, tok, images[0], zero_state(model, list(range(16))), max_length=4)
+    torch.testing.assert_close(res.logprob_after, ref.logprob_after)
+    assert res.caption_after == ref.caption_after
+    with pytest.raises(ValueError, match="choose at least one patch"):
+        intervene(model, tok, images[0], Action("zero state"))
+    with pytest.raises(ValueError, match="unknown action"):
+        intervene(model, tok, images[0], Action("melt", patches=(1,)))
+    with pytest.raises(ValueError, match="needs a source image"):
+        intervene(model, tok, images[0], Action("patch from scene", patches=(1,)))
+    no_cross = make_model(VLMConfig.from_preset("tiny").replace(cross_attn_layers=0))
+    assert "zero cross-attention" not in available_actions(no_cross)
+
+
+def test_patch_action_from_the_image_itself_changes_nothing(bidir):
+    from ssm_bridge.interp.interventions import Action, action_hooks
+
+    model, images, tokens = bidir
+    a = Action("patch from scene", patches=tuple(range(16)), source=images[0])
+    with model.hooks(action_hooks(model, a)):
+        patched = model(images, tokens)[0]
+    torch.testing.assert_close(patched, model(images, tokens)[0], atol=1e-5, rtol=1e-4)

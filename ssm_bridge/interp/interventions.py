@@ -47,7 +47,7 @@ import torch
 
 from ..core import addressing
 from ..core.addressing import SSMStack, grid_layout
-from ..core.hooks import HookFn
+from ..core.hooks import HookFn, hook_points
 from ..core.layers import eval_mode
 
 FwdHooks = list[tuple[str, HookFn]]
@@ -436,6 +436,85 @@ def compare(model, tokenizer, image: torch.Tensor, fwd_hooks: FwdHooks, *, capti
                               lp_before, lp_after, before, after)
 
 
+# ---------------------------------------------------------------- one action (app, explorer)
+ACTIONS = {  # what the app's Intervene tab and the notebook explorer offer, in words
+    "zero state": "h = 0 at the chosen patches; the scan continues from zero",
+    "reset state": "the state forgets its past at the chosen patches (Ā = 0)",
+    "skip patches": "the scan passes over the chosen patches (Δ → 0)",
+    "patch from scene": "the state at the chosen patches is taken from another image",
+    "zero cross-attention": "tanh(attn gate) = 0: the text reads nothing through "
+                            "cross-attention (patches and direction unused)",
+}
+_STATE_BUILDERS = {"zero state": zero_state, "reset state": reset_state,
+                   "skip patches": skip_tokens}
+
+
+@dataclass(frozen=True)
+class Action:
+    """One intervention as a user chooses it: `kind` (a key of ACTIONS), the patches
+    (indices 0..P-1), the layers and scan directions (None: all) of `stack`, and for
+    "patch from scene" the source image (3, H, W) or (1, 3, H, W)."""
+
+    kind: str
+    patches: tuple = ()
+    layers: tuple | None = None
+    directions: tuple | None = None
+    stack: str = "bridge"
+    source: torch.Tensor | None = field(default=None, compare=False)
+
+
+def available_actions(model) -> list[str]:
+    """The ACTIONS this model supports: the state edits need SSM scans over the image
+    (a bridge or a Mamba decoder), the gate one needs gated cross-attention layers."""
+    stacks = addressing.ssm_stacks(model)
+    out = [k for k in ACTIONS if k != "zero cross-attention"
+           and any(s in stacks for s in STATE_STACKS)]
+    return out + (["zero cross-attention"] if cross_gate_names(model) else [])
+
+
+def cross_gate_names(model, layers=None) -> list[str]:
+    """Hook names of the cross-attention gates tanh(attn_gate) of the chosen layers."""
+    names = [n for n in hook_points(model) if n.endswith(".hook_attn_gate")]
+    if layers is None:
+        return names
+    return [names[addressing.layer_index(i, len(names), "cross-attention")] for i in layers]
+
+
+def ablate_cross_gate(model, layers=None) -> FwdHooks:
+    """tanh(attn_gate) = 0 in the chosen cross-attention layers (None: all): the text
+    stream then reads nothing of the image through them (the prefix, if any, stays)."""
+    names = cross_gate_names(model, layers)
+    if not names:
+        raise ValueError("this model has no gated cross-attention to ablate "
+                         "(cross_attn_layers = 0); choose a state action instead")
+    return [(n, lambda t, name: torch.zeros_like(t)) for n in names]
+
+
+def action_hooks(model, action: Action) -> FwdHooks:
+    """The hook list that carries out `action` (ValueError names a bad choice)."""
+    if action.kind not in ACTIONS:
+        raise ValueError(f"unknown action {action.kind!r}; choose one of {list(ACTIONS)}")
+    if action.kind == "zero cross-attention":
+        return ablate_cross_gate(model)
+    if not action.patches:
+        raise ValueError(f"{action.kind!r} acts on patches: choose at least one patch")
+    where = dict(layers=action.layers, directions=action.directions, stack=action.stack)
+    if action.kind == "patch from scene":
+        if action.source is None:
+            raise ValueError("'patch from scene' needs a source image to take the state from")
+        src = action.source if action.source.dim() == 4 else action.source[None]
+        return patch_state(model, src, list(action.patches), **where)  # (1, 3, H, W)
+    return _STATE_BUILDERS[action.kind](model, list(action.patches), **where)
+
+
+def intervene(model, tokenizer, image: torch.Tensor, action: Action, *,
+              caption_ids=None, max_length: int | None = None) -> InterventionResult:
+    """`compare` for one Action: the captions and per-word log-probs without and with it.
+    The app's Intervene tab and `ssm_bridge.explore` both call this."""
+    return compare(model, tokenizer, image, action_hooks(model, action),
+                   caption_ids=caption_ids, max_length=max_length)
+
+
 def _trim(ids: list[int], config) -> list[int]:
     """Generated ids up to and including the first EOS (padding dropped)."""
     if config.eos_token_id in ids:
@@ -444,11 +523,18 @@ def _trim(ids: list[int], config) -> list[int]:
 
 
 __all__ = [
+    "ACTIONS",
     "GATE_MODES",
     "STATE_STACKS",
+    "Action",
     "InterventionResult",
+    "ablate_cross_gate",
     "ablate_gate",
+    "action_hooks",
+    "available_actions",
     "compare",
+    "cross_gate_names",
+    "intervene",
     "patch_activation",
     "patch_state",
     "reset_state",
