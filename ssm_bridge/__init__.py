@@ -27,6 +27,7 @@ _EXPORTS = {
                      "TransformerBlock"), "model"),
     "CheckpointError": "training.checkpoint",
     "Pretrained": "training.pretrained", "load_pretrained": "training.pretrained",
+    "explore": "app.explore",
 }
 
 
@@ -62,5 +63,6 @@ __all__ = [
     "TransformerBlock",
     "VLMConfig",
     "explain_mode",
+    "explore",
     "load_pretrained",
 ]
