@@ -79,6 +79,28 @@ for name, hooks in edits.items():
     print(f"{name:<28} Δ log p {num(r.total_delta):>7}   {r.caption_after}")
 
 # %% [markdown]
+# The same edits are a widget in `ssm_bridge.explore`: pick an action and the patches (or
+# the selected word's object), click *apply*, and read both captions and each word's
+# change of log p. It calls `iv.intervene`, which is `compare` for one `iv.Action`, so
+# the numbers are the ones above; here the button is clicked from code.
+
+# %%
+from IPython.display import display
+
+from ssm_bridge import explore
+
+explorer = explore(p, scene)
+explorer.action.value = "zero state"
+explorer.patches.value = ", ".join(map(str, on_objects))
+explorer.apply_button.click()  # what a click on "apply" does
+clicked, direct = explorer.result, single_scene["zero state on the objects"]
+print(f"{'explorer: ' + explorer.action.value:<28} Δ log p {num(clicked.total_delta):>7}   "
+      f"{clicked.caption_after}")
+assert explorer.message.value == "" and clicked.caption_after == direct.caption_after
+assert torch.equal(clicked.logprob_after, direct.logprob_after)
+display(explorer)
+
+# %% [markdown]
 # ## Over 64 scenes
 #
 # One scene can mislead. For the first 64 test scenes: the exact-match rate of the greedy
