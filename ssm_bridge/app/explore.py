@@ -200,8 +200,7 @@ class Explorer:
             w.HTML("<b>caption</b> (click a word)"), self.caption_box, self.info,
             w.HBox([self.kind, self.layer, self.direction, self.view_mode]),
             w.HBox([self.step]), w.HBox([self.method, self.attribute_button]),
-            self.message, self.image, self.notes,
-            w.HTML("<b>intervene</b>"), self.intervention_box, self.result_out])
+            self.image, self.notes, self.intervention_box, self.message, self.result_out])
         self._wire()
         self.select_word(self.word)
 
@@ -233,7 +232,7 @@ class Explorer:
         self.apply_button = w.Button(description="apply", button_style="primary")
         self.result_out = w.Output()
         self.intervention_box = w.VBox([
-            w.HBox([self.action, self.action_help]),
+            w.HTML("<b>intervene</b>"), w.HBox([self.action, self.action_help]),
             w.HBox([self.patches, self.object_button]),
             w.HBox([self.only_selected, self.source_seed]), self.apply_button])
         _show(self.intervention_box, bool(actions))
@@ -244,10 +243,14 @@ class Explorer:
         return button
 
     def _wire(self) -> None:
-        """Widget events call the plain methods; a ValueError shows in `message`."""
-        for control in (self.kind, self.layer, self.direction, self.step, self.view_mode,
-                        self.method):
-            control.observe(lambda _: self._guard(self.draw), names="value")
+        """Widget events call the plain methods; a ValueError shows in `message`. A control
+        redraws only the maps it changes (a Δ / gate figure takes a second to draw)."""
+        uses = {self.kind: tuple(TABS), self.layer: SCAN_KINDS, self.direction: SCAN_KINDS,
+                self.step: ("scrubber",), self.view_mode: ("cross",),
+                self.method: ("attribution",)}
+        for control, tabs in uses.items():
+            control.observe(lambda _, tabs=tabs: self.kind.value in tabs
+                            and self._guard(self.draw), names="value")
         self.action.observe(lambda _: self._show_controls(), names="value")
         self.attribute_button.on_click(lambda _: self._guard(self.attribute))
         self.object_button.on_click(lambda _: self._guard(self.use_word_object))
@@ -354,6 +357,7 @@ class Explorer:
         args = self.tab_args()
         self.figure = tab_figure(self.analyser, self.view, **args)
         self.image.value = b"" if self.figure is None else _png(self.figure)
+        _show(self.image, self.figure is not None)  # the note below says why there is none
         _markdown(self.notes, self._note(args["tab"]))
 
     def _note(self, tab: str) -> str:
