@@ -202,10 +202,19 @@ def test_intervention_on_the_all_ssm_model(analysers):
                        Action("patch from scene", tuple(range(64)), source=source))
     assert result.caption_after == direct.caption_after
     assert torch.equal(result.logprob_after, direct.logprob_after)
+    # the Mamba decoder's state at the same patches (its image tokens)
+    assert shown(ex.stack) and list(ex.stack.options) == ["bridge", "decoder"]
+    ex.action.value, ex.stack.value = "zero state", "decoder"
+    ex.apply_button.click()
+    direct = intervene(an.model, an.p.tokenizer, an.p.transform(ex.view.pixels),
+                       Action("zero state", tuple(range(64)), stack="decoder"))
+    assert ex.message.value == "" and ex.result.caption_after == direct.caption_after
+    assert torch.equal(ex.result.logprob_after, direct.logprob_after)
 
 
 def test_zero_cross_attention_needs_no_patches(analysers):
     ex = fresh(analysers)
+    assert not shown(ex.stack)  # a transformer decoder: the bridge is the only SSM stack
     ex.action.value = "zero cross-attention"
     assert not shown(ex.patches) and not shown(ex.object_button)
     ex.apply_button.click()

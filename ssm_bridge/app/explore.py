@@ -10,7 +10,8 @@ It shows the caption as clickable words (the selected word's numbers under them)
 selector (the app's tabs for this model, support.tab_titles), the bridge layer and scan
 direction (hidden when there is one choice), a scan-step slider (scrubber), the
 cross-attention view, the attribution method, and an intervention control (an action of
-interp.interventions.available_actions on chosen patches, applied with `intervene`).
+interp.interventions.available_actions on chosen patches of the bridge's or a Mamba
+decoder's scans, applied with `intervene`).
 Every figure is support.tab_figure's and every number comes from the app's Analyser and
 `intervene`, so the app, the notebooks and the tests see the same things.
 
@@ -35,7 +36,7 @@ import torch
 
 from ..core.addressing import SSMStack, ssm_stacks
 from ..data import Scene
-from ..interp.interventions import ACTIONS, Action, available_actions, intervene
+from ..interp.interventions import ACTIONS, STATE_STACKS, Action, available_actions, intervene
 from ..interp.maps import ATTRIBUTION_KINDS
 from ..training.pretrained import Pretrained, load_pretrained, shipped_names
 from .support import (
@@ -154,9 +155,15 @@ def result_markdown(result) -> str:
     for r in result.to_rows():
         word = html.escape(r["word"])
         word = f"**{word}**" if abs(r["delta"]) >= DELTA_MARK else word
-        lines.append(f"| {word} | {r['logprob_before']:.3f} | {r['logprob_after']:.3f} | "
-                     f"{r['delta']:+.3f} |")
+        lines.append(f"| {word} | {_num(r['logprob_before'])} | {_num(r['logprob_after'])} | "
+                     f"{_num(r['delta'], '+')} |")
     return "\n".join(lines)
+
+
+def _num(x: float, sign: str = "") -> str:
+    """x to 3 decimals, without the sign of a value that rounds to 0 ('-0.000')."""
+    text = f"{x:{sign}.3f}"
+    return "0.000" if float(text) == 0 else text
 
 
 def _markdown(output, text: str) -> None:
@@ -216,23 +223,27 @@ class Explorer:
         self.step = w.IntSlider(0, min=0, max=config.num_patches, description="scan step",
                                 continuous_update=False)  # a redraw per released value
         self.method = w.Dropdown(options=list(ATTRIBUTION_KINDS), description="method")
-        self.attribute_button = w.Button(description="compute attribution")
+        self.attribute_button = w.Button(description="compute attribution",
+                                         layout=w.Layout(width="auto"))
         self.image = w.Image(format="png")
         self.notes = w.Output()  # ground truth, or why there is no figure
 
     def _build_intervention(self, w, model) -> None:
         actions = available_actions(model)
-        self.stack = "bridge" if "bridge" in ssm_stacks(model) else "decoder"
+        stacks = [st for st in STATE_STACKS if st in ssm_stacks(model)]  # where states live
+        self.stack = w.Dropdown(options=stacks, description="stack")
         self.action = w.Dropdown(options=actions, description="action")
         self.action_help = w.HTML()
         self.patches = w.Text(description="patches", placeholder="e.g. 9, 10, 17-19")
-        self.object_button = w.Button(description="the word's object")
-        self.only_selected = w.Checkbox(False, description="only the layer and direction above")
+        self.object_button = w.Button(description="the word's object",
+                                      layout=w.Layout(width="auto"))
+        self.only_selected = w.Checkbox(False, description="only the layer and direction above",
+                                        indent=False, layout=w.Layout(width="auto"))
         self.source_seed = w.IntText(0, description="source seed")
         self.apply_button = w.Button(description="apply", button_style="primary")
         self.result_out = w.Output()
         self.intervention_box = w.VBox([
-            w.HTML("<b>intervene</b>"), w.HBox([self.action, self.action_help]),
+            w.HTML("<b>intervene</b>"), w.HBox([self.action, self.action_help]), self.stack,
             w.HBox([self.patches, self.object_button]),
             w.HBox([self.only_selected, self.source_seed]), self.apply_button])
         _show(self.intervention_box, bool(actions))
@@ -251,7 +262,8 @@ class Explorer:
         for control, tabs in uses.items():
             control.observe(lambda _, tabs=tabs: self.kind.value in tabs
                             and self._guard(self.draw), names="value")
-        self.action.observe(lambda _: self._show_controls(), names="value")
+        for control in (self.action, self.stack):
+            control.observe(lambda _: self._show_controls(), names="value")
         self.attribute_button.on_click(lambda _: self._guard(self.attribute))
         self.object_button.on_click(lambda _: self._guard(self.use_word_object))
         self.apply_button.on_click(lambda _: self._guard(self.apply_intervention))
@@ -384,7 +396,9 @@ class Explorer:
         _show(self.patches, on_patches)
         _show(self.object_button, on_patches and self.view.scene is not None)
         several = len(self.layers) * len(self.directions) > 1  # else "only" changes nothing
-        _show(self.only_selected, on_patches and self.stack == "bridge" and several)
+        on_bridge = self.stack.value == "bridge"  # the layer and direction menus' stack
+        _show(self.stack, on_patches and len(self.stack.options) > 1)
+        _show(self.only_selected, on_patches and on_bridge and several)
         _show(self.source_seed, kind == "patch from scene")
 
     # ---- the intervention control
@@ -406,14 +420,14 @@ class Explorer:
             raise ValueError("this model offers no intervention")
         patches = () if kind == "zero cross-attention" else parse_patches(
             self.patches.value, self.analyser.model.config.num_patches)
-        only = self.only_selected.value and self.stack == "bridge" and self.layers
+        only = self.only_selected.value and self.stack.value == "bridge" and self.layers
         source = None
         if kind == "patch from scene":
             pixels, _ = scene_pixels(self.source_seed.value, self.analyser.p.scene_config)
             source = self.analyser.p.transform(self.analyser.prepare(pixels))  # (3, S, S)
         return Action(kind, patches, layers=(self.layer.value,) if only else None,
                       directions=(self.direction.value,) if only else None,
-                      stack=self.stack, source=source)
+                      stack=self.stack.value or "bridge", source=source)
 
     def apply_intervention(self, action: Action | None = None):
         """Run `action` (default: the controls' one) with interventions.intervene; show
