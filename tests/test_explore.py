@@ -280,3 +280,14 @@ def test_display_and_export(analysers, monkeypatch):
     monkeypatch.setitem(sys.modules, "ipywidgets", None)  # as if not installed
     with pytest.raises(ImportError, match="pip install ipywidgets"):
         explore("shapes-tiny", 0)
+
+
+def test_patch_helpers():
+    assert parse_patches(" 9, 10,17-19,9 ", 64) == (9, 10, 17, 18, 19)
+    assert parse_patches("", 64) == ()
+    mask = np.zeros((64, 64), bool)
+    mask[8:24, 0:12] = True  # rows 1-2 of 8 px patches; column 1 covered by half
+    assert object_patches(mask, 8) == (8, 9, 16, 17)
+    odd = np.zeros((100, 100), bool)
+    odd[:50, :50] = True  # any image size: the top-left quarter of the patches
+    assert object_patches(odd, 8) == tuple(r * 8 + c for r in range(4) for c in range(4))

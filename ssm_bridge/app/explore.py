@@ -37,6 +37,7 @@ import torch
 from ..core.addressing import SSMStack, ssm_stacks
 from ..data import Scene
 from ..interp.interventions import ACTIONS, STATE_STACKS, Action, available_actions, intervene
+from ..interp.localization import cell_index
 from ..interp.maps import ATTRIBUTION_KINDS
 from ..training.pretrained import Pretrained, load_pretrained, shipped_names
 from .support import (
@@ -126,10 +127,13 @@ def parse_patches(text: str, n_patches: int) -> tuple[int, ...]:
 
 def object_patches(mask: np.ndarray, grid: int, min_cover: float = MIN_COVER) -> tuple[int, ...]:
     """The patches (row-major on the grid x grid patch grid) that a (H, W) bool mask covers
-    by at least `min_cover` of their area."""
-    h, w = mask.shape
-    cover = mask.reshape(grid, h // grid, grid, w // grid).mean(axis=(1, 3))  # (g, g)
-    return tuple(int(i) for i in np.flatnonzero(cover >= min_cover))
+    by at least `min_cover` of their area (any H, W: pixels go to patches as the
+    localisation scores assign them)."""
+    cells = cell_index((grid, grid), mask.shape).flatten().numpy()  # (H * W,) patch per pixel
+    area = np.bincount(cells, minlength=grid * grid)
+    covered = np.bincount(cells, weights=np.asarray(mask, dtype=float).flatten(),
+                          minlength=grid * grid)
+    return tuple(int(i) for i in np.flatnonzero(covered >= min_cover * np.maximum(area, 1)))
 
 
 def scan_choices(model) -> tuple[list[int], list[str]]:
@@ -431,7 +435,8 @@ class Explorer:
 
     def apply_intervention(self, action: Action | None = None):
         """Run `action` (default: the controls' one) with interventions.intervene; show
-        both captions and the per-word change of log p; returns the InterventionResult."""
+        both captions (greedy, whatever the explorer's decoding) and the per-word change of
+        log p; returns the InterventionResult."""
         action = action or self.current_action()
         image = self.analyser.p.transform(self.view.pixels)  # (3, S, S)
         with self.analyser.lock, torch.no_grad():
