@@ -289,6 +289,9 @@ BENCHMARKS: dict[str, Callable[[bool], Result]] = {
     "hook_overhead": hook_overhead,
     "app_latency_s": lambda quick: __import__("bench_app").app_latency_s(quick),
     "app_rss_growth_mb": lambda quick: __import__("bench_app").app_rss_growth_mb(quick),
+    # also app_caption_p95_s, from the same run
+    "app_caption_throughput": lambda quick: __import__("bench_app").app_caption_throughput(quick),
+    "app_rss_per_session_mb": lambda quick: __import__("bench_app").app_rss_per_session_mb(quick),
     # MambaLM at the mamba-130m shape (benchmarks/bench_mamba.py)
     "mamba_decode": lambda quick: __import__("bench_mamba").mamba_decode(quick),
     "mamba_lm_forward_vs_hf": lambda quick: __import__("bench_mamba").mamba_lm_forward_vs_hf(quick),

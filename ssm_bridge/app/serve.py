@@ -25,6 +25,9 @@ from ..cli import Parser, float_in, int_at_least
 
 HARD_LIMIT_FACTOR = 4  # gradio itself refuses uploads over this many times --max-upload-mb
 MAX_SESSIONS = 256  # sessions whose state the server keeps, least recent dropped
+# gradio's worker threads (its default is 40): 40 for the page's events plus 32 for /caption
+# requests, which each wait in a thread for their batch (batching.API_CONCURRENCY)
+MAX_THREADS = 40 + 32
 DEFAULT_MAX_UPLOAD_MB = 10.0
 MB = 2**20
 
@@ -106,7 +109,8 @@ def launch(demo, host: str = "127.0.0.1", port: int | None = 7860,
     return demo.launch(server_name=host, server_port=port, share=share, show_error=True,
                        max_file_size=int(max_upload_mb * HARD_LIMIT_FACTOR * MB),
                        ssr_mode=False, pwa=False, mcp_server=False, footer_links=["api"],
-                       state_session_capacity=MAX_SESSIONS, run_history=False, **kwargs)
+                       state_session_capacity=MAX_SESSIONS, run_history=False,
+                       max_threads=MAX_THREADS, **kwargs)
 
 
 def main(argv: list[str] | None = None, prog: str = "app.py") -> int:

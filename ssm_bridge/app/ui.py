@@ -32,6 +32,7 @@ from ..core.addressing import SSMStack
 from ..data import split_seeds
 from ..training.checkpoint import CheckpointError
 from ..training.pretrained import load_pretrained, shipped_names
+from .batching import API_CONCURRENCY, batcher_of
 from .downloads import fresh_folder, tab_arrays, write_map_files
 from .memory import release_free_memory
 from .report_download import PROGRESS, ReportDownloads, report_panel
@@ -292,8 +293,9 @@ class Handlers:
         if max_length is None:
             max_length = an.max_seq_length
         pixels = an.prepare(read_upload(image, self.max_upload_mb * MB, self.max_pixels))
-        return an.caption(pixels, Decoding(decoding, temperature, top_k, top_p, max_length,
-                                           seed))
+        # concurrent greedy requests share one generate() (batching.py), same captions
+        return batcher_of(an).caption(pixels, Decoding(decoding, temperature, top_k, top_p,
+                                                       max_length, seed))
 
 
 # ---------------------------------------------------------------- builders of the parts
@@ -499,8 +501,11 @@ def wire_events(h: Handlers, ui: SimpleNamespace) -> None:
                         concurrency_limit=1, concurrency_id="report", **quiet)
     ui.map_btn.click(guarded(h.download_map), [ui.model, ui.view, ui.word, ui.tab, *view_opts],
                      ui.map_files, **quiet)
+    # /caption has its own queue lane: its requests wait together for a batch, and a
+    # burst of them does not hold up the page's events (nor they it)
     ui.api_btn.click(guarded(h.caption_api), [ui.model, ui.api_image, *decoding],
-                     ui.api_caption, api_name="caption")
+                     ui.api_caption, api_name="caption", concurrency_id="caption",
+                     concurrency_limit=API_CONCURRENCY)
 
 
 def model_choices(checkpoint: str, choices=None) -> list[str]:
