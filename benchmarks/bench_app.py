@@ -117,7 +117,8 @@ def app_rss_growth_mb(quick: bool = False) -> dict:
         def request() -> None:
             client.predict(next(seeds), api_name="/from_seed")
             client.predict("greedy", 1.0, 0, 1.0, 32, 0, api_name="/analyse")
-            client.predict(0, direction, 0, "ig", api_name="/render")  # layer, dir, step, method
+            # layer, direction, step, attribution method, cross-attention view
+            client.predict(0, direction, 0, "ig", "mean", api_name="/render")
 
         for _ in range(30):
             request()
