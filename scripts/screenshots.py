@@ -57,9 +57,9 @@ def scene_png(index: int, path: Path) -> str:
     return scene.caption
 
 
-def open_page(browser, url: str):
+def open_page(browser, url: str, viewport: dict | None = None):
     """A page on `url` that blocks (and lists in the returned list) any other origin."""
-    page = browser.new_page(viewport=VIEWPORT)
+    page = browser.new_page(viewport=viewport or VIEWPORT)
     outside: list[str] = []
     base = url.rstrip("/")
 
@@ -110,7 +110,8 @@ def draw_and_caption(page, half: int = 45, spacing: int = 4) -> str:
     `spacing` px apart (4: filled; wider is quicker, each move redraws the canvas), caption
     it."""
     page.get_by_role("tab", name="Draw").click()
-    page.locator("#sketch button[aria-label='Brush']").first.click()
+    # the app picks the brush when the tab opens (ui.PICK_BRUSH): no click here
+    page.wait_for_selector("#sketch button[aria-label='Brush'].highlight", timeout=TIMEOUT_MS)
     box = page.locator("#sketch canvas").first.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(cx - half, cy - half)
@@ -148,9 +149,27 @@ def open_tab(page, title: str, tab: str) -> int:
     return wait_plot(page, tab)
 
 
+def intervene_all(page, action: str | None = None) -> str:
+    """On the Intervene tab: choose every patch, (pick `action`,) apply; the result text."""
+    page.get_by_role("tab", name="Intervene").click()
+    page.wait_for_function(IMG_READY, arg="#iv-grid img", timeout=TIMEOUT_MS)
+    page.get_by_role("button", name="all patches").click()
+    page.wait_for_function(IDLE, arg="#iv-grid", timeout=TIMEOUT_MS)
+    if action is not None:
+        page.locator("#iv-action input").click()
+        page.get_by_role("option", name=action, exact=True).click()
+    page.locator("#iv-apply").click()
+    page.wait_for_function("() => document.querySelector('#iv-result').innerText"
+                           ".includes('log p of the caption')", timeout=TIMEOUT_MS)
+    return page.inner_text("#iv-result")
+
+
 def tour(page, out_dir: Path | None) -> list[Path]:
     """After caption_and_select: the other tabs, a random scene with its ground truth, an
-    attribution, the scrubber and a drawing; screenshots into `out_dir` when given."""
+    attribution, the scrubber, an intervention and a drawing; screenshots into `out_dir`
+    when given."""
+    from ssm_bridge.app.support import TABS
+
     shots: list[Path] = []
 
     def shot(name: str) -> None:
@@ -160,21 +179,20 @@ def tour(page, out_dir: Path | None) -> list[Path]:
             page.screenshot(path=str(shots[-1]), full_page=True)
 
     shot("app-cross-attention.png")
-    open_tab(page, "Δ / gate", "bridge")
+    open_tab(page, TABS["bridge"], "bridge")
     shot("app-bridge.png")
     page.get_by_role("tab", name="Scenes").click()
     page.locator("#random-scene").click()
     page.wait_for_function("() => document.querySelector('#source').innerText"
                            ".includes('generated scene')", timeout=TIMEOUT_MS)
-    open_tab(page, "Ground truth", "truth")
+    open_tab(page, TABS["truth"], "truth")
     page.wait_for_function("() => (document.querySelector('#truth') || {innerText: ''})"
                            ".innerText.includes('ground truth')", timeout=TIMEOUT_MS)
     shot("app-ground-truth.png")
-    page.get_by_role("tab", name="Attribution").click()
-    page.locator("#attr-btn").click()
+    page.get_by_role("tab", name=TABS["attribution"]).click()  # computed on opening
     wait_plot(page, "attribution")
     shot("app-attribution.png")
-    page.get_by_role("tab", name="Scan scrubber").click()
+    page.get_by_role("tab", name=TABS["scrubber"]).click()
     wait_plot(page, "scrubber")
     page.locator("#scan-step input[type=number]").fill("30")
     page.locator("#scan-step input[type=number]").press("Enter")
@@ -184,8 +202,10 @@ def tour(page, out_dir: Path | None) -> list[Path]:
                            "'30'; }", timeout=TIMEOUT_MS)
     page.wait_for_timeout(1500)  # the frame for step 30 replaces step 0's
     shot("app-scrubber.png")
+    intervene_all(page)
+    shot("app-intervene.png")
     draw_and_caption(page)
-    open_tab(page, "Cross-attention", "cross")
+    open_tab(page, TABS["cross"], "cross")
     shot("app-sketch.png")
     return shots
 

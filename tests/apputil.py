@@ -29,3 +29,19 @@ def launched(max_upload_mb: float | None = None, **build_kwargs):
         yield url
     finally:
         demo.close()
+
+
+ALL_SSM = "shapes-all-ssm"  # the attention-free shipped checkpoint
+DECODING = ("greedy", 1.0, 0, 1.0, 16, 0)  # the decoding controls' values: greedy, 16 tokens
+
+
+def page_handlers(first: str = "shapes-tiny", fit_ood: bool = True):
+    """The app's Handlers on `first` with the shipped checkpoints to choose from, without
+    a page or a server (each handler is called as gradio would)."""
+    from ssm_bridge import load_pretrained
+    from ssm_bridge.app.support import DEFAULT_MAX_PIXELS, Analyser
+    from ssm_bridge.app.ui import Handlers, Models, model_choices
+
+    analyser = Analyser(load_pretrained(first), fit_ood=fit_ood)
+    models = Models(analyser, first, model_choices(first), "cpu")
+    return Handlers(models, 10.0, 1, 0, DEFAULT_MAX_PIXELS)

@@ -166,3 +166,93 @@ def test_the_per_head_cross_attention_view_and_its_download(browser, server, tmp
     listed = "".join(page.inner_text("#map-files").split())  # names break across lines
     assert "cross-word3.png" in listed and "cross-word3.npz" in listed, listed
     assert outside == [], f"the page tried to reach {outside}"
+
+
+def test_an_intervention_changes_the_caption(browser, server, tmp_path):
+    """Issue 19, Interventions: a click on the grid chooses a patch (the grid redraws),
+    "all patches" then "apply" zeroes the bridge state everywhere, and the page shows
+    the old and the new caption and highlights the words that lost log p."""
+    png = tmp_path / "scene.png"
+    truth = shots.scene_png(3, png)
+    page, outside = shots.open_page(browser, server)
+    shots.caption_and_select(page, png, truth, word=3)
+    page.get_by_role("tab", name="Intervene").click()
+    page.wait_for_function(shots.IMG_READY, arg="#iv-grid img", timeout=shots.TIMEOUT_MS)
+    before = page.locator("#iv-grid img").get_attribute("src")
+    page.locator("#iv-grid img").click(position={"x": 40, "y": 40})
+    page.wait_for_function("s => document.querySelector('#iv-grid img').src != s",
+                           arg=before, timeout=shots.TIMEOUT_MS)
+    text = shots.intervene_all(page)
+    assert f"before: {truth}" in text and "the caption changed" in text
+    after = text.split("after:")[1].split("\n")[0].strip()
+    assert after and after != truth
+    tokens = page.locator("#iv-words .token")
+    assert tokens.count() == len(truth.split()) + 1  # and <eos>
+    hurt = page.evaluate("() => Array.from(document.querySelectorAll("
+                         "'#iv-words .token.highlighted'), e => e.textContent)")
+    assert any("below" in t and "hurt" in t for t in hurt), hurt  # labelled, coloured
+    assert outside == [], f"the page tried to reach {outside}"
+
+
+def test_a_wrong_captions_ground_truth(browser, server):
+    """Issue 19, point 1: a caption with a mistake still gets its ground truth: every
+    object's mask, and the wrong word marked wrong."""
+    from ssm_bridge import load_pretrained
+    from ssm_bridge.data import make_scene, split_seeds
+
+    index, word = 137, 9  # test scene 137: shapes-tiny says 'circle' for a square
+    scene = make_scene("test", index, load_pretrained("shapes-tiny").scene_config)
+    page, outside = shots.open_page(browser, server)
+    page.get_by_role("tab", name="Scenes").click()
+    page.locator("#scene-seed input").fill(str(split_seeds("test", 1)[0] + index))
+    page.get_by_role("button", name="load seed").click()
+    page.wait_for_function("() => document.querySelectorAll('#caption .token').length > 9",
+                           timeout=shots.TIMEOUT_MS)
+    caption = shots.caption_text(page)
+    assert caption != scene.caption and caption.split()[word] == "circle"
+    page.locator("#caption .token").nth(word).click()
+    page.wait_for_function("t => document.querySelector('#word-info').innerText.includes(t)",
+                           arg=f"word {word + 1}/", timeout=shots.TIMEOUT_MS)
+    assert shots.open_tab(page, "Ground truth", "truth") > 100  # the masks are drawn
+    text = page.inner_text("#truth")
+    assert "(differs)" in text and "'circle' is the shape of object" in text
+    assert "wrong (it is square)" in text
+    assert outside == [], f"the page tried to reach {outside}"
+
+
+def test_the_page_works_1024_px_wide(browser, server, tmp_path):
+    """Issue 19, point 7: at 1024 px every tab is in view (none behind a menu), nothing
+    scrolls sideways and a map fits its panel."""
+    from ssm_bridge.app.support import TABS
+
+    png = tmp_path / "scene.png"
+    truth = shots.scene_png(3, png)
+    page, outside = shots.open_page(browser, server, {"width": 1024, "height": 768})
+    shots.caption_and_select(page, png, truth, word=3)
+    for title in [*TABS.values(), "Intervene"]:
+        tab = page.get_by_role("tab", name=title, exact=True)
+        box = tab.bounding_box()
+        assert tab.is_visible() and box and 0 <= box["x"] and box["x"] + box["width"] <= 1024
+    assert not page.locator("#map-tabs .overflow-menu button").is_visible()
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 1024
+    img = page.locator("#plot-cross img").bounding_box()
+    panel = page.locator("#plot-cross").bounding_box()
+    assert img["width"] <= panel["width"] + 1 and img["width"] > 300
+    assert outside == [], f"the page tried to reach {outside}"
+
+
+def test_an_upload_over_the_limit_is_refused_at_the_limit_the_page_states(browser, server,
+                                                                          tmp_path):
+    """Issue 19, point 9: the upload box said 10 MB while gradio refused only files over
+    40 MB, naming that figure. Now the one limit is the one stated, and the message
+    names the user's own file."""
+    page, outside = shots.open_page(browser, server)
+    label = page.inner_text("#upload label")
+    assert "up to 10 MB" in label, label
+    big = tmp_path / "my holiday photo.png"
+    big.write_bytes(bytes(10 * 2**20 + 1))
+    page.locator("#upload input[type=file]").set_input_files(str(big))
+    page.wait_for_selector(".toast-body", timeout=shots.TIMEOUT_MS)
+    toast = page.inner_text(".toast-body")
+    assert "10.0 Mb" in toast and "my holiday photo.png" in toast, toast
+    assert outside == [], f"the page tried to reach {outside}"

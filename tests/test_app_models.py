@@ -8,26 +8,18 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("gradio")
-from apputil import app  # noqa: F401  (puts the repository root on sys.path)
+from apputil import ALL_SSM, DECODING, page_handlers
 
-from ssm_bridge import load_pretrained
 from ssm_bridge.app.support import (
-    DEFAULT_MAX_PIXELS,
     SCAN_TABS,
     TABS,
-    Analyser,
 )
 from ssm_bridge.app.ui import Handlers, Models, model_choices, scan_choices
-
-ALL_SSM = "shapes-all-ssm"
-DECODING = ("greedy", 1.0, 0, 1.0, 16, 0)
 
 
 @pytest.fixture(scope="module")
 def handlers(one_thread) -> Handlers:
-    first = Analyser(load_pretrained("shapes-tiny"))
-    models = Models(first, "shapes-tiny", model_choices("shapes-tiny"), "cpu")
-    return Handlers(models, 10.0, 1, 0, DEFAULT_MAX_PIXELS)
+    return page_handlers()
 
 
 def test_choices_put_the_starting_checkpoint_first(tmp_path):
@@ -125,3 +117,25 @@ def test_download_the_open_map_as_png_and_arrays(handlers, tmp_path, monkeypatch
         handlers.download_map(None, view, 1, "attribution", 0, None, 0, "ig")
     with pytest.raises(ValueError, match="caption an image first"):
         handlers.download_map(None, None, 0, "cross", 0, None, 0, "ig")
+
+
+def test_the_attribution_tab_follows_the_selected_word(handlers):
+    """Issue 19, point 5: the Attribution tab went blank after another word was picked;
+    now the open tab computes the new word's map (gradio shows the wait as progress)."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    source = handlers.from_seed(None, handlers.example_seeds[0])[0]
+    view = handlers.run(None, source, *DECODING)[0]
+    attr = list(TABS).index("attribution")
+    for word in (1, 3):
+        out = handlers.select_word(None, view, "attribution", 0, None, 0, "saliency", "mean",
+                                   SimpleNamespace(index=word))
+        assert out[0] == word and out[3 + attr] is not None
+        assert word in view.analysis.attributions["saliency"]
+    # a tab that is the same for every word keeps its figure: nothing is redrawn
+    out = handlers.select_word(None, view, "bridge", 0, None, 0, "saliency", "mean",
+                               SimpleNamespace(index=2))
+    assert all(f == gr.skip() for f in out[3:3 + len(TABS)])
+    assert out[-1].startswith("**ground truth:**")

@@ -20,6 +20,7 @@ from ssm_bridge.app.explore import (
     object_patches,
     parse_patches,
 )
+from ssm_bridge.app.intervene import caption_change
 from ssm_bridge.app.support import (
     TABS,
     Analyser,
@@ -180,7 +181,8 @@ def test_intervention_is_intervene_and_shows_the_changed_caption(analysers):
     assert torch.equal(r.logprob_after, direct.logprob_after)
     assert r.caption_changed and r.caption_before == ex.view.analysis.caption
     text = markdown(ex.result_out)
-    assert f"**before:** {r.caption_before}" in text and "(changed;" in text
+    assert text == caption_change(r)  # the app's Intervene tab shows the same
+    assert f"before: {r.caption_before}" in text and "the caption **changed**" in text
     assert text.count("|") == 5 * (2 + len(r.words))  # the header, the rule, a row per word
     # only the selected layer: the same Action with layers=(1,)
     ex.layer.value, ex.only_selected.value = 1, True

@@ -98,3 +98,30 @@ def test_the_app_warns_beside_the_caption_of_a_photo(shipped):
     view = an.analyse(an.prepare(scene.image), greedy, scene)
     assert view.ood < 1 and "unlike" not in word_info(view, 0)
     assert Analyser(shipped, fit_ood=False).ood_score(photo) is None
+
+
+def test_the_fit_holds_a_given_lock_one_batch_at_a_time():
+    """The app fits the score in the background under its model lock; holding it for the
+    whole fit (5-10 s) made the first captions after a start wait for all of it."""
+    import threading
+
+    p = load_pretrained("shapes-tiny")
+
+    class Counted:
+        def __init__(self):
+            self.lock, self.entered = threading.Lock(), 0
+
+        def __enter__(self):
+            self.lock.acquire()
+            self.entered += 1
+
+        def __exit__(self, *exc):
+            self.lock.release()
+
+    lock = Counted()
+    locked = OODScore.fit(p.model, p.transform, p.scene_config, n_train=16, n_val=8,
+                          batch=4, lock=lock)
+    assert lock.entered == 16 // 4 + 8 // 4 and not lock.lock.locked()
+    free = OODScore.fit(p.model, p.transform, p.scene_config, n_train=16, n_val=8, batch=4)
+    torch.testing.assert_close(locked.precision, free.precision)
+    assert locked.scale == pytest.approx(free.scale)

@@ -49,12 +49,14 @@ def overlay(image, grid_map, ax: Axes | None = None, title: str | None = None, *
 
 
 def map_panels(items: Sequence[tuple[str, object]], image=None, ncols: int = 4, *,
-               shared_scale: bool = True, signed: bool | None = None, label: str | None = None,
+               shared_scale: bool = True, signed: bool | None = None,
+               label: str | Sequence[str | None] | None = None,
                alpha: float = OVERLAY_ALPHA) -> tuple[Figure, list[Axes]]:
     """One panel per (title, (h, w) map), over `image` when given, in rows of `ncols`.
 
     `shared_scale=True`: one colour scale and one colourbar for all panels (values comparable);
-    False: a scale and colourbar per panel. Returns the Figure and the used panels.
+    False: a scale and colourbar per panel. `label`: the colourbars' label, or one label per
+    panel (a list). Returns the Figure and the used panels.
     """
     if not items:
         raise ValueError("need at least one (title, map) pair to draw, got none")
@@ -64,15 +66,19 @@ def map_panels(items: Sequence[tuple[str, object]], image=None, ncols: int = 4, 
     nrows = -(-len(maps) // ncols)
     fig, axes = new_figure(ncols, nrows, size=PANEL, grid=False)
     panels = drop_unused(fig, axes, len(maps))
+    labels = list(label) if isinstance(label, (list, tuple)) else [label] * len(maps)
+    if len(labels) != len(maps):
+        raise ValueError(f"got {len(labels)} colourbar labels for {len(maps)} maps; give one "
+                         "label, or one per map")
     shared = value_norm(np.concatenate([m.ravel() for m in maps]), signed)
-    for ax, (title, _), m in zip(panels, items, maps):
+    for ax, (title, _), m, lab in zip(panels, items, maps, labels):
         norm, cmap = shared if shared_scale else value_norm(m, signed)
         im = overlay_map(ax, img, m, norm=norm, cmap=cmap, alpha=alpha)
         set_title(ax, str(title))
         if not shared_scale:
-            add_colorbar(fig, im, ax, label)
+            add_colorbar(fig, im, ax, lab)
     if shared_scale:
-        add_colorbar(fig, im, panels, label)
+        add_colorbar(fig, im, panels, labels[0])
     return fig, panels
 
 

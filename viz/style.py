@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -70,8 +72,17 @@ def drop_unused(fig: Figure, axes: np.ndarray, used: int) -> list[Axes]:
 
 
 def set_title(ax: Axes, text: str | None) -> None:
+    """A panel title wrapped to the panel's width: a long one ("cross-attention of the
+    query that wrote 'diamond'") would otherwise be clipped at the figure's edge."""
     if text:
-        ax.set_title(text, fontsize=TITLE_SIZE)
+        ax.set_title(fit_text(text, ax), fontsize=TITLE_SIZE)
+
+
+def fit_text(text: str, ax: Axes, size: float = TITLE_SIZE) -> str:
+    """`text` broken into lines no wider than `ax` (an average glyph is ~0.55 em wide)."""
+    width_in = ax.get_position().width * ax.figure.get_figwidth()
+    chars = max(12, int(width_in * 72 / (size * 0.55)))
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
 
 
 def set_labels(ax: Axes, xlabel: str | None = None, ylabel: str | None = None) -> None:

@@ -34,18 +34,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.addressing import SSMStack, ssm_stacks
+from ..core.addressing import ssm_stacks
 from ..data import Scene
-from ..interp.interventions import ACTIONS, STATE_STACKS, Action, available_actions, intervene
-from ..interp.localization import cell_index
+from ..interp.interventions import ACTIONS, STATE_STACKS, Action, available_actions
 from ..interp.maps import ATTRIBUTION_KINDS
 from ..training.pretrained import Pretrained, load_pretrained, shipped_names
+from .intervene import caption_change, object_patches, run_action
 from .support import (
     CROSS_VIEWS,
     TABS,
+    WORD_FREE_TABS,
     Analyser,
     Decoding,
     default_word,
+    scan_choices,
     scene_pixels,
     tab_figure,
     tab_titles,
@@ -55,9 +57,6 @@ from .support import (
 )
 
 SCAN_KINDS = ("state", "scrubber")  # the maps drawn for one bridge layer and direction
-WORD_FREE_KINDS = ("bridge", *SCAN_KINDS)  # the image path's maps: a word click keeps them
-MIN_COVER = 0.1  # a patch belongs to an object when the object covers this share of it
-DELTA_MARK = 0.1  # |Δ log p| (nats) from which a word's row is marked in the result table
 SELECTED_STYLE = "warning"  # the selected word's button colour (the app's amber)
 
 
@@ -123,51 +122,6 @@ def parse_patches(text: str, n_patches: int) -> tuple[int, ...]:
                              f"(ranges like 9-12 too), got {part!r}")
         out.update(range(lo, hi + 1))
     return tuple(sorted(out))
-
-
-def object_patches(mask: np.ndarray, grid: int, min_cover: float = MIN_COVER) -> tuple[int, ...]:
-    """The patches (row-major on the grid x grid patch grid) that a (H, W) bool mask covers
-    by at least `min_cover` of their area (any H, W: pixels go to patches as the
-    localisation scores assign them)."""
-    cells = cell_index((grid, grid), mask.shape).flatten().numpy()  # (H * W,) patch per pixel
-    area = np.bincount(cells, minlength=grid * grid)
-    covered = np.bincount(cells, weights=np.asarray(mask, dtype=float).flatten(),
-                          minlength=grid * grid)
-    return tuple(int(i) for i in np.flatnonzero(covered >= min_cover * np.maximum(area, 1)))
-
-
-def scan_choices(model) -> tuple[list[int], list[str]]:
-    """The bridge layers and scan directions of the state and scrubber maps ([] without)."""
-    try:
-        stack = SSMStack.of(model, "bridge", what="the scan maps")
-    except ValueError:
-        return [], []
-    return list(range(len(stack))), list(stack[0].direction_names)
-
-
-def result_markdown(result) -> str:
-    """An InterventionResult as markdown: both captions, the words that changed in bold,
-    then per word of the original caption its log p before and after and Δ, rows with
-    |Δ| >= DELTA_MARK marked."""
-    before, after = result.caption_before.split(), result.caption_after.split()
-    marked = " ".join(f"**{html.escape(w)}**" if i >= len(before) or w != before[i]
-                      else html.escape(w) for i, w in enumerate(after))
-    verdict = "changed" if result.caption_changed else "unchanged"
-    lines = [f"**before:** {html.escape(result.caption_before)}  ",
-             f"**after:** {marked} ({verdict}; total Δ log p {result.total_delta:+.3f})", "",
-             "| word | log p before | log p after | Δ |", "|---|---|---|---|"]
-    for r in result.to_rows():
-        word = html.escape(r["word"])
-        word = f"**{word}**" if abs(r["delta"]) >= DELTA_MARK else word
-        lines.append(f"| {word} | {_num(r['logprob_before'])} | {_num(r['logprob_after'])} | "
-                     f"{_num(r['delta'], '+')} |")
-    return "\n".join(lines)
-
-
-def _num(x: float, sign: str = "") -> str:
-    """x to 3 decimals, without the sign of a value that rounds to 0 ('-0.000')."""
-    text = f"{x:{sign}.3f}"
-    return "0.000" if float(text) == 0 else text
 
 
 def _markdown(output, text: str) -> None:
@@ -310,7 +264,7 @@ class Explorer:
         for i, button in enumerate(self.word_buttons):
             button.button_style = SELECTED_STYLE if i == self.word else ""
         _markdown(self.info, word_info(self.view, self.word))
-        if self.figure is None or self.kind.value not in WORD_FREE_KINDS:
+        if self.figure is None or self.kind.value not in WORD_FREE_TABS:
             self.draw()
 
     def set_kind(self, kind: str) -> None:
@@ -438,11 +392,9 @@ class Explorer:
         both captions (greedy, whatever the explorer's decoding) and the per-word change of
         log p; returns the InterventionResult."""
         action = action or self.current_action()
-        image = self.analyser.p.transform(self.view.pixels)  # (3, S, S)
-        with self.analyser.lock, torch.no_grad():
-            self.result = intervene(self.analyser.model, self.analyser.p.tokenizer, image,
-                                    action)
-        _markdown(self.result_out, result_markdown(self.result))
+        with torch.no_grad():
+            self.result = run_action(self.analyser, self.view, action)  # the app's call
+        _markdown(self.result_out, caption_change(self.result))
         return self.result
 
 

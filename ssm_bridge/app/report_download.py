@@ -47,7 +47,7 @@ def report_panel() -> dict:
     with gr.Group():
         button = gr.Button("Download report", elem_id="report-btn")
         file = gr.File(label="report (HTML, opens offline)", interactive=False,
-                       elem_id="report-file")
+                       elem_id="report-file", height=110)
     return {"report_btn": button, "report_file": file,
             "report_md": gr.Markdown(HELP, elem_id="report-help")}
 

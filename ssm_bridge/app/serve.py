@@ -23,7 +23,6 @@ import sys
 
 from ..cli import Parser, float_in, int_at_least
 
-HARD_LIMIT_FACTOR = 4  # gradio itself refuses uploads over this many times --max-upload-mb
 MAX_SESSIONS = 256  # sessions whose state the server keeps, least recent dropped
 # gradio's worker threads (its default is 40): 40 for the page's events plus 32 for /caption
 # requests, which each wait in a thread for their batch (batching.API_CONCURRENCY)
@@ -104,10 +103,12 @@ def parse_args(argv: list[str] | None = None, prog: str = "app.py") -> argparse.
 
 def launch(demo, host: str = "127.0.0.1", port: int | None = 7860,
            share: bool = False, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, **kwargs):
-    """Start the server: local only unless `share`, uploads over HARD_LIMIT_FACTOR x the
-    app's limit refused by gradio before they reach the app. Returns launch()'s result."""
+    """Start the server: local only unless `share`. Gradio refuses an upload over
+    `max_upload_mb` before it reaches the app, in the browser (naming the file and the
+    limit) and at its upload route (413): one limit, the one the upload box states.
+    Returns launch()'s result."""
     return demo.launch(server_name=host, server_port=port, share=share, show_error=True,
-                       max_file_size=int(max_upload_mb * HARD_LIMIT_FACTOR * MB),
+                       max_file_size=int(max_upload_mb * MB),
                        ssr_mode=False, pwa=False, mcp_server=False, footer_links=["api"],
                        state_session_capacity=MAX_SESSIONS, run_history=False,
                        max_threads=MAX_THREADS, **kwargs)

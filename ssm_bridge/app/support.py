@@ -21,6 +21,7 @@ import colorsys
 import html
 import math
 import os
+import textwrap
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,17 +51,25 @@ SAFE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "AVIF", "PPM", "TGA
 DECODINGS = ("greedy", "sampling")
 CROSS_VIEWS = ("mean", "per layer", "per head")  # what the cross-attention tab can show
 TABS = {  # tab id -> title, in the order the app shows them
-    "cross": "Cross-attention", "prefix": "Decoder → image", "bridge": "Δ / gate",
-    "state": "State", "implicit": "Implicit", "attribution": "Attribution",
-    "truth": "Ground truth", "scrubber": "Scan scrubber",
+    "cross": "Cross-attention", "prefix": "Decoder → image", "bridge": "Δ / gate (all words)",
+    "state": "State (all words)", "implicit": "Implicit", "attribution": "Attribution",
+    "truth": "Ground truth", "scrubber": "Scan scrubber (all words)",
 }
+# The tabs whose figure is the same for every word (the image path, before the decoder):
+# their titles say so, and a word click leaves them as they are.
+WORD_FREE_TABS = ("bridge", "state", "scrubber")
 # A Mamba decoder's words read the image through its scans, not attention: its word tabs
 # show the hidden attention instead (ssm_bridge.interp.ssm_paths) under these titles.
 SCAN_TABS = {"cross": "Word → image (scans)", "prefix": "Decoder scans per layer",
              "implicit": "Scan rollout"}
 WORD_TAB_KINDS = {"cross": "cross_attention", "prefix": "prefix_attention",
                   "implicit": "implicit"}  # the attention kind each word tab needs
-FIGURE_DPI = 120
+PANEL_PX = 640  # a figure is drawn about this wide: the map column of a 1024 px page
+DPI_RANGE = (100, 200)  # ... within these dpi, so a one-panel map is not a thumbnail
+SELECTIVITY_NOTE = (
+    "Δ: the scan's step size at each patch (mean over channels; no unit). A large Δ takes "
+    "the patch into the state and forgets the past (Ā = exp(ΔA)). gate: SiLU(z), the "
+    "factor the SSM output is multiplied by (0: closed). The same for every word.")
 TOP_K = 5  # alternatives shown for the selected word
 LOCALISED_KINDS = ("cross_attention", "prefix_attention", "implicit", "hidden_attention",
                    "hidden_rollout")
@@ -210,6 +219,16 @@ def tab_titles(model) -> dict[str, str]:
             else title for t, title in TABS.items()}
 
 
+def scan_choices(model) -> tuple[list[int], list[str]]:
+    """The bridge layers and scan directions the State and Scrubber views offer (none for
+    a bridge without scans)."""
+    try:
+        stack = SSMStack.of(model, "bridge", what="the scan views")
+    except ValueError:
+        return [], []
+    return list(range(len(stack))), list(stack[0].direction_names)
+
+
 # ---------------------------------------------------------------- model calls
 @dataclass
 class ScanData:
@@ -239,6 +258,7 @@ class View:
 
 
 _OOD_FITS: dict[str, OODScore] = {}  # checkpoint folder -> its fitted OOD score
+_OOD_LOCK = threading.Lock()  # guards _OOD_FITS: one fit per checkpoint at a time
 
 
 class Analyser:
@@ -261,10 +281,12 @@ class Analyser:
     def _fit_ood(self) -> None:
         key = str(Path(self.p.path).resolve())  # a checkpoint's score is fitted once
         try:
-            with self.lock:
+            # the model lock is taken per batch of scenes inside fit: a caption asked for
+            # while the score is fitted waits for one batch, not for all ~770 scenes
+            with _OOD_LOCK:
                 if key not in _OOD_FITS:
                     _OOD_FITS[key] = OODScore.fit(self.model, self.p.transform,
-                                                  self.p.scene_config)
+                                                  self.p.scene_config, lock=self.lock)
                 self._ood = _OOD_FITS[key]
         except BaseException as e:  # re-raised by ood_score, in the thread that asks
             self._ood_error = e
@@ -441,8 +463,21 @@ def tab_figure(analyser: Analyser, view: View, tab: str, word: int = 0, layer: i
         raise ValueError(f"cross-attention view must be one of {CROSS_VIEWS}, got {heads!r}")
     fig = _tab_figure(analyser, view, tab, word, layer, direction, step, method, heads)
     if fig is not None:
-        fig.set_dpi(FIGURE_DPI)
+        set_dpi(fig, figure_dpi(fig))
     return fig
+
+
+def figure_dpi(fig) -> float:
+    """The dpi that draws `fig` about PANEL_PX wide (within DPI_RANGE)."""
+    return float(np.clip(PANEL_PX / fig.get_figwidth(), *DPI_RANGE))
+
+
+def set_dpi(fig, dpi: float) -> None:
+    """Draw and save `fig` at `dpi`. gradio's Plot calls savefig(dpi="figure"), which uses
+    the dpi the figure was created with (matplotlib keeps it as `_original_dpi`, for
+    HiDPI screens), not set_dpi's: so set both, or the PNG stays 100 dpi, a thumbnail."""
+    fig.set_dpi(dpi)
+    fig._original_dpi = dpi
 
 
 def _tab_figure(analyser, view, tab, word, layer, direction, step, method, heads):
@@ -457,7 +492,7 @@ def _tab_figure(analyser, view, tab, word, layer, direction, step, method, heads
             return _cross_panels(view, w, quoted, heads)
         return _attention_figure(view, tab, w, quoted)
     if tab == "bridge":
-        return viz.layer_maps(selectivity_maps(a), view.pixels, ncols=2)
+        return selectivity_figure(view)
     if tab == "state":
         s = analyser.scan(view, layer, direction)
         return viz.state_trajectory(s.state, a.grid_side, scan_perm=s.perm, image=view.pixels,
@@ -526,6 +561,17 @@ def selectivity_maps(a: CaptionAnalysis) -> dict:
         for i in deltas or {}:
             maps[f"{stack} {i} Δ"], maps[f"{stack} {i} gate"] = deltas[i], gates[i]
     return maps
+
+
+def selectivity_figure(view: View):
+    """The Δ and gate maps of every SSM stack, each with its unit, and what they mean."""
+    maps = selectivity_maps(view.analysis)
+    labels = ["Δ (step size)" if t.endswith("Δ") else "gate SiLU(z)" for t in maps]
+    fig = viz.map_panels(list(maps.items()), view.pixels, ncols=2, shared_scale=False,
+                         label=labels)[0]
+    width = int(fig.get_figwidth() * 72 / (viz.style.LABEL_SIZE * 0.55))
+    fig.supxlabel(textwrap.fill(SELECTIVITY_NOTE, width), fontsize=viz.style.LABEL_SIZE)
+    return fig
 
 
 def word_image_map(a: CaptionAnalysis, word: int) -> tuple[str, torch.Tensor]:

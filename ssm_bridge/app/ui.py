@@ -28,12 +28,25 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr
 import numpy as np
 
-from ..core.addressing import SSMStack
 from ..data import split_seeds
+from ..interp.interventions import available_actions
 from ..training.checkpoint import CheckpointError
 from ..training.pretrained import load_pretrained, shipped_names
 from .batching import API_CONCURRENCY, batcher_of
 from .downloads import fresh_folder, tab_arrays, write_map_files
+from .intervene import (
+    action_text,
+    caption_change,
+    clicked_patch,
+    intervene_tab,
+    layer_direction_choices,
+    make_action,
+    object_patches,
+    patch_grid,
+    run_action,
+    stack_choices,
+    word_changes,
+)
 from .memory import release_free_memory
 from .report_download import PROGRESS, ReportDownloads, report_panel
 from .rest import complete_short_calls
@@ -43,17 +56,20 @@ from .support import (
     DEFAULT_MAX_UPLOAD_MB,
     MB,
     TABS,
+    WORD_FREE_TABS,
     Analyser,
     Decoding,
     brush_colours,
     default_word,
     read_upload,
+    scan_choices,
     scene_pixels,
     sketch_image,
     tab_figure,
     tab_titles,
     truth_markdown,
     word_info,
+    word_object,
     word_spans,
 )
 
@@ -132,14 +148,15 @@ class Models:
         return [(Path(c).name, c) for c in self.choices]
 
 
-def scan_choices(model) -> tuple[list[int], list[str]]:
-    """The bridge layers and scan directions the State and Scrubber tabs offer (none for a
-    bridge without scans)."""
-    try:
-        stack = SSMStack.of(model, "bridge", what="the scan tabs")
-    except ValueError:
-        return [], []
-    return list(range(len(stack))), list(stack[0].direction_names)
+def scan_updates(model) -> list:
+    """The layer and direction dropdowns laid out for `model` (a one-choice direction
+    menu is hidden): the State tab's pair, then the scrubber's."""
+    layers, directions = scan_choices(model)
+    pair = [gr.Dropdown(choices=layers, value=layers[0] if layers else None,
+                        visible=bool(layers)),
+            gr.Dropdown(choices=directions, value=directions[0] if directions else None,
+                        visible=len(directions) > 1)]
+    return [*pair, *pair]
 
 
 # ---------------------------------------------------------------- handlers
@@ -200,6 +217,10 @@ class Handlers:
             raise ValueError(f"scan direction {direction!r} is not one of this model's "
                              f"{directions}; pick one in the direction menu")
         k = directions.index(direction) if direction is not None else 0
+        if tab == "attribution" and view.analysis.n_words:
+            # computed for whichever word is selected (cached per word and method), so the
+            # tab follows word clicks instead of going blank; gradio shows it as progress
+            an.attribution(view, word, method)
         figs = [tab_figure(an, view, t, word, int(layer or 0), k, step, method,
                            heads or "mean") if t == tab else None for t in TABS]
         return [*figs, truth_markdown(view, word)]
@@ -222,8 +243,11 @@ class Handlers:
             raise ValueError("caption an image first")
         word = int(evt.index if not isinstance(evt.index, (list, tuple)) else evt.index[0])
         word = min(max(word, 0), max(view.analysis.n_words - 1, 0))
-        return [word, word_spans(view.analysis.words, word), word_info(view, word),
-                *self.render(name, view, word, tab, layer, direction, step, method, heads)]
+        if tab in WORD_FREE_TABS:  # the same figure for every word: leave it
+            figs = [*[gr.skip()] * len(TABS), truth_markdown(view, word)]
+        else:
+            figs = self.render(name, view, word, tab, layer, direction, step, method, heads)
+        return [word, word_spans(view.analysis.words, word), word_info(view, word), *figs]
 
     def download_map(self, name, view, word, tab, layer, direction, step, method,
                      heads="mean"):
@@ -254,14 +278,9 @@ class Handlers:
         titles, scan controls, decoding ranges) and drop the old model's analysis."""
         model = self.models[name].model
         c = model.config
-        layers, directions = scan_choices(model)
         titles = tab_titles(model)
         return [name, intro(c), None, 0, [], "", *[None] * len(TABS), "",
-                *[gr.Tab(label=titles[t]) for t in TABS],
-                gr.Dropdown(choices=layers, value=layers[0] if layers else None,
-                            visible=bool(layers)),
-                gr.Dropdown(choices=directions, value=directions[0] if directions else None,
-                            visible=len(directions) > 1),
+                *[gr.Tab(label=titles[t]) for t in TABS], *scan_updates(model),
                 gr.Slider(maximum=c.num_patches, value=0),
                 gr.Slider(maximum=c.vocab_size, value=0),
                 gr.Slider(maximum=c.max_seq_length, value=c.max_seq_length),
@@ -277,6 +296,65 @@ class Handlers:
         if source is None:
             return [gr.skip()] * (5 + len(TABS))
         return self.run(name, source, *decoding)
+
+    # ---- the Intervene tab (intervene.py): each returns the chosen patches and the grid
+    def iv_reset(self, name, view):
+        """A new image or caption: no patch chosen, the image on the grid, no result."""
+        if view is None:
+            return [[], None, [], ""]
+        return [[], patch_grid(view.pixels, [], view.analysis.grid_side), [], ""]
+
+    def iv_click(self, name, view, patches, evt: gr.SelectData):
+        """A click on the grid chooses its patch, or unchooses it."""
+        if view is None:
+            raise ValueError("caption an image first, then click its patches")
+        g = view.analysis.grid_side
+        chosen = sorted(set(patches or []) ^ {clicked_patch(evt.index, g)})
+        return chosen, patch_grid(view.pixels, chosen, g)
+
+    def iv_choose(self, name, view, word, which):
+        """The buttons: "all" patches, "none", or the selected word's "object"."""
+        if view is None:
+            raise ValueError("caption an image first, then choose patches")
+        a, g = view.analysis, view.analysis.grid_side
+        chosen = {"all": list(range(g * g)), "none": []}.get(which)
+        if which == "object":
+            j = None if view.scene is None or not a.n_words else \
+                word_object(view.scene, a.words, word)
+            if j is None:
+                raise ValueError("the selected word names no object of a generated scene: "
+                                 "select a colour, size or shape word of a test scene")
+            chosen = list(object_patches(view.scene.objects[j].mask, g))
+        return chosen, patch_grid(view.pixels, chosen, g)
+
+    def iv_model(self, name):
+        """After a model switch: its actions and stacks, then as iv_layout."""
+        model = self.models[name].model
+        acts, stacks = available_actions(model), stack_choices(model)
+        kind, stack = (acts or [None])[0], (stacks or [None])[0]
+        return [gr.Dropdown(choices=acts, value=kind),
+                gr.Radio(choices=stacks, value=stack, visible=len(stacks) > 1),
+                *self.iv_layout(name, kind, stack)]
+
+    def iv_layout(self, name, kind=None, stack=None):
+        """The controls for the session's model: the action's help, the source seed (for
+        patching), the stack's layers and directions."""
+        model = self.models[name].model
+        stack = stack if stack in stack_choices(model) else (stack_choices(model) or [None])[0]
+        layers, directions = layer_direction_choices(model, stack)
+        return [action_text(kind), gr.Number(visible=kind == "patch from scene"),
+                gr.CheckboxGroup(choices=layers, value=layers),
+                gr.Dropdown(choices=["all", *directions], value="all",
+                            visible=len(directions) > 1)]
+
+    def iv_apply(self, name, view, patches, kind, layers, direction, stack, source_seed):
+        """Carry out the action (interventions.intervene): the per-word change, the table."""
+        if view is None or not view.analysis.n_words:
+            raise ValueError("caption an image first: the action is measured on its caption")
+        an = self.models[name]
+        action = make_action(an, kind, patches or [], layers, direction, stack, source_seed)
+        res = run_action(an, view, action)
+        return word_changes(res), caption_change(res)
 
     def report(self, name, source, max_length, progress=PROGRESS):
         """"Download report": `ssm-bridge report` of the current image by the session's
@@ -320,7 +398,7 @@ def model_panel(h: Handlers) -> dict:
 def source_panel(h: Handlers) -> dict:
     """Where the image comes from (an upload, a test scene by gallery, seed or at random,
     a drawing), then the 64 x 64 model input it gives and a line describing it."""
-    with gr.Tabs():
+    with gr.Tabs(overflow_behavior="wrap"):
         with gr.Tab("Upload"):
             upload = gr.File(label=f"image file (any size or mode, up to "
                              f"{h.max_upload_mb:g} MB)", type="filepath", elem_id="upload")
@@ -337,7 +415,7 @@ def source_panel(h: Handlers) -> dict:
                 load_btn = gr.Button("load seed")
             random_btn = gr.Button("new random scene", variant="secondary",
                                    elem_id="random-scene")
-        with gr.Tab("Draw"):
+        with gr.Tab("Draw") as draw_tab:
             sketch = gr.Sketchpad(
                 type="numpy", canvas_size=(256, 256), label="draw shapes", elem_id="sketch",
                 brush=gr.Brush(colors=brush_colours(), color_mode="defaults", default_size=8))
@@ -347,7 +425,17 @@ def source_panel(h: Handlers) -> dict:
     source_md = gr.Markdown(elem_id="source")
     return {"upload": upload, "gallery": gallery, "seed_box": seed_box, "load_btn": load_btn,
             "random_btn": random_btn, "sketch": sketch, "draw_btn": draw_btn,
+            "draw_tab": draw_tab,
             "preview": preview, "source_md": source_md}
+
+
+# gradio's sketchpad opens with no tool chosen ("select the draw tool to start"), and has no
+# setting for it: when the Draw tab opens, the browser picks the brush (a second click on
+# it keeps it picked). Retried for 2 s, as the canvas mounts after the tab shows.
+PICK_BRUSH = """() => { const pick = (n) => {
+  const b = document.querySelector('#sketch button[aria-label="Brush"]');
+  if (b) { b.click(); } else if (n > 0) { setTimeout(() => pick(n - 1), 100); } };
+  pick(20); }"""
 
 
 def decoding_panel(h: Handlers) -> dict:
@@ -368,20 +456,30 @@ def decoding_panel(h: Handlers) -> dict:
 
 
 def word_panel(h: Handlers) -> dict:
-    """The caption as clickable words (the selected one highlighted), the selected word's
-    log-probability and gate numbers, and the bridge layer and scan direction that the
-    State and Scrubber tabs show."""
-    layers, directions = scan_choices(h.analyser.model)
+    """The caption as clickable words (the selected one highlighted) and the selected
+    word's log-probability, top next words and gate numbers."""
     caption = gr.HighlightedText(label="caption (click a word)", elem_id="caption",
                                  color_map={"selected": "#f59e0b"}, show_inline_category=False)
-    info = gr.Markdown(elem_id="word-info")
+    return {"caption": caption, "info": gr.Markdown(elem_id="word-info")}
+
+
+def _scan_pair(h: Handlers, tab: str) -> tuple:
+    """A bridge layer and scan direction dropdown for the State or the Scrubber tab (the
+    two tabs' pairs are kept in step by wire_events)."""
+    layers, directions = scan_choices(h.analyser.model)
     with gr.Row():
         layer = gr.Dropdown(layers, value=layers[0] if layers else None,
-                            label="bridge layer (state, scrubber)", visible=bool(layers))
+                            label="bridge layer", visible=bool(layers),
+                            elem_id=f"layer-{tab}")
         direction = gr.Dropdown(directions, value=directions[0] if directions else None,
-                                label="scan direction (state, scrubber)",
-                                visible=len(directions) > 1)
-    return {"caption": caption, "info": info, "layer": layer, "direction": direction}
+                                label="scan direction", visible=len(directions) > 1,
+                                elem_id=f"direction-{tab}")
+    return layer, direction
+
+
+def _state_controls(h: Handlers) -> dict:
+    layer, direction = _scan_pair(h, "state")
+    return {"layer": layer, "direction": direction}
 
 
 def _attribution_controls(h: Handlers) -> dict:
@@ -403,13 +501,15 @@ def _truth_controls(h: Handlers) -> dict:
 
 
 def _scrubber_controls(h: Handlers) -> dict:
-    return {"step": gr.Slider(0, h.analyser.model.config.num_patches, 0, step=1, label="scan step",
-                              elem_id="scan-step")}
+    layer, direction = _scan_pair(h, "scrubber")
+    step = gr.Slider(0, h.analyser.model.config.num_patches, 0, step=1, label="scan step",
+                     elem_id="scan-step")
+    return {"scrub_layer": layer, "scrub_direction": direction, "step": step}
 
 
 TAB_CONTROLS = {  # tab id -> builder of what the tab shows above its figure
-    "cross": _cross_controls, "attribution": _attribution_controls, "truth": _truth_controls,
-    "scrubber": _scrubber_controls,
+    "cross": _cross_controls, "state": _state_controls, "attribution": _attribution_controls,
+    "truth": _truth_controls, "scrubber": _scrubber_controls,
 }
 
 
@@ -431,7 +531,7 @@ def map_download_panel() -> dict:
         button = gr.Button("download this map (PNG + arrays)", elem_id="map-btn", scale=1)
         files = gr.File(label="the open tab's figure and its maps (.npz: numpy.load)",
                         file_count="multiple", interactive=False, elem_id="map-files",
-                        scale=2)
+                        scale=2, height=110)
     return {"map_btn": button, "map_files": files}
 
 
@@ -459,6 +559,7 @@ def wire_events(h: Handlers, ui: SimpleNamespace) -> None:
     button writes the report file; the hidden button serves /caption. Every handler reads
     the session's model first."""
     view_opts = [ui.layer, ui.direction, ui.step, ui.method, ui.heads]
+    iv_layout = [ui.iv_kind_md, ui.iv_source, ui.iv_layer, ui.iv_direction]
     outs = [*ui.plots.values(), ui.truth_md]
     src_outs = [ui.source, ui.preview, ui.source_md]
     decoding = [ui.mode, ui.temperature, ui.top_k, ui.top_p, ui.max_len, ui.dseed]
@@ -469,6 +570,9 @@ def wire_events(h: Handlers, ui: SimpleNamespace) -> None:
     render_ev = dict(fn=guarded(h.render),
                      inputs=[ui.model, ui.view, ui.word, ui.tab, *view_opts],
                      outputs=outs, api_name="render", **quiet)
+    iv_outs = [ui.iv_patches, ui.iv_grid, ui.iv_changes, ui.iv_result]
+    iv_reset_ev = dict(fn=guarded(h.iv_reset), inputs=[ui.model, ui.view], outputs=iv_outs,
+                       **quiet)  # a new caption: the Intervene tab starts afresh
     for trigger, fn, inputs, outputs in (
             (ui.upload.upload, h.from_upload, [ui.upload], src_outs),
             (ui.random_btn.click, h.random_scene, [], [*src_outs, ui.seed_box]),
@@ -476,26 +580,37 @@ def wire_events(h: Handlers, ui: SimpleNamespace) -> None:
             (ui.gallery.select, h.from_gallery, [], [*src_outs, ui.seed_box]),
             (ui.draw_btn.click, h.from_sketch, [ui.sketch], src_outs)):
         loaded = trigger(guarded(fn), [ui.model, *inputs], outputs, **quiet)
-        loaded.success(**run_ev).success(**render_ev)
+        loaded.success(**run_ev).success(**render_ev).success(**iv_reset_ev)
         # a failed source (a bad upload, a bad seed) must not leave the last image's
         # caption and maps beside its error
-        loaded.failure(h.cleared, None, [*src_outs, *run_outs], **quiet)
-    ui.caption_btn.click(**run_ev).success(**render_ev)
+        loaded.failure(h.cleared, None, [*src_outs, *run_outs], **quiet).then(**iv_reset_ev)
+    ui.draw_tab.select(None, None, None, js=PICK_BRUSH, **quiet)
+    ui.caption_btn.click(**run_ev).success(**render_ev).success(**iv_reset_ev)
     ui.caption.select(guarded(h.select_word), [ui.model, ui.view, ui.tab, *view_opts],
                       [ui.word, ui.caption, ui.info, *outs], **quiet)
     for t, item in ui.tab_items.items():
         item.select(guarded(lambda *a, t=t: [t, *h.render(a[0], a[1], a[2], t, *a[3:])]),
                     [ui.model, ui.view, ui.word, *view_opts], [ui.tab, *outs], **quiet)
-    for control in (ui.layer, ui.direction, ui.step, ui.heads):
+    for control in (ui.layer, ui.direction, ui.step, ui.heads, ui.method):
         control.change(**render_ev, trigger_mode="always_last")
+    # the State and the Scrubber tab each show a layer and direction menu; a choice in
+    # one (a user's .input, not a copy) is copied to the other, and the State pair's
+    # .change redraws
+    for a, b in ((ui.layer, ui.scrub_layer), (ui.direction, ui.scrub_direction)):
+        a.input(lambda v: v, a, b, **quiet)
+        b.input(lambda v: v, b, a, **quiet)
     ui.attr_btn.click(guarded(h.attribute), [ui.model, ui.view, ui.word, ui.method, ui.layer,
                                              ui.direction, ui.step, ui.heads], outs, **quiet)
-    ui.model_dd.change(
+    switched = ui.model_dd.change(
         guarded(h.switch_model), ui.model_dd,
         [ui.model, ui.intro_md, *run_outs, *ui.tab_items.values(), ui.layer, ui.direction,
-         ui.step, ui.top_k, ui.max_len, ui.heads], **quiet,
-    ).success(guarded(h.rerun), [ui.model, ui.source, *decoding], run_outs, **quiet
-              ).success(**render_ev)
+         ui.scrub_layer, ui.scrub_direction, ui.step, ui.top_k, ui.max_len, ui.heads],
+        **quiet)
+    switched.success(guarded(h.iv_model), ui.model, [ui.iv_kind, ui.iv_stack, *iv_layout],
+                     **quiet)
+    switched.success(guarded(h.rerun), [ui.model, ui.source, *decoding], run_outs, **quiet
+                     ).success(**render_ev).success(**iv_reset_ev)
+    wire_intervene(h, ui, iv_layout)
     # one report at a time across sessions: each holds its model for a minute or more
     ui.report_btn.click(guarded(h.report), [ui.model, ui.source, ui.max_len], ui.report_file,
                         concurrency_limit=1, concurrency_id="report", **quiet)
@@ -506,6 +621,26 @@ def wire_events(h: Handlers, ui: SimpleNamespace) -> None:
     ui.api_btn.click(guarded(h.caption_api), [ui.model, ui.api_image, *decoding],
                      ui.api_caption, api_name="caption", concurrency_id="caption",
                      concurrency_limit=API_CONCURRENCY)
+
+
+def wire_intervene(h: Handlers, ui: SimpleNamespace, layout: list) -> None:
+    """The Intervene tab: a grid click or a button chooses patches, the action or stack
+    lays out the controls, "apply" acts (a model call, so it queues with the others)."""
+    quiet = {"api_visibility": "undocumented"}
+    chosen = [ui.iv_patches, ui.iv_grid]
+    ui.iv_grid.select(guarded(h.iv_click), [ui.model, ui.view, ui.iv_patches], chosen,
+                      **quiet)
+    for button, which in ((ui.iv_all_btn, "all"), (ui.iv_clear_btn, "none"),
+                          (ui.iv_obj_btn, "object")):
+        button.click(guarded(lambda n, v, w, which=which: h.iv_choose(n, v, w, which)),
+                     [ui.model, ui.view, ui.word], chosen, **quiet)
+    for control in (ui.iv_kind, ui.iv_stack):
+        control.input(guarded(h.iv_layout), [ui.model, ui.iv_kind, ui.iv_stack], layout,
+                      **quiet)
+    ui.iv_apply_btn.click(guarded(h.iv_apply),
+                          [ui.model, ui.view, ui.iv_patches, ui.iv_kind, ui.iv_layer,
+                           ui.iv_direction, ui.iv_stack, ui.iv_source],
+                          [ui.iv_changes, ui.iv_result], api_name="intervene", **quiet)
 
 
 def model_choices(checkpoint: str, choices=None) -> list[str]:
@@ -535,10 +670,12 @@ def build_app(checkpoint: str = "shapes-tiny", device: str = "cpu",
                 reports = report_panel()
             with gr.Column(scale=2):
                 words = word_panel(h)
-                with gr.Tabs():
+                # wrap: at 1024 px the tabs take two rows rather than hiding in a menu
+                with gr.Tabs(overflow_behavior="wrap", elem_id="map-tabs"):
                     maps = map_tabs(h)
+                    acting = intervene_tab(h.analyser.model)
                 map_files = map_download_panel()
-        wire_events(h, _join(top, state, sources, decoding, reports, words, maps,
+        wire_events(h, _join(top, state, sources, decoding, reports, words, maps, acting,
                              map_files, api_inputs()))
     demo.queue(default_concurrency_limit=concurrency, max_size=256)
     complete_short_calls(demo)  # a raw REST /caption with only the image gets the defaults

@@ -17,6 +17,7 @@ and noise score far above it (tests/test_ood.py measures the AUROC).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,16 @@ def features(model, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([cls, patches], dim=1).cpu()  # (B, 2 * dim)
 
 
+def _batched_features(model, images: torch.Tensor, batch: int, lock) -> torch.Tensor:
+    """features() of `images` in batches, each under `lock`: a server fitting in the
+    background holds its model for one batch at a time, not the whole fit."""
+    out = []
+    for x in images.split(batch):
+        with lock:
+            out.append(features(model, x))
+    return torch.cat(out)  # (N, 2 * dim)
+
+
 def _scene_images(transform, scene_config, split: str, n: int) -> torch.Tensor:
     return torch.stack([transform(make_scene(split, i, scene_config).image) for i in range(n)])
 
@@ -52,26 +63,32 @@ class OODScore:
 
     @classmethod
     def fit(cls, model, transform, scene_config, n_train: int = 512, n_val: int = 256,
-            batch: int = 128) -> OODScore:
+            batch: int = 64, lock=None) -> OODScore:
         """Fit on the first n_train training scenes, calibrate on n_val validation scenes
-        (drawn by seed: the same every time)."""
+        (drawn by seed: the same every time). `lock` (e.g. the app's model lock) is held
+        around each batch's forward only."""
         if n_train < 2 or n_val < 1:
             raise ValueError(f"n_train must be >= 2 and n_val >= 1, got {n_train}, {n_val}")
-        train = torch.cat([features(model, x) for x in
-                           _scene_images(transform, scene_config, "train", n_train).split(batch)])
+        lock = lock if lock is not None else contextlib.nullcontext()
+        train = _batched_features(model, _scene_images(transform, scene_config, "train",
+                                                       n_train), batch, lock)
         mean = train.mean(0)  # (F,)
         centred = (train - mean).double()  # (N, F)
         cov = centred.T @ centred / (len(train) - 1)  # (F, F)
         target = torch.eye(cov.shape[0], dtype=cov.dtype) * cov.diagonal().mean()
         precision = torch.linalg.inv((1 - SHRINKAGE) * cov + SHRINKAGE * target).float()
         scorer = cls(mean, precision, 1.0)
-        val = _scene_images(transform, scene_config, "val", n_val)
-        scorer.scale = float(np.quantile(scorer.distance(model, val).numpy(), QUANTILE))
+        val = _batched_features(model, _scene_images(transform, scene_config, "val", n_val),
+                                batch, lock)
+        scorer.scale = float(np.quantile(scorer._distance(val).numpy(), QUANTILE))
         return scorer
 
     def distance(self, model, images: torch.Tensor) -> torch.Tensor:
         """(B,) Mahalanobis distance of each image's features from the training scenes'."""
-        d = features(model, images) - self.mean  # (B, F)
+        return self._distance(features(model, images))
+
+    def _distance(self, feats: torch.Tensor) -> torch.Tensor:
+        d = feats - self.mean  # (B, F)
         return torch.einsum("bf,fg,bg->b", d, self.precision, d).clamp_min(0).sqrt()
 
     def score(self, model, images: torch.Tensor) -> torch.Tensor:
