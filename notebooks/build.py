@@ -82,8 +82,12 @@ def children_cpu() -> float:
 
 def execute(nb: nbformat.NotebookNode) -> None:
     """Run every cell in a fresh kernel (cwd notebooks/), storing the outputs in `nb`."""
+    # store_widget_state=False: an explorer widget's saved state is ~130 KB of random
+    # model ids, rewritten at every build; the cell's text form is kept, and a reader runs
+    # the cell to get the live widget
     client = NotebookClient(nb, timeout=600, kernel_name=KERNELSPEC["name"],
-                            record_timing=False, resources={"metadata": {"path": str(HERE)}})
+                            record_timing=False, store_widget_state=False,
+                            resources={"metadata": {"path": str(HERE)}})
     client.execute()
 
 

@@ -270,7 +270,7 @@ for r in moved:
 assert explorer.selected_word == "square" and "'square'" in map_title
 assert result.caption_before == explorer.view.analysis.caption == captions[3]
 shown = explorer.result_out.outputs[0]["data"]["text/markdown"]  # the table under "apply"
-assert explorer.result is result and "(changed;" in shown
+assert explorer.result is result and "the caption **changed**" in shown
 
 # %% [markdown]
 # The prose below rests on these numbers; the checks fail loudly if a new checkpoint
