@@ -139,3 +139,20 @@ def test_the_attribution_tab_follows_the_selected_word(handlers):
                                SimpleNamespace(index=2))
     assert all(f == gr.skip() for f in out[3:3 + len(TABS)])
     assert out[-1].startswith("**ground truth:**")
+
+
+def test_every_per_word_map_names_the_query_that_wrote_the_word(handlers):
+    """Issue 19, point 2: a map of a word is the attention (or flow) of the decoder query
+    that wrote it; each says so, for both kinds of model."""
+    from ssm_bridge.app.support import WORD_TAB_KINDS, tab_figure
+
+    source = handlers.from_seed(None, handlers.example_seeds[0])[0]
+    for name in (None, ALL_SSM):
+        an = handlers.models[name]
+        view = handlers.run(name, source, *DECODING)[0]
+        word = view.analysis.words[2]
+        for tab in WORD_TAB_KINDS:
+            fig = tab_figure(an, view, tab, 2)
+            texts = [fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)]
+            said = " ".join(" ".join(texts).split())
+            assert f"the query that wrote '{word}'" in said, (name, tab, said)

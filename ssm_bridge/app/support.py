@@ -526,31 +526,39 @@ def _cross_panels(view: View, w: int, quoted: str, heads: str):
 
 
 def _attention_figure(view: View, tab: str, w: int, quoted: str):
-    a = view.analysis
+    """Every per-word map says whose it is: the decoder query (the position before the
+    word) that wrote it, not the word's own token."""
+    a, query = view.analysis, f"the query that wrote {quoted}"
     if tab == "cross":
-        return _overlay(view, a.cross_attention[w], f"cross-attention of the query that "
-                        f"wrote {quoted}", "attention")
+        return _overlay(view, a.cross_attention[w], f"cross-attention of {query}",
+                        "attention")
     if tab == "prefix":
-        return _overlay(view, a.prefix_attention[w], f"decoder attention of {quoted} to the "
-                        "image prefix", "attention")
-    return viz.map_panels([(f"cross-attention of {quoted}", a.cross_attention[w]),
-                           ("through the SSM (implicit)", a.implicit[w])],
-                          view.pixels, ncols=2, shared_scale=False)[0]
+        return _overlay(view, a.prefix_attention[w], f"decoder attention to the image "
+                        f"prefix, {query}", "attention")
+    fig = viz.map_panels([("cross-attention", a.cross_attention[w]),
+                          ("through the SSM (implicit)", a.implicit[w])],
+                         view.pixels, ncols=2, shared_scale=False)[0]
+    fig.suptitle(query, fontsize=viz.style.TITLE_SIZE)
+    return fig
 
 
 def _scan_figure(view: View, tab: str, w: int, quoted: str):
-    """The word tabs of a Mamba decoder: its hidden attention (ssm_paths)."""
-    a = view.analysis
+    """The word tabs of a Mamba decoder: its hidden attention (ssm_paths), of the decoder
+    query that wrote the word."""
+    a, query = view.analysis, f"the query that wrote {quoted}"
     if tab == "cross":
-        return _overlay(view, a.hidden_rollout[w], f"{quoted} → image through the scans",
+        return _overlay(view, a.hidden_rollout[w], f"{query} → image through the scans",
                         "flow")
     if tab == "prefix":
         layers = a.hidden_attention_layers[w]  # (layers, g, g)
-        return viz.map_panels([(f"decoder layer {i}", m) for i, m in enumerate(layers)],
-                              view.pixels, ncols=min(len(layers), 3), shared_scale=False)[0]
-    return viz.map_panels([(f"decoder hidden attention of {quoted}", a.hidden_attention[w]),
-                           ("rolled out to the patches", a.hidden_rollout[w])],
-                          view.pixels, ncols=2, shared_scale=False)[0]
+        fig = viz.map_panels([(f"decoder layer {i}", m) for i, m in enumerate(layers)],
+                             view.pixels, ncols=min(len(layers), 3), shared_scale=False)[0]
+    else:
+        fig = viz.map_panels([("decoder hidden attention", a.hidden_attention[w]),
+                              ("rolled out to the patches", a.hidden_rollout[w])],
+                             view.pixels, ncols=2, shared_scale=False)[0]
+    fig.suptitle(query, fontsize=viz.style.TITLE_SIZE)
+    return fig
 
 
 def selectivity_maps(a: CaptionAnalysis) -> dict:
