@@ -73,6 +73,26 @@ def test_make_trainer_matches_train_build(tmp_path):
         assert torch.equal(x, y)
 
 
+def test_decoder_and_vision_variants_run_end_to_end(tmp_path):
+    """Issue 17's rows: a Mamba decoder (Cobra-style with the MLP bridge) and the
+    attention-free Vim -> SSM -> Mamba, through the same study with the same columns."""
+    study = Study(variants=["mlp+mamba", "vim+ssm+mamba"], seeds=[0], steps=2,
+                  preset="test-tiny", runs=str(tmp_path / "runs"), out=str(tmp_path / "out"),
+                  test_num=2, latency_repeats=1, progress=False,
+                  overrides={"num_train": 8, "scenes": {"max_objects": 2, "min_objects": 1}})
+    cobra, all_ssm = (run_config(study, v, 0).model for v in study.variants)
+    assert (cobra.vision_type, cobra.bridge_type, cobra.decoder_type) == ("vit", "mlp", "mamba")
+    assert (all_ssm.vision_type, all_ssm.bridge_type, all_ssm.decoder_type) == \
+        ("vim", "ssm", "mamba")
+    assert cobra.cross_attn_layers == 0 and cobra.vision_embed_dim == 96  # the study's width
+    rows = ablate.run_study(study)
+    assert [r["variant"] for r in rows] == ["mlp+mamba", "vim+ssm+mamba"]
+    for r in rows:
+        assert r["decode_ms_per_token"] > 0 and r["steps"] == 2
+    assert (tmp_path / "runs" / "vim+ssm+mamba-seed0" / "result.json").is_file()
+    assert "| vim+ssm+mamba | 0 |" in (tmp_path / "out" / "results.md").read_text()
+
+
 def test_bad_arguments_fail_before_training(capsys):
     with pytest.raises(SystemExit):
         ablate.main(["--variants", "ssm,transformer"])

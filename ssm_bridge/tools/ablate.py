@@ -1,4 +1,4 @@
-"""Bridge ablation study: every bridge variant, one training budget, several seeds.
+"""Ablation study: bridge variants (and decoder / vision variants), one budget, seeds.
 
     python -m ssm_bridge.tools.ablate [--variants ssm,ssm_lti,seed_ssm,mlp,resampler,linear]
         [--seeds 0,1,2] [--steps N] [--out docs/ablation] [--runs runs/ablation]
@@ -6,7 +6,15 @@
         [--scenes.min_objects=3 --scenes.max_objects=5 ...] [--lr=... --batch_size=...]
         [--model.<field>=...]
 
-Each (variant, seed) run trains `VLMConfig.bridge_type = variant` with the trainer
+A variant is a name of VARIANTS: a bridge type alone (ViT -> that bridge -> transformer
+decoder), or one with "+" that changes the other ends too: `mlp+mamba` (ViT -> MLP -> Mamba
+decoder, Cobra-style), `ssm+mamba`, `vim+ssm+mamba` (all-SSM: Vision Mamba -> SSM bridge ->
+Mamba decoder). Issue 17's comparison, at one longer budget for every row:
+
+    python -m ssm_bridge.tools.ablate --variants ssm,mlp,mlp+mamba,ssm+mamba,vim+ssm+mamba \
+        --steps N --out docs/ablation-all-ssm --runs runs/ablation-all-ssm
+
+Each (variant, seed) run trains the variant's model fields with the trainer
 (ssm_bridge.training.trainer) under the same budget: the preset's TrainConfig (batch, lr,
 schedule) with the study's defaults and the given overrides, on scenes where order and
 memory matter. The study's defaults (STUDY_TRAIN, STUDY_MODEL, STUDY_SCENES): 2400 steps
@@ -29,6 +37,8 @@ Then it measures, per run:
                             leaving out the first log interval when there are two or more
     latency_ms              one forward pass, batch 1 (image + a caption), median of repeats
     bridge_latency_ms       the bridge alone on the ViT tokens, batch 1, median of repeats
+    decode_ms_per_token     one decoding step, batch 1, at the longest caption the model
+                            allows (median of its last 10 steps)
 
 and writes into --out: results.csv (one row per run), results.md (mean ± std over
 seeds, the command, the machine), study.json (the same facts for code to read),
@@ -105,9 +115,23 @@ STUDY_SCENES: dict[str, Any] = dict(
     # 17-21 px, neighbours closer than the defaults allow (those fail to lay out 5).
     small_extent=(0.16, 0.20), large_extent=(0.27, 0.33), min_dx=0.11, spacing=0.55,
 )
+# The study's variants: a name -> the model fields it sets. Each bridge type alone is a
+# variant (ViT -> that bridge -> transformer decoder, the published 2400-step study); the
+# names with "+" change the other ends too (issue 17): a Mamba decoder over [image tokens ;
+# text] (Cobra-style with the MLP bridge), and the attention-free Vim -> SSM -> Mamba. A
+# Mamba decoder reads the image as its prefix only (no cross-attention, as in Cobra and
+# shapes-all-ssm), whatever the preset sets for the transformer decoder.
+_MAMBA = {"decoder_type": "mamba", "cross_attn_layers": 0}
+VARIANTS: dict[str, dict[str, object]] = {
+    **{t: {"bridge_type": t} for t in BRIDGE_TYPES},
+    "mlp+mamba": {"bridge_type": "mlp", **_MAMBA},
+    "ssm+mamba": {"bridge_type": "ssm", **_MAMBA},
+    "vim+ssm+mamba": {"vision_type": "vim", "bridge_type": "ssm", **_MAMBA},
+}
+DEFAULT_VARIANTS = list(BRIDGE_TYPES)  # what --variants runs when not given (the 2400-step study)
 RUN_COLUMNS = ["variant", "seed", "steps", "batch_size", "lr", "params_bridge", "params_total",
                "media_tokens", "train_seconds", "train_samples_per_s", "latency_ms",
-               "bridge_latency_ms", "final_loss"]
+               "bridge_latency_ms", "decode_ms_per_token", "final_loss"]
 METRIC_COLUMNS = ["exact_match", "colour", "shape", "size", "relation", "count", "vqa",
                   "bleu4", "cider"]
 COLUMNS = RUN_COLUMNS + METRIC_COLUMNS  # then vqa_<kind> columns and test_num
@@ -117,7 +141,7 @@ COLUMNS = RUN_COLUMNS + METRIC_COLUMNS  # then vqa_<kind> columns and test_num
 class Study:
     """What to run: variants x seeds under one budget (`overrides` as parse_overrides)."""
 
-    variants: list[str] = field(default_factory=lambda: list(BRIDGE_TYPES))
+    variants: list[str] = field(default_factory=lambda: list(DEFAULT_VARIANTS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     steps: int | None = None  # None: the preset's max_steps
     preset: str = "shapes-tiny"
@@ -133,9 +157,9 @@ class Study:
     command: str = ""
 
     def __post_init__(self) -> None:
-        bad = [v for v in self.variants if v not in BRIDGE_TYPES]
+        bad = [v for v in self.variants if v not in VARIANTS]
         if bad or not self.variants:
-            raise ValueError(f"unknown variant(s) {bad}; choose from {list(BRIDGE_TYPES)}")
+            raise ValueError(f"unknown variant(s) {bad}; choose from {list(VARIANTS)}")
         if not self.seeds:
             raise ValueError("give at least one seed, e.g. --seeds 0,1,2")
         if self.steps is not None and self.steps < 1:
@@ -154,7 +178,7 @@ def run_config(study: Study, variant: str, seed: int) -> TrainConfig:
                eval_every=0, eval_num=0, save_every=0, progress=False)
     if study.steps is not None:
         top["max_steps"] = study.steps
-    model = {**STUDY_MODEL, **o.get("model", {}), "bridge_type": variant}
+    model = {**STUDY_MODEL, **o.get("model", {}), **VARIANTS[variant]}
     scenes = {**STUDY_SCENES, **o.get("scenes", {})}
     return build_train_config(study.preset, {**top, "model": model, "scenes": scenes})
 
@@ -221,7 +245,36 @@ def measure_latency(model: EnhancedVLM, data: StudyData, repeats: int) -> dict[s
     tokens = tokens[:, : model.config.max_seq_length]
     feats = model.vision(images)  # (1, 1 + P, vision_dim)
     return {"latency_ms": median_ms(lambda: model(images, tokens), repeats, device),
-            "bridge_latency_ms": median_ms(lambda: model.bridge(feats), repeats, device)}
+            "bridge_latency_ms": median_ms(lambda: model.bridge(feats), repeats, device),
+            "decode_ms_per_token": decode_ms_per_token(model, images)}
+
+
+DECODE_STEPS = 10  # the last decoding steps timed by decode_ms_per_token
+
+
+@torch.no_grad()
+def decode_ms_per_token(model: EnhancedVLM, images: torch.Tensor) -> float:
+    """Median ms of one decoding step (batch 1) over the last DECODE_STEPS steps of a
+    caption as long as the model allows (max_seq_length): a KV cache has grown to its
+    largest there, a Mamba decoder's state has not grown at all. Time after a warm decode."""
+    c, device = model.config, images.device
+    media = model.encode_image(images)  # (1, P, dim)
+
+    def decode() -> list[float]:
+        cache = model.decoder.new_cache(1, c.max_seq_length, media.shape[1], device,
+                                        media.dtype)
+        token = torch.full((1, 1), c.bos_token_id, device=device)
+        times = []
+        for _ in range(c.max_seq_length - 1):  # BOS with the prefix, then a token per call
+            _sync(device)
+            t0 = time.perf_counter()
+            token = model.decoder(media, token, cache)[:, -1:].argmax(-1)  # (1, 1)
+            _sync(device)
+            times.append(1000 * (time.perf_counter() - t0))
+        return times
+
+    decode()
+    return statistics.median(decode()[-DECODE_STEPS:])
 
 
 def _train_records(run_dir: Path) -> list[dict[str, Any]]:
@@ -249,8 +302,10 @@ def budget(cfg: TrainConfig, study: Study) -> dict[str, Any]:
     return {"train": d, "test_split": study.test_split, "test_num": study.test_num}
 
 
-def run_one(cfg: TrainConfig, data: StudyData, study: Study) -> dict[str, Any]:
-    """Train, evaluate and measure one (variant, seed); returns its results row."""
+def run_one(cfg: TrainConfig, data: StudyData, study: Study,
+            variant: str | None = None) -> dict[str, Any]:
+    """Train, evaluate and measure one (variant, seed); returns its results row (variant:
+    its VARIANTS name; None: the bridge type)."""
     run_dir = Path(cfg.out_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # no half-finished run's records
     trainer = make_trainer(cfg, data)
@@ -260,7 +315,7 @@ def run_one(cfg: TrainConfig, data: StudyData, study: Study) -> dict[str, Any]:
     media = model.encode_image(torch.zeros(1, model.config.in_channels, model.config.img_size,
                                            model.config.img_size, device=trainer.device))
     row: dict[str, Any] = {
-        "variant": cfg.model.bridge_type, "seed": cfg.seed, "steps": trainer.step,
+        "variant": variant or cfg.model.bridge_type, "seed": cfg.seed, "steps": trainer.step,
         "batch_size": cfg.batch_size * cfg.grad_accum * trainer.world, "lr": cfg.lr,
         "params_bridge": sum(p.numel() for p in model.bridge.parameters()),
         "params_total": model.num_parameters(), "media_tokens": media.shape[1],
@@ -322,7 +377,7 @@ def run_study(study: Study, plan: list[tuple[str, int, TrainConfig]] | None = No
         if row is None:
             if data is None or data.key != data_key(cfg):
                 data = prepare_data(cfg, study.workers, study.progress)
-            row = run_one(cfg, data, study)
+            row = run_one(cfg, data, study, variant)
         rows.append(row)
         write_outputs(rows, study, plan[0][2])
     bar.close()
@@ -500,8 +555,8 @@ def _int_list(text: str) -> list[int]:
 def parse_args(argv: list[str]) -> Study:
     p = argparse.ArgumentParser(prog="python -m ssm_bridge.tools.ablate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default=",".join(BRIDGE_TYPES),
-                   help=f"comma-separated bridge types from {','.join(BRIDGE_TYPES)}")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help=f"comma-separated, from {','.join(VARIANTS)}")
     p.add_argument("--seeds", type=_int_list, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run "
                    "(default: the preset's max_steps)")
