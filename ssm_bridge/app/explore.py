@@ -34,12 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.addressing import ssm_stacks
 from ..data import Scene
-from ..interp.interventions import ACTIONS, STATE_STACKS, Action, available_actions
+from ..interp.interventions import ACTIONS, Action, available_actions
 from ..interp.maps import ATTRIBUTION_KINDS
 from ..training.pretrained import Pretrained, load_pretrained, shipped_names
-from .intervene import caption_change, object_patches, run_action
+from .intervene import caption_change, object_patches, run_action, stack_choices
 from .support import (
     CROSS_VIEWS,
     TABS,
@@ -188,7 +187,7 @@ class Explorer:
 
     def _build_intervention(self, w, model) -> None:
         actions = available_actions(model)
-        stacks = [st for st in STATE_STACKS if st in ssm_stacks(model)]  # where states live
+        stacks = stack_choices(model)  # where states live (the app's Intervene tab's list)
         self.stack = w.Dropdown(options=stacks, description="stack")
         self.action = w.Dropdown(options=actions, description="action")
         self.action_help = w.HTML()

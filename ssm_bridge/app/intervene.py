@@ -22,7 +22,7 @@ import numpy as np
 from ..core.addressing import ssm_stacks
 from ..interp.interventions import ACTIONS, STATE_STACKS, Action, available_actions, intervene
 from ..interp.localization import cell_index
-from .support import scene_pixels
+from .support import layer_direction_choices, scene_pixels
 
 MIN_COVER = 0.1  # a patch belongs to an object when the object covers this share of it
 DISPLAY = 256  # px: the model input shown 4x (64 px) so that a patch is easy to click
@@ -73,15 +73,6 @@ def stack_choices(model) -> list[str]:
     """The SSM stacks whose state the tab can edit at image tokens."""
     stacks = ssm_stacks(model)
     return [s for s in STATE_STACKS if s in stacks]
-
-
-def layer_direction_choices(model, stack: str | None) -> tuple[list[int], list[str]]:
-    """Layers and scan directions of `stack` (none for a model without it)."""
-    stacks = ssm_stacks(model)
-    if stack not in stacks:
-        return [], []
-    s = stacks[stack]
-    return list(range(len(s))), list(s[0].direction_names)
 
 
 def action_text(kind: str) -> str:

@@ -32,7 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 import viz
 
-from ..core.addressing import SSMStack
+from ..core.addressing import SSMStack, ssm_stacks
 from ..data import PALETTE, SHAPES, SceneConfig, generate_scene
 from ..data.captions import PHRASE_ORDER
 from ..interp.localization import (
@@ -219,14 +219,18 @@ def tab_titles(model) -> dict[str, str]:
             else title for t, title in TABS.items()}
 
 
-def scan_choices(model) -> tuple[list[int], list[str]]:
-    """The bridge layers and scan directions the State and Scrubber views offer (none for
-    a bridge without scans)."""
-    try:
-        stack = SSMStack.of(model, "bridge", what="the scan views")
-    except ValueError:
+def layer_direction_choices(model, stack: str | None) -> tuple[list[int], list[str]]:
+    """Layers and scan directions of SSM stack `stack` (none for a model without it)."""
+    stacks = ssm_stacks(model)
+    if stack not in stacks:
         return [], []
-    return list(range(len(stack))), list(stack[0].direction_names)
+    s = stacks[stack]
+    return list(range(len(s))), list(s[0].direction_names)
+
+
+def scan_choices(model) -> tuple[list[int], list[str]]:
+    """The bridge layers and scan directions the State and Scrubber views offer."""
+    return layer_direction_choices(model, "bridge")
 
 
 # ---------------------------------------------------------------- model calls

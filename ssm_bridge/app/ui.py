@@ -39,7 +39,6 @@ from .intervene import (
     caption_change,
     clicked_patch,
     intervene_tab,
-    layer_direction_choices,
     make_action,
     object_patches,
     patch_grid,
@@ -61,6 +60,7 @@ from .support import (
     Decoding,
     brush_colours,
     default_word,
+    layer_direction_choices,
     read_upload,
     scan_choices,
     scene_pixels,
@@ -266,13 +266,6 @@ class Handlers:
         stem = f"{tab}-word{int(word) + 1}" if view.analysis.n_words else tab
         return [str(p) for p in write_map_files(fig, arrays, fresh_folder("maps"), stem)]
 
-    def attribute(self, name, view, word, method, layer, direction, step, heads="mean"):
-        if view is None or not view.analysis.n_words:
-            raise ValueError("caption an image first")
-        self.models[name].attribution(view, word, method)
-        return self.render(name, view, word, "attribution", layer, direction, step, method,
-                           heads)
-
     def switch_model(self, name):
         """The selector changed: load the model, lay the page out for it (intro, tab
         titles, scan controls, decoding ranges) and drop the old model's analysis."""
@@ -340,7 +333,8 @@ class Handlers:
         """The controls for the session's model: the action's help, the source seed (for
         patching), the stack's layers and directions."""
         model = self.models[name].model
-        stack = stack if stack in stack_choices(model) else (stack_choices(model) or [None])[0]
+        stacks = stack_choices(model)
+        stack = stack if stack in stacks else (stacks or [None])[0]
         layers, directions = layer_direction_choices(model, stack)
         return [action_text(kind), gr.Number(visible=kind == "patch from scene"),
                 gr.CheckboxGroup(choices=layers, value=layers),
@@ -483,10 +477,8 @@ def _state_controls(h: Handlers) -> dict:
 
 
 def _attribution_controls(h: Handlers) -> dict:
-    with gr.Row():
-        method = gr.Dropdown(ATTRIBUTION_METHODS, value="ig", label="method")
-        attr_btn = gr.Button("compute attribution", elem_id="attr-btn")
-    return {"method": method, "attr_btn": attr_btn}
+    # no "compute" button: the open tab computes the selected word's map (render)
+    return {"method": gr.Dropdown(ATTRIBUTION_METHODS, value="ig", label="method")}
 
 
 def _cross_controls(h: Handlers) -> dict:
@@ -554,8 +546,9 @@ def _join(*parts: dict) -> SimpleNamespace:
 # ---------------------------------------------------------------- wiring and the page
 def wire_events(h: Handlers, ui: SimpleNamespace) -> None:
     """Every image source captions and renders; the caption button re-captions; a word
-    click, a tab, a layer, direction or step change redraw; the attribution button
-    computes one; the model selector lays the page out again and re-captions; the report
+    click, a tab, a layer, direction, step or attribution-method change redraw (the open
+    Attribution tab computes its map); the Intervene tab acts (wire_intervene); the model
+    selector lays the page out again and re-captions; the report
     button writes the report file; the hidden button serves /caption. Every handler reads
     the session's model first."""
     view_opts = [ui.layer, ui.direction, ui.step, ui.method, ui.heads]
@@ -599,8 +592,6 @@ def wire_events(h: Handlers, ui: SimpleNamespace) -> None:
     for a, b in ((ui.layer, ui.scrub_layer), (ui.direction, ui.scrub_direction)):
         a.input(lambda v: v, a, b, **quiet)
         b.input(lambda v: v, b, a, **quiet)
-    ui.attr_btn.click(guarded(h.attribute), [ui.model, ui.view, ui.word, ui.method, ui.layer,
-                                             ui.direction, ui.step, ui.heads], outs, **quiet)
     switched = ui.model_dd.change(
         guarded(h.switch_model), ui.model_dd,
         [ui.model, ui.intro_md, *run_outs, *ui.tab_items.values(), ui.layer, ui.direction,
