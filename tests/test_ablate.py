@@ -2,6 +2,7 @@
 summary table and the plot."""
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -91,6 +92,37 @@ def test_decoder_and_vision_variants_run_end_to_end(tmp_path):
         assert r["decode_ms_per_token"] > 0 and r["steps"] == 2
     assert (tmp_path / "runs" / "vim+ssm+mamba-seed0" / "result.json").is_file()
     assert "| vim+ssm+mamba | 0 |" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_a_clone_continues_the_study_from_the_records_in_its_folder(tmp_path, monkeypatch):
+    """The run folders (checkpoints) are not committed; OUT/runs/VARIANT-seedK.json is. A
+    clone without the run folders reuses those records (no retraining), curves included,
+    and says which machine measured them; a record of another budget is not reused."""
+    study = Study(variants=["linear"], seeds=[0], steps=2, preset="test-tiny",
+                  runs=str(tmp_path / "runs"), out=str(tmp_path / "out"), test_num=2,
+                  latency_repeats=1, progress=False,
+                  overrides={"num_train": 8, "scenes": {"max_objects": 2, "min_objects": 1}})
+    first = ablate.run_study(study)
+    record = tmp_path / "out" / "runs" / "linear-seed0.json"
+    saved = json.loads(record.read_text())
+    assert saved["row"]["exact_match"] == first[0]["exact_match"]
+    assert [c["step"] for c in saved["curve"]][-1] == 2 and saved["row"]["machine"]
+    assert not list(record.parent.glob("*.tmp"))
+
+    import shutil
+    shutil.rmtree(tmp_path / "runs")  # a fresh clone: records only
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recorded run was retrained")
+
+    monkeypatch.setattr(ablate, "run_one", no_training)
+    again = ablate.run_study(study)
+    assert again == json.loads(json.dumps(first, default=str))
+    with open(tmp_path / "out" / "curves.csv") as f:
+        assert [c["step"] for c in csv.DictReader(f)][-1] == "2"
+    assert "Runs measured on: " in (tmp_path / "out" / "results.md").read_text()
+    with pytest.raises(AssertionError, match="retrained"):  # another budget: trained anew
+        ablate.run_study(dataclasses.replace(study, steps=3))
 
 
 def test_bad_arguments_fail_before_training(capsys):
@@ -183,3 +215,18 @@ def test_curve_rows_skip_a_torn_last_line(tmp_path):
     rows = ablate.curve_rows([{"variant": "ssm", "seed": 0}], tmp_path)
     assert rows == [{"variant": "ssm", "seed": 0, "step": 1, "samples": 4,
                      "train_seconds": 0.5, "loss": 3.0}]
+
+
+def test_escape_steps_find_where_each_run_left_the_plateau():
+    """The running mean of 5 log points must fall under 0.6: one low point is noise."""
+    flat = [(s, 0.9) for s in range(10, 110, 10)]
+    blip = [(s, 0.1 if s == 50 else 0.9) for s in range(10, 110, 10)]
+    drop = [(s, 0.9 if s <= 50 else 0.3) for s in range(10, 110, 10)]
+    assert ablate.escape_step(flat) is None and ablate.escape_step(blip) is None
+    assert ablate.escape_step(drop) == 80  # (0.9 * 2 + 0.3 * 3) / 5 = 0.54 at step 80
+    curves = [{"variant": v, "seed": str(seed), "step": str(s), "loss": str(x)}
+              for v, seed, pts in (("a", 0, flat), ("a", 1, drop), ("b", 0, drop))
+              for s, x in pts]
+    assert ablate.escape_steps(curves) == {("a", 0): None, ("a", 1): 80, ("b", 0): 80}
+    table = ablate.escape_table(curves)
+    assert "| a | never | 80 | 1 of 2 |" in table and "| b | 80 |  | 1 of 1 |" in table

@@ -97,22 +97,9 @@ show(plot_ablation_curves(curves))
 # height), or "never" within the budget.
 
 # %%
-import statistics
+from ssm_bridge.tools.ablate import escape_steps
 
-
-def escape_step(points, threshold=0.6, window=5):
-    """First step whose running mean loss (over `window` log points) is < threshold."""
-    points = sorted(points)
-    for i in range(window - 1, len(points)):
-        if statistics.fmean(loss for _, loss in points[i - window + 1:i + 1]) < threshold:
-            return points[i][0]
-    return None
-
-
-runs = {}
-for c in curves:
-    runs.setdefault((c["variant"], int(c["seed"])), []).append((int(c["step"]), float(c["loss"])))
-escapes = {key: escape_step(pts) for key, pts in runs.items()}
+escapes = escape_steps(curves)
 for v in variants:
     cells = [escapes[(v, s)] for s in sorted(s for (w, s) in escapes if w == v)]
     print(f"{v:<10} " + "  ".join(f"{c:>5}" if c else "never" for c in cells))

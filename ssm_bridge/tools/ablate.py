@@ -328,19 +328,49 @@ def run_one(cfg: TrainConfig, data: StudyData, study: Study,
                        data.scene_config, vqa=True, batch_size=100)
     row.update({k: v for k, v in metrics.items() if k != "num"})
     row["test_num"] = metrics["num"]
-    (run_dir / "result.json").write_text(json.dumps({"budget": budget(cfg, study), "row": row},
-                                                    indent=2, default=str))
+    row["machine"] = machine_info()  # samples/s and latencies are this machine's
+    result = {"budget": budget(cfg, study), "row": row}
+    (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    # The study folder keeps the result too, with the loss curve and the machine, so that a
+    # clone of the repository (another session, another machine) continues the study.
+    record = record_path(cfg, study)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    curve = [{k: rec[k] for k in CURVE_KEYS} for rec in records]
+    write_atomic(record, json.dumps({**result, "curve": curve}, indent=1, default=str))
     return row
+
+
+CURVE_KEYS = ("step", "samples", "train_seconds", "loss")  # a logged training record's fields
+
+
+def record_path(cfg: TrainConfig, study: Study) -> Path:
+    """Where the study folder keeps a finished run's result: OUT/runs/VARIANT-seedK.json."""
+    return Path(study.out) / "runs" / f"{Path(cfg.out_dir).name}.json"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and a rename: a record is whole or absent."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_record(cfg: TrainConfig, study: Study) -> dict[str, Any] | None:
+    """The saved result of this run (its run folder's result.json, else the study folder's
+    record), or None."""
+    for path in (Path(cfg.out_dir) / "result.json", record_path(cfg, study)):
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
 
 
 def cached_row(cfg: TrainConfig, study: Study) -> dict[str, Any] | None:
     """The row of a finished run with this budget, or None. The saved budget is read with
     TrainConfig.from_dict, so a run saved before a field was added (at its default) or
     before the model and scenes were typed (docs/ablation's 18 runs) still matches."""
-    path = Path(cfg.out_dir) / "result.json"
-    if study.force or not path.is_file():
+    saved = None if study.force else read_record(cfg, study)
+    if saved is None:
         return None
-    saved = json.loads(path.read_text())
     then = saved.get("budget", {})
     try:
         ran = TrainConfig.from_dict(then.get("train", {}))
@@ -428,6 +458,7 @@ SUMMARY = [
     ("final_loss", "final loss", 1, 3), ("params_bridge", "bridge params", 1, 0),
     ("params_total", "total params", 1, 0), ("train_samples_per_s", "train samples/s", 1, 1),
     ("latency_ms", "latency ms", 1, 2), ("bridge_latency_ms", "bridge ms", 1, 2),
+    ("decode_ms_per_token", "decode ms/token", 1, 2),
 ]
 
 
@@ -488,32 +519,99 @@ def budget_text(cfg: TrainConfig, study: Study) -> str:
             f"{study.test_num} `{study.test_split}` scenes, greedy decoding.")
 
 
-def results_markdown(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) -> str:
-    """The summary table (mean ± sample std over seeds), with command, machine, budget."""
+def machines_line(rows: list[dict[str, Any]]) -> list[str]:
+    """A line naming the machines the runs were measured on, where any run says (runs
+    continued from the study folder's records may come from other sessions)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r.get("machine"):
+            counts[r["machine"]] = counts.get(r["machine"], 0) + 1
+    if not counts:
+        return []
+    return ["Runs measured on: " + "; ".join(f"{m} ({n} runs)" for m, n in counts.items())
+            + "  "]
+
+
+# A run has left the plateau where it models the captions' grammar without reading the
+# image once its training loss, averaged over PLATEAU_WINDOW log points, is under
+# PLATEAU_LOSS: about two thirds of the plateau's height at the study's task
+# (docs/ablation.md, "When each run left the plateau").
+PLATEAU_LOSS, PLATEAU_WINDOW = 0.6, 5
+
+
+def escape_step(points: list[tuple[int, float]], threshold: float = PLATEAU_LOSS,
+                window: int = PLATEAU_WINDOW) -> int | None:
+    """The first logged step whose running mean loss (over `window` log points of
+    (step, loss)) is under `threshold`, or None: the run never left the plateau."""
+    points = sorted(points)
+    for i in range(window - 1, len(points)):
+        if statistics.fmean(loss for _, loss in points[i - window + 1:i + 1]) < threshold:
+            return points[i][0]
+    return None
+
+
+def escape_steps(curves: list[dict[str, Any]]) -> dict[tuple[str, int], int | None]:
+    """escape_step of every run in curve_rows' output, keyed by (variant, seed)."""
+    runs: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    for c in curves:
+        key = (c["variant"], int(c["seed"]))
+        runs.setdefault(key, []).append((int(c["step"]), float(c["loss"])))
+    return {key: escape_step(points) for key, points in runs.items()}
+
+
+def escape_table(curves: list[dict[str, Any]]) -> str:
+    """Markdown: per variant, the step at which each seed left the plateau ("never")."""
+    escapes = escape_steps(curves)
+    seeds = sorted({s for _, s in escapes})
+    lines = ["| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | runs that left it |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    for v in dict.fromkeys(v for v, _ in escapes):
+        ran = {s: x for (w, s), x in escapes.items() if w == v}
+        cells = ["" if s not in ran else "never" if ran[s] is None else str(ran[s])
+                 for s in seeds]
+        left = sum(x is not None for x in ran.values())
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {left} of {len(ran)} |")
+    return "\n".join(lines)
+
+
+def results_markdown(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig,
+                     curves: list[dict[str, Any]] | None = None) -> str:
+    """The summary table (mean ± sample std over seeds), with command, machine, budget, and
+    when each run left the plateau (from `curves`, curve_rows' output, when given)."""
     lines = [
         "# Bridge ablation", "",
         f"Command: `{study.command or 'python -m ssm_bridge.tools.ablate'}`  ",
         f"Machine: {machine_info()}  ",
+        *machines_line(rows),
         f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", "",
         budget_text(cfg, study), "",
         "Mean ± sample standard deviation over seeds (no ± with one seed).", "",
         summary_table(rows),
+        *(["", f"When each run left the plateau (the first logged step whose training loss, "
+                f"averaged over {PLATEAU_WINDOW} log points, is under {PLATEAU_LOSS}):", "",
+           escape_table(curves)] if curves else []),
         "", "![accuracy, speed and size per bridge](ablation.png)", "",
         "![training loss per bridge](curves.png)", "",
     ]
     return "\n".join(lines)
 
 
-def curve_rows(rows: list[dict[str, Any]], runs: str | os.PathLike) -> list[dict[str, Any]]:
+def curve_rows(rows: list[dict[str, Any]], runs: str | os.PathLike,
+               out: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """The logged training loss of every run in `rows`: [{variant, seed, step, samples,
-    train_seconds, loss}], read from each run folder's metrics.jsonl (missing ones skipped)."""
-    out = []
+    train_seconds, loss}], read from each run folder's metrics.jsonl, else from the curve
+    of its record in OUT/runs (missing ones skipped)."""
+    out_rows = []
     for r in rows:
-        for rec in _train_records(Path(runs) / f"{r['variant']}-seed{r['seed']}"):
-            out.append({"variant": r["variant"], "seed": r["seed"], "step": rec["step"],
-                        "samples": rec["samples"], "train_seconds": rec["train_seconds"],
-                        "loss": rec["loss"]})
-    return out
+        name = f"{r['variant']}-seed{r['seed']}"
+        records = _train_records(Path(runs) / name)
+        record = Path(out) / "runs" / f"{name}.json" if out is not None else None
+        if not records and record is not None and record.is_file():
+            records = json.loads(record.read_text()).get("curve", [])
+        for rec in records:
+            out_rows.append({"variant": r["variant"], "seed": r["seed"],
+                             **{k: rec[k] for k in CURVE_KEYS}})
+    return out_rows
 
 
 def write_outputs(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) -> None:
@@ -524,7 +622,8 @@ def write_outputs(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) ->
     out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "results.csv")
-    (out / "results.md").write_text(results_markdown(rows, study, cfg))
+    curves = curve_rows(rows, study.runs, study.out)
+    (out / "results.md").write_text(results_markdown(rows, study, cfg, curves))
     meta = {"command": study.command, "machine": machine_info(), "budget": budget_text(cfg, study),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "train_config": budget(cfg, study)["train"]}
@@ -532,7 +631,6 @@ def write_outputs(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) ->
     fig = plot_ablation(rows)
     fig.savefig(out / "ablation.png", dpi=120, format="png")
     fig.clf()
-    curves = curve_rows(rows, study.runs)
     if curves:
         with open(out / "curves.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(curves[0]))
