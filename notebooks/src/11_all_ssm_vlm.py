@@ -201,10 +201,10 @@ assert mean["reset", "background"] > 1.0 > 5 * mean["reset", "object"]
 #   precision.
 # * Followed back to the pixels (`hidden_rollout`), a word's flow points at the object it
 #   names several times more often than chance, as `shapes-tiny`'s prefix attention does
-#   (over 100 scenes, `ssm-bridge interpret`: rollout 6.1x, integrated gradients 8.5x).
-#   Read only at the decoder's own image tokens (`hidden_attention`) it localises much
-#   less: by then the bridge and the bidirectional Vim have mixed each patch along their
-#   scans.
+#   (over 100 scenes, `ssm-bridge interpret`: rollout 4.1x, integrated gradients 7.2x).
+#   Read only at the decoder's own image tokens (`hidden_attention`) it does not localise
+#   (0.44x, below chance): by then the bridge and the bidirectional Vim have mixed each
+#   patch along their scans, so the decoder reads an object from tokens elsewhere.
 # * The decoder's Δ is no spotlight: it takes object and background tokens in alike.
 # * Interventions agree with the mixing. Skipping an object's tokens does not change its
 #   colour word; cutting the state the scan carries does, and where it is cut matters
