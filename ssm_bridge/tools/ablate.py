@@ -78,6 +78,7 @@ from tqdm.auto import tqdm
 from ..config import BRIDGE_TYPES, VLMConfig
 from ..data import make_scene
 from ..model import EnhancedVLM
+from ..training.checkpoint import atomic_write
 from ..training.evaluate import evaluate
 from ..training.train import Data, build, build_data
 from ..training.train_config import (
@@ -336,7 +337,8 @@ def run_one(cfg: TrainConfig, data: StudyData, study: Study,
     record = record_path(cfg, study)
     record.parent.mkdir(parents=True, exist_ok=True)
     curve = [{k: rec[k] for k in CURVE_KEYS} for rec in records]
-    write_atomic(record, json.dumps({**result, "curve": curve}, indent=1, default=str))
+    text = json.dumps({**result, "curve": curve}, indent=1, default=str)
+    atomic_write(record, lambda p: Path(p).write_text(text))  # whole or absent
     return row
 
 
@@ -346,13 +348,6 @@ CURVE_KEYS = ("step", "samples", "train_seconds", "loss")  # a logged training r
 def record_path(cfg: TrainConfig, study: Study) -> Path:
     """Where the study folder keeps a finished run's result: OUT/runs/VARIANT-seedK.json."""
     return Path(study.out) / "runs" / f"{Path(cfg.out_dir).name}.json"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename: a record is whole or absent."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def read_record(cfg: TrainConfig, study: Study) -> dict[str, Any] | None:
