@@ -335,7 +335,6 @@ def run_one(cfg: TrainConfig, data: StudyData, study: Study,
     # The study folder keeps the result too, with the loss curve and the machine, so that a
     # clone of the repository (another session, another machine) continues the study.
     record = record_path(cfg, study)
-    record.parent.mkdir(parents=True, exist_ok=True)
     curve = [{k: rec[k] for k in CURVE_KEYS} for rec in records]
     text = json.dumps({**result, "curve": curve}, indent=1, default=str)
     atomic_write(record, lambda p: Path(p).write_text(text))  # whole or absent
