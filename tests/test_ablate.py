@@ -230,3 +230,68 @@ def test_escape_steps_find_where_each_run_left_the_plateau():
     assert ablate.escape_steps(curves) == {("a", 0): None, ("a", 1): 80, ("b", 0): 80}
     table = ablate.escape_table(curves)
     assert "| a | never | 80 | 1 of 2 |" in table and "| b | 80 |  | 1 of 1 |" in table
+
+
+def test_a_run_that_left_the_loss_plateau_at_chance_colour_is_not_counted_as_reading():
+    """vim+ssm+mamba seed 0 at 6000 steps left the loss plateau but named colours at
+    chance (23.7 %, chance 25 %): the table must say so rather than count it."""
+    drop = [(s, 0.9 if s <= 50 else 0.3) for s in range(10, 110, 10)]
+    curves = [{"variant": v, "seed": seed, "step": s, "loss": x}
+              for v, seed in (("a", 0), ("a", 1)) for s, x in drop]
+    rows = [{"variant": "a", "seed": 0, "colour": 0.237}, {"variant": "a", "seed": 1,
+                                                           "colour": 0.93}]
+    table = ablate.escape_table(curves, rows, chance=0.25)
+    assert "runs that also read colour" in table
+    assert "| a | 80, colour at chance | 80 | 2 of 2 | 1 of 2 |" in table
+    assert ablate.reads_colour({"colour": 0.5}, 0.25)
+    assert not ablate.reads_colour({"colour": 0.49}, 0.25)
+    assert not ablate.reads_colour({}, 0.25)  # no colour measured: not shown to read it
+
+
+def test_watching_val_captions_changes_nothing_the_run_learns(tmp_path):
+    """The watch (val captions every `watch` steps) is left out of the budget, so it must
+    not change training: the weights after 4 steps are bit-identical with and without it,
+    and the record keeps the watched accuracies."""
+    def study(watch, name):
+        return Study(variants=["mlp"], seeds=[0], steps=4, preset="test-tiny", watch=watch,
+                     runs=str(tmp_path / name), out=str(tmp_path / f"out-{name}"), test_num=2,
+                     latency_repeats=1, progress=False,
+                     overrides={"num_train": 8, "scenes": {"max_objects": 2, "min_objects": 1}})
+
+    trained = {}
+    for watch, name in ((2, "watched"), (0, "plain")):
+        cfg = run_config(study(watch, name), "mlp", 0)
+        assert (cfg.eval_every, cfg.eval_num) == ((2, ablate.WATCH_NUM) if watch else (0, 0))
+        trainer = make_trainer(cfg, prepare_data(cfg, progress=False))
+        trainer.fit()
+        trained[name] = trainer.model.state_dict()
+    a, b = trained["watched"], trained["plain"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    watched, plain = study(2, "w2"), study(0, "p2")
+    assert ablate.budget(run_config(watched, "mlp", 0), watched) == \
+        ablate.budget(dataclasses.replace(run_config(plain, "mlp", 0),
+                                          out_dir=run_config(watched, "mlp", 0).out_dir), plain)
+    ablate.run_study(watched)
+    record = json.loads((tmp_path / "out-w2" / "runs" / "mlp-seed0.json").read_text())
+    assert [w["step"] for w in record["watch"]] == [2, 4]
+    assert all(0 <= w["colour"] <= 1 for w in record["watch"])
+    assert [w["step"] for w in ablate.watch_rows([{"variant": "mlp", "seed": 0}],
+                                                 tmp_path / "nowhere", tmp_path / "out-w2")] \
+        == [2, 4]  # from the record, as a clone reads it
+
+
+def test_the_escape_table_says_from_which_step_a_watched_run_read_colour():
+    drop = [(s, 0.9 if s <= 50 else 0.3) for s in range(10, 110, 10)]
+    curves = [{"variant": "a", "seed": seed, "step": s, "loss": x}
+              for seed in (0, 1) for s, x in drop]
+    watch = [{"variant": "a", "seed": 0, "step": 50, "colour": 0.2},
+             {"variant": "a", "seed": 0, "step": 100, "colour": 0.6},
+             {"variant": "a", "seed": 1, "step": 50, "colour": 0.6},  # found, then lost
+             {"variant": "a", "seed": 1, "step": 100, "colour": 0.3}]
+    assert ablate.colour_steps(watch, 0.25) == {("a", 0): 100, ("a", 1): 50}
+    rows = [{"variant": "a", "seed": 0, "colour": 0.9}, {"variant": "a", "seed": 1,
+                                                         "colour": 0.3}]
+    table = ablate.escape_table(curves, rows, 0.25, watch)
+    assert "| a | 80, colour from 100 | 80, colour from 50 | 2 of 2 | 1 of 2 |" in table
+    late = [{"variant": "a", "seed": 0, "step": 100, "colour": 0.25}]
+    assert "80, colour never" in ablate.escape_table(curves[:10], rows[:1], 0.25, late)

@@ -151,6 +151,7 @@ class Study:
     test_num: int = 500
     test_split: str = "test"
     latency_repeats: int = 20
+    watch: int = 500  # caption WATCH_NUM val scenes every `watch` steps (0: never)
     workers: int = 0  # processes drawing the training scenes; 0 = one
     force: bool = False
     progress: bool = True
@@ -165,6 +166,9 @@ class Study:
             raise ValueError("give at least one seed, e.g. --seeds 0,1,2")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if self.watch < 0:
+            raise ValueError(f"--watch must be >= 0 (0: no val captions while training), "
+                             f"got {self.watch}")
         if self.test_num < 1 or self.latency_repeats < 1:
             raise ValueError("--test_num and --latency_repeats must be >= 1")
 
@@ -176,7 +180,8 @@ def run_config(study: Study, variant: str, seed: int) -> TrainConfig:
     o = study.overrides
     top = {**STUDY_TRAIN, **{k: v for k, v in o.items() if k not in ("model", "scenes")}}
     top.update(seed=seed, out_dir=str(Path(study.runs) / f"{variant}-seed{seed}"),
-               eval_every=0, eval_num=0, save_every=0, progress=False)
+               eval_every=study.watch, eval_num=WATCH_NUM if study.watch else 0,
+               save_every=0, progress=False)
     if study.steps is not None:
         top["max_steps"] = study.steps
     model = {**STUDY_MODEL, **o.get("model", {}), **VARIANTS[variant]}
@@ -292,7 +297,12 @@ def throughput(records: list[dict[str, Any]], trainer: Trainer) -> float:
     return trainer.samples_seen / max(trainer.train_seconds, 1e-9)
 
 
-NEUTRAL = ("progress", "draw_workers")  # TrainConfig fields no result depends on
+# Every Study.watch steps a run captions WATCH_NUM fixed val scenes (greedy, no gradient,
+# outside the timed steps), so the record shows when it began to read colour, not only
+# its loss. It changes nothing the run learns (tests/test_ablate.py checks the weights are
+# bit-identical), so the watch is NEUTRAL: runs recorded without it keep their results.
+WATCH_NUM = 100
+NEUTRAL = ("progress", "draw_workers", "eval_every", "eval_num")  # no result depends on them
 
 
 def budget(cfg: TrainConfig, study: Study) -> dict[str, Any]:
@@ -336,12 +346,15 @@ def run_one(cfg: TrainConfig, data: StudyData, study: Study,
     # clone of the repository (another session, another machine) continues the study.
     record = record_path(cfg, study)
     curve = [{k: rec[k] for k in CURVE_KEYS} for rec in records]
-    text = json.dumps({**result, "curve": curve}, indent=1, default=str)
+    watch = [{k: v for k, v in rec.items() if k in WATCH_KEYS}
+             for rec in read_metrics(run_dir / "metrics.jsonl") if rec.get("kind") == "eval"]
+    text = json.dumps({**result, "curve": curve, "watch": watch}, indent=1, default=str)
     atomic_write(record, lambda p: Path(p).write_text(text))  # whole or absent
     return row
 
 
 CURVE_KEYS = ("step", "samples", "train_seconds", "loss")  # a logged training record's fields
+WATCH_KEYS = ("step", *METRIC_COLUMNS)  # a watch (val evaluation) record's fields
 
 
 def record_path(cfg: TrainConfig, study: Study) -> Path:
@@ -553,23 +566,84 @@ def escape_steps(curves: list[dict[str, Any]]) -> dict[tuple[str, int], int | No
     return {key: escape_step(points) for key, points in runs.items()}
 
 
-def escape_table(curves: list[dict[str, Any]]) -> str:
-    """Markdown: per variant, the step at which each seed left the plateau ("never")."""
+# The loss rule is not enough: a Mamba decoder can leave the loss plateau reading where,
+# how many, how big and which shape, yet name every object's colour at chance (the colour
+# plateau, docs/training-notes.md). A run reads the image only if its test colour accuracy
+# is also at least COLOUR_READ times chance.
+COLOUR_READ = 2.0
+
+
+def reads_colour(row: dict[str, Any], chance: float) -> bool:
+    """Whether a results row's colour accuracy is at least COLOUR_READ x `chance`."""
+    colour = _float(row.get("colour"))
+    return not math.isnan(colour) and colour >= COLOUR_READ * chance
+
+
+def colour_steps(watch: list[dict[str, Any]], chance: float
+                 ) -> dict[tuple[str, int], int | None]:
+    """Per (variant, seed) in watch_rows' output: the first watched step whose val colour
+    accuracy is at least COLOUR_READ x `chance`, or None (never while it trained)."""
+    runs: dict[tuple[str, int], int | None] = {}
+    for w in sorted(watch, key=lambda w: int(w["step"])):
+        key = (w["variant"], int(w["seed"]))
+        if runs.get(key) is None:
+            runs[key] = int(w["step"]) if reads_colour(w, chance) else None
+    return runs
+
+
+def _escape_cell(loss: int | None, read: bool | None, colour: int | None, watched: bool) -> str:
+    """One run's cell: the loss escape step, then when (watched) or whether it read colour."""
+    cell = "never" if loss is None else str(loss)
+    if watched:
+        return cell + (f", colour from {colour}" if colour is not None else ", colour never")
+    return cell + (", colour at chance" if read is False else "")
+
+
+def escape_table(curves: list[dict[str, Any]], rows: list[dict[str, Any]] | None = None,
+                 chance: float | None = None, watch: list[dict[str, Any]] | None = None
+                 ) -> str:
+    """Markdown: per variant, the step at which each seed left the loss plateau ("never").
+    With the results `rows` and the colour `chance` (1 / number of colours), a run that
+    left it but names colours at chance in the test is marked, a last column counts the
+    runs that did both, and with `watch` (watch_rows) each cell says from which watched
+    step the run's val captions read colour."""
     escapes = escape_steps(curves)
+    read = {(r["variant"], int(r["seed"])): reads_colour(r, chance)
+            for r in rows or []} if chance else {}
+    when = colour_steps(watch or [], chance) if chance else {}
     seeds = sorted({s for _, s in escapes})
-    lines = ["| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | runs that left it |",
-             "|---|" + "---|" * (len(seeds) + 1)]
+    both = " | runs that also read colour |" if read else " |"
+    lines = ["| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | runs that left it"
+             + both, "|---|" + "---|" * (len(seeds) + 1 + bool(read))]
     for v in dict.fromkeys(v for v, _ in escapes):
         ran = {s: x for (w, s), x in escapes.items() if w == v}
-        cells = ["" if s not in ran else "never" if ran[s] is None else str(ran[s])
+        cells = ["" if s not in ran else _escape_cell(ran[s], read.get((v, s)),
+                                                      when.get((v, s)), (v, s) in when)
                  for s in seeds]
         left = sum(x is not None for x in ran.values())
-        lines.append(f"| {v} | " + " | ".join(cells) + f" | {left} of {len(ran)} |")
+        line = f"| {v} | " + " | ".join(cells) + f" | {left} of {len(ran)} |"
+        if read:
+            both_ = sum(x is not None and read.get((v, s), False) for s, x in ran.items())
+            line += f" {both_} of {len(ran)} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
+def escape_legend(study: Study, cfg: TrainConfig) -> str:
+    """The sentence above escape_table: what its steps and colour marks mean."""
+    text = (f"When each run left the plateau (the first logged step whose training loss, "
+            f"averaged over {PLATEAU_WINDOW} log points, is under {PLATEAU_LOSS}; \"colour at "
+            f"chance\": its test colour accuracy is under {COLOUR_READ:g}x chance, 1 in "
+            f"{len(cfg.scenes.colours)}")
+    if study.watch:
+        text += (f"; \"colour from S\": the first step S, of every {study.watch}, at which "
+                 f"its captions of {WATCH_NUM} val scenes reached that colour accuracy")
+    return text + "):"
+
+
 def results_markdown(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig,
-                     curves: list[dict[str, Any]] | None = None) -> str:
+                     curves: list[dict[str, Any]] | None = None,
+                     watch: list[dict[str, Any]] | None = None) -> str:
     """The summary table (mean ± sample std over seeds), with command, machine, budget, and
     when each run left the plateau (from `curves`, curve_rows' output, when given)."""
     lines = [
@@ -581,13 +655,24 @@ def results_markdown(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig,
         budget_text(cfg, study), "",
         "Mean ± sample standard deviation over seeds (no ± with one seed).", "",
         summary_table(rows),
-        *(["", f"When each run left the plateau (the first logged step whose training loss, "
-                f"averaged over {PLATEAU_WINDOW} log points, is under {PLATEAU_LOSS}):", "",
-           escape_table(curves)] if curves else []),
+        *(["", escape_legend(study, cfg), "",
+           escape_table(curves, rows, 1 / len(cfg.scenes.colours), watch)] if curves else []),
         "", "![accuracy, speed and size per bridge](ablation.png)", "",
         "![training loss per bridge](curves.png)", "",
     ]
     return "\n".join(lines)
+
+
+def _run_records(name: str, runs: str | os.PathLike, out: str | os.PathLike | None,
+                 kind: str) -> list[dict[str, Any]]:
+    """One run's logged records of `kind` ("train": its loss curve, "eval": its watch),
+    from its run folder's metrics.jsonl, else from its record in OUT/runs."""
+    records = [r for r in read_metrics(Path(runs) / name / "metrics.jsonl")
+               if r.get("kind") == kind]
+    record = Path(out) / "runs" / f"{name}.json" if out is not None else None
+    if not records and record is not None and record.is_file():
+        records = json.loads(record.read_text()).get("curve" if kind == "train" else "watch", [])
+    return records
 
 
 def curve_rows(rows: list[dict[str, Any]], runs: str | os.PathLike,
@@ -595,17 +680,19 @@ def curve_rows(rows: list[dict[str, Any]], runs: str | os.PathLike,
     """The logged training loss of every run in `rows`: [{variant, seed, step, samples,
     train_seconds, loss}], read from each run folder's metrics.jsonl, else from the curve
     of its record in OUT/runs (missing ones skipped)."""
-    out_rows = []
-    for r in rows:
-        name = f"{r['variant']}-seed{r['seed']}"
-        records = _train_records(Path(runs) / name)
-        record = Path(out) / "runs" / f"{name}.json" if out is not None else None
-        if not records and record is not None and record.is_file():
-            records = json.loads(record.read_text()).get("curve", [])
-        for rec in records:
-            out_rows.append({"variant": r["variant"], "seed": r["seed"],
-                             **{k: rec[k] for k in CURVE_KEYS}})
-    return out_rows
+    return [{"variant": r["variant"], "seed": r["seed"], **{k: rec[k] for k in CURVE_KEYS}}
+            for r in rows for rec in _run_records(f"{r['variant']}-seed{r['seed']}", runs,
+                                                  out, "train")]
+
+
+def watch_rows(rows: list[dict[str, Any]], runs: str | os.PathLike,
+               out: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The val captions' accuracy while each run trained: [{variant, seed, step,
+    exact_match, colour, ...}] (runs recorded without a watch are skipped)."""
+    return [{"variant": r["variant"], "seed": r["seed"],
+             **{k: rec[k] for k in WATCH_KEYS if k in rec}}
+            for r in rows for rec in _run_records(f"{r['variant']}-seed{r['seed']}", runs,
+                                                  out, "eval")]
 
 
 def write_outputs(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) -> None:
@@ -617,7 +704,8 @@ def write_outputs(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) ->
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "results.csv")
     curves = curve_rows(rows, study.runs, study.out)
-    (out / "results.md").write_text(results_markdown(rows, study, cfg, curves))
+    watch = watch_rows(rows, study.runs, study.out)
+    (out / "results.md").write_text(results_markdown(rows, study, cfg, curves, watch))
     meta = {"command": study.command, "machine": machine_info(), "budget": budget_text(cfg, study),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "train_config": budget(cfg, study)["train"]}
@@ -630,6 +718,11 @@ def write_outputs(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) ->
             w = csv.DictWriter(f, fieldnames=list(curves[0]))
             w.writeheader()
             w.writerows(curves)
+        if watch:
+            with open(out / "watch.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in watch for k in r)))
+                w.writeheader()
+                w.writerows(watch)
         fig = plot_ablation_curves(curves)
         fig.savefig(out / "curves.png", dpi=120, format="png")
         fig.clf()
@@ -659,6 +752,8 @@ def parse_args(argv: list[str]) -> Study:
     p.add_argument("--test_split", default="test", choices=["val", "test", "comp_test"])
     p.add_argument("--latency_repeats", type=int, default=20)
     p.add_argument("--workers", type=int, default=0, help="processes drawing the scenes")
+    p.add_argument("--watch", type=int, default=500, help="caption val scenes every N "
+                   "steps to see when a run reads colour (0: never)")
     p.add_argument("--force", action="store_true", help="retrain runs that have results")
     p.add_argument("--no_progress", action="store_true")
     args, rest = p.parse_known_args(argv)
@@ -670,7 +765,7 @@ def parse_args(argv: list[str]) -> Study:
         return Study(variants=[v.strip() for v in args.variants.split(",") if v.strip()],
                      seeds=args.seeds, steps=args.steps, preset=args.preset, out=args.out,
                      runs=args.runs, test_num=args.test_num, test_split=args.test_split,
-                     latency_repeats=args.latency_repeats, workers=args.workers,
+                     latency_repeats=args.latency_repeats, workers=args.workers, watch=args.watch,
                      force=args.force, progress=not args.no_progress, overrides=overrides,
                      command=shlex.join(["python", "-m", "ssm_bridge.tools.ablate", *argv]))
     except ValueError as e:
