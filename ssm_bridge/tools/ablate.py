@@ -2,7 +2,7 @@
 
     python -m ssm_bridge.tools.ablate [--variants ssm,ssm_lti,seed_ssm,mlp,resampler,linear]
         [--seeds 0,1,2] [--steps N] [--out docs/ablation] [--runs runs/ablation]
-        [--preset shapes-tiny] [--test_num 500] [--workers 4] [--force]
+        [--preset shapes-tiny] [--test_num 500] [--watch 500] [--workers 4] [--force]
         [--scenes.min_objects=3 --scenes.max_objects=5 ...] [--lr=... --batch_size=...]
         [--model.<field>=...]
 
@@ -40,13 +40,16 @@ Then it measures, per run:
     decode_ms_per_token     one decoding step, batch 1, at the longest caption the model
                             allows (median of its last 10 steps)
 
-and writes into --out: results.csv (one row per run), results.md (mean ± std over
-seeds, the command, the machine), study.json (the same facts for code to read),
-ablation.png (viz.ablation.plot_ablation), and
-curves.csv + curves.png (every run's logged training loss; viz.ablation.plot_ablation_curves). Run
-folders (checkpoint, metrics.jsonl, loss curve, result.json) go under --runs; a run
-whose result.json matches the budget is reused, so an interrupted study continues
-where it stopped (--force retrains).
+and, while it trains, every --watch steps the accuracy of its captions of 100 val scenes
+(when it began to read colour: leaving the loss plateau is not enough, see escape_table).
+It writes into --out: results.csv (one row per run), results.md (mean ± std over seeds,
+the command, the machine, when each run left the plateau), study.json (the same facts for
+code to read), ablation.png (viz.ablation.plot_ablation), curves.csv + curves.png (every
+run's logged training loss; viz.ablation.plot_ablation_curves), watch.csv, and
+runs/VARIANT-seedK.json (each finished run's budget, results, curves and machine, so a
+clone continues the study). Run folders (checkpoint, metrics.jsonl, loss curve,
+result.json) go under --runs; a run whose result.json or record matches the budget is
+reused, so an interrupted study continues where it stopped (--force retrains).
 
 The training scenes are drawn once for the whole study (`prepare_data`, with
 `ssm_bridge.training.train.build_data`) and shared by every run; `make_trainer` builds each
