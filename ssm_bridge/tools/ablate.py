@@ -286,8 +286,12 @@ def decode_ms_per_token(model: EnhancedVLM, images: torch.Tensor) -> float:
     return statistics.median(decode()[-DECODE_STEPS:])
 
 
-def _train_records(run_dir: Path) -> list[dict[str, Any]]:
-    return [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "train"]
+def _logged(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """A run folder's metrics.jsonl, read once, by kind ("train", "eval", ...)."""
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for r in read_metrics(run_dir / "metrics.jsonl"):
+        by_kind.setdefault(r.get("kind", ""), []).append(r)
+    return by_kind
 
 
 def throughput(records: list[dict[str, Any]], trainer: Trainer) -> float:
@@ -324,7 +328,8 @@ def run_one(cfg: TrainConfig, data: StudyData, study: Study,
     shutil.rmtree(run_dir, ignore_errors=True)  # no half-finished run's records
     trainer = make_trainer(cfg, data)
     trainer.fit()
-    records = _train_records(run_dir)
+    logged = _logged(run_dir)
+    records = logged.get("train", [])
     model = trainer.inference_model.eval()  # the weight average when ema_decay > 0
     media = model.encode_image(torch.zeros(1, model.config.in_channels, model.config.img_size,
                                            model.config.img_size, device=trainer.device))
@@ -349,8 +354,7 @@ def run_one(cfg: TrainConfig, data: StudyData, study: Study,
     # clone of the repository (another session, another machine) continues the study.
     record = record_path(cfg, study)
     curve = [{k: rec[k] for k in CURVE_KEYS} for rec in records]
-    watch = [{k: v for k, v in rec.items() if k in WATCH_KEYS}
-             for rec in read_metrics(run_dir / "metrics.jsonl") if rec.get("kind") == "eval"]
+    watch = [{k: v for k, v in rec.items() if k in WATCH_KEYS} for rec in logged.get("eval", [])]
     text = json.dumps({**result, "curve": curve, "watch": watch}, indent=1, default=str)
     atomic_write(record, lambda p: Path(p).write_text(text))  # whole or absent
     return row
@@ -615,9 +619,9 @@ def escape_table(curves: list[dict[str, Any]], rows: list[dict[str, Any]] | None
             for r in rows or []} if chance else {}
     when = colour_steps(watch or [], chance) if chance else {}
     seeds = sorted({s for _, s in escapes})
-    both = " | runs that also read colour |" if read else " |"
+    last = " | runs that also read colour |" if read else " |"
     lines = ["| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | runs that left it"
-             + both, "|---|" + "---|" * (len(seeds) + 1 + bool(read))]
+             + last, "|---|" + "---|" * (len(seeds) + 1 + bool(read))]
     for v in dict.fromkeys(v for v, _ in escapes):
         ran = {s: x for (w, s), x in escapes.items() if w == v}
         cells = ["" if s not in ran else _escape_cell(ran[s], read.get((v, s)),
@@ -626,8 +630,8 @@ def escape_table(curves: list[dict[str, Any]], rows: list[dict[str, Any]] | None
         left = sum(x is not None for x in ran.values())
         line = f"| {v} | " + " | ".join(cells) + f" | {left} of {len(ran)} |"
         if read:
-            both_ = sum(x is not None and read.get((v, s), False) for s, x in ran.items())
-            line += f" {both_} of {len(ran)} |"
+            both = sum(x is not None and read.get((v, s), False) for s, x in ran.items())
+            line += f" {both} of {len(ran)} |"
         lines.append(line)
     return "\n".join(lines)
 
@@ -670,8 +674,7 @@ def _run_records(name: str, runs: str | os.PathLike, out: str | os.PathLike | No
                  kind: str) -> list[dict[str, Any]]:
     """One run's logged records of `kind` ("train": its loss curve, "eval": its watch),
     from its run folder's metrics.jsonl, else from its record in OUT/runs."""
-    records = [r for r in read_metrics(Path(runs) / name / "metrics.jsonl")
-               if r.get("kind") == kind]
+    records = _logged(Path(runs) / name).get(kind, [])
     record = Path(out) / "runs" / f"{name}.json" if out is not None else None
     if not records and record is not None and record.is_file():
         records = json.loads(record.read_text()).get("curve" if kind == "train" else "watch", [])
