@@ -14,7 +14,7 @@ from matplotlib.container import BarContainer
 from ssm_bridge.tools import ablate as ablate
 from ssm_bridge.tools.ablate import COLUMNS, Study, make_trainer, prepare_data, run_config
 from ssm_bridge.training.train import build
-from viz.ablation import plot_ablation, plot_ablation_curves
+from viz.ablation import plot_ablation, plot_ablation_curves, plot_ablation_watch
 
 TINY = ["--preset", "test-tiny", "--num_train=16", "--scenes.min_objects=1",
         "--scenes.max_objects=2"]
@@ -187,6 +187,24 @@ def test_plot_ablation_curves_draws_mean_and_seed_band():
         plot_ablation_curves([{"variant": "ssm"}])
 
 
+def test_plot_ablation_watch_draws_each_run_and_chance():
+    watch = [{"variant": v, "seed": str(s), "step": str(t), "colour": str(c * t / 100),
+              "shape": "0.5"}
+             for v, c in (("ssm", 0.9), ("mlp+mamba", 0.25)) for s in (0, 1) for t in (50, 100)]
+    fig = plot_ablation_watch(watch, {"colour": 0.25})
+    colour, shape = fig.axes  # exact_match is in no row: no panel
+    runs = [ln for ln in colour.get_lines() if ln.get_label() != "chance"]
+    assert len(runs) == 4 and len(shape.get_lines()) == 4  # one line per (variant, seed)
+    assert list(runs[0].get_ydata()) == pytest.approx([45.0, 90.0])  # ssm seed 0, in %
+    assert runs[0].get_color() == runs[1].get_color() != runs[2].get_color()
+    chance = [ln for ln in colour.get_lines() if ln.get_label() == "chance"]
+    assert len(chance) == 1 and chance[0].get_ydata()[0] == pytest.approx(25.0)
+    assert [t.get_text() for t in colour.get_legend().get_texts()] == \
+        ["ssm", "mlp+mamba", "chance"]
+    with pytest.raises(ValueError, match=r"watch\.csv"):
+        plot_ablation_watch([{"variant": "ssm", "seed": 0}])
+
+
 def test_the_published_study_keeps_its_budget(tmp_path):
     """docs/ablation's 18 runs stay valid when the shipped checkpoint's preset changes: the
     published command still plans exactly the config they ran with."""
@@ -278,6 +296,8 @@ def test_watching_val_captions_changes_nothing_the_run_learns(tmp_path):
     assert [w["step"] for w in ablate.watch_rows([{"variant": "mlp", "seed": 0}],
                                                  tmp_path / "nowhere", tmp_path / "out-w2")] \
         == [2, 4]  # from the record, as a clone reads it
+    out = tmp_path / "out-w2"
+    assert (out / "watch.png").is_file() and "(watch.png)" in (out / "results.md").read_text()
 
 
 def test_the_escape_table_says_from_which_step_a_watched_run_read_colour():

@@ -143,3 +143,44 @@ def _aligned(runs: Iterable[list[tuple[float, float]]], smooth: int
     kernel = np.ones(k) / k
     smoothed = np.array([np.convolve(row, kernel, mode="valid") for row in losses])
     return np.array(steps[k - 1:]), smoothed
+
+
+WATCHED = (("colour", "colour"), ("shape", "shape"), ("exact_match", "exact match"))
+
+
+def plot_ablation_watch(watch: Iterable[Mapping], chance: Mapping[str, float] | None = None,
+                        metrics: Iterable[tuple[str, str]] = WATCHED) -> Figure:
+    """Val caption accuracy against step while each run trained: one panel per metric,
+    one line per run (a variant's seeds share its colour), chance as a dashed line.
+
+    watch: one mapping per watched point with "variant", "seed", "step" and the metric
+    columns (the study's watch.csv rows; numbers or numeric strings). chance: metric ->
+    the accuracy of guessing (e.g. {"colour": 0.25}), drawn where given."""
+    watch = list(watch)
+    need = ("variant", "seed", "step")
+    if not watch or any(k not in w for w in watch for k in need):
+        raise ValueError(f"plot_ablation_watch needs rows with keys {need} and metric columns "
+                         f"(watch.csv)")
+    metrics = [(k, label) for k, label in metrics if any(k in w for w in watch)]
+    runs: dict[str, dict[str, list[Mapping]]] = {}
+    for w in watch:
+        runs.setdefault(str(w["variant"]), {}).setdefault(str(w["seed"]), []).append(w)
+    fig, axes = new_figure(ncols=len(metrics), size=(3.4, 3.0))
+    for ax, (key, label) in zip(axes[0], metrics):
+        for i, (variant, seeds) in enumerate(runs.items()):
+            for j, points in enumerate(seeds.values()):
+                points = sorted(points, key=lambda p: _num(p["step"]))
+                ax.plot([_num(p["step"]) for p in points],
+                        [100 * _num(p.get(key)) for p in points],
+                        color=PALETTE[i % len(PALETTE)], linewidth=1.0, marker="o",
+                        markersize=2, label=variant if j == 0 else None)
+        if chance and key in chance:
+            ax.axhline(100 * chance[key], color="grey", linestyle="--", linewidth=0.8,
+                       label="chance")
+        ax.set_ylim(0, 105)
+        ax.set_xlabel("optimizer step", fontsize=LABEL_SIZE)
+        ax.set_ylabel(f"val {label} %", fontsize=LABEL_SIZE)
+        ax.tick_params(labelsize=TICK_SIZE)
+        ax.set_title(f"{label} while training (one line per run)", fontsize=TITLE_SIZE)
+    axes[0, 0].legend(fontsize=LABEL_SIZE - 1, frameon=False)
+    return fig

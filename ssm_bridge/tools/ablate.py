@@ -45,7 +45,8 @@ and, while it trains, every --watch steps the accuracy of its captions of 100 va
 It writes into --out: results.csv (one row per run), results.md (mean ± std over seeds,
 the command, the machine, when each run left the plateau), study.json (the same facts for
 code to read), ablation.png (viz.ablation.plot_ablation), curves.csv + curves.png (every
-run's logged training loss; viz.ablation.plot_ablation_curves), watch.csv, and
+run's logged training loss; viz.ablation.plot_ablation_curves), watch.csv + watch.png (the
+watched val captions; viz.ablation.plot_ablation_watch), and
 runs/VARIANT-seedK.json (each finished run's budget, results, curves and machine, so a
 clone continues the study). Run folders (checkpoint, metrics.jsonl, loss curve,
 result.json) go under --runs; a run whose result.json or record matches the budget is
@@ -663,9 +664,10 @@ def results_markdown(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig,
         "Mean ± sample standard deviation over seeds (no ± with one seed).", "",
         summary_table(rows),
         *(["", escape_legend(study, cfg), "",
-           escape_table(curves, rows, 1 / len(cfg.scenes.colours), watch)] if curves else []),
+           escape_table(curves, rows, chance_of(cfg)["colour"], watch)] if curves else []),
         "", "![accuracy, speed and size per bridge](ablation.png)", "",
         "![training loss per bridge](curves.png)", "",
+        *(["![val caption accuracy while training](watch.png)", ""] if watch else []),
     ]
     return "\n".join(lines)
 
@@ -701,10 +703,15 @@ def watch_rows(rows: list[dict[str, Any]], runs: str | os.PathLike,
                                                   out, "eval")]
 
 
+def chance_of(cfg: TrainConfig) -> dict[str, float]:
+    """The accuracy of guessing each object attribute uniformly in the study's scenes."""
+    return {"colour": 1 / len(cfg.scenes.colours), "shape": 1 / len(cfg.scenes.shapes)}
+
+
 def write_outputs(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) -> None:
     """results.csv, results.md, ablation.png, and curves.csv + curves.png (training loss
-    per run) in study.out."""
-    from viz.ablation import plot_ablation, plot_ablation_curves
+    per run), and watch.csv + watch.png (the watched val captions) in study.out."""
+    from viz.ablation import plot_ablation, plot_ablation_curves, plot_ablation_watch
 
     out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -729,6 +736,9 @@ def write_outputs(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) ->
                 w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in watch for k in r)))
                 w.writeheader()
                 w.writerows(watch)
+            fig = plot_ablation_watch(watch, chance_of(cfg))
+            fig.savefig(out / "watch.png", dpi=120, format="png")
+            fig.clf()
         fig = plot_ablation_curves(curves)
         fig.savefig(out / "curves.png", dpi=120, format="png")
         fig.clf()
