@@ -206,3 +206,83 @@ print("every ssm seed's relation beats all other runs but one:",
       all(sum(o >= relation[("ssm", s)] for o in others) <= 1 for s in (0, 1, 2)))
 print("the lowest final loss of the study is an ssm run:",
       min(rows, key=lambda r: float(r["final_loss"]))["variant"] == "ssm")
+
+# %% [markdown]
+# ## Part 2 · Decoders and encoders at 6000 steps (under way)
+#
+# The bridge is one of three parts. The second study swaps the other two as well: a Mamba
+# decoder over `[image tokens ; text]` instead of the transformer (`+mamba`, Cobra-style
+# with the MLP projector) and a Vision Mamba encoder instead of the ViT (`vim+`, no
+# attention anywhere). At 2400 steps seed luck decided which runs left the plateau, so
+# every run here trains 6000 steps, and every 500 steps it captions 100 val scenes (the
+# "watch") so that we see *what* it reads, not only that its loss fell. The runs finished
+# so far are in `docs/ablation-all-ssm/`; the table fills up as the study goes on.
+
+# %%
+from ssm_bridge.tools.ablate import VARIANTS
+
+long_results = Path("..") / "docs" / "ablation-all-ssm"
+long_rows = read_csv(long_results / "results.csv")
+long_curves = read_csv(long_results / "curves.csv")
+watch = read_csv(long_results / "watch.csv")
+long_study = json.loads((long_results / "study.json").read_text())
+print(f"{len(long_rows)} runs so far:",
+      ", ".join(f"{r['variant']} seed {r['seed']}" for r in long_rows))
+print(long_study["budget"])
+display(Markdown(summary_table(long_rows)))
+
+# %% [markdown]
+# What the watched captions read while each run trained: colour, shape and exact match
+# of 100 val scenes against the step, with guessing dashed.
+
+# %%
+from ssm_bridge.tools.ablate import COLOUR_READ, escape_table, reads_colour
+from viz.ablation import plot_ablation_watch
+
+colours = long_study["train_config"]["scenes"]["colours"]
+shapes = long_study["train_config"]["scenes"]["shapes"]
+chance = {"colour": 1 / len(colours), "shape": 1 / len(shapes)}
+show(plot_ablation_watch(watch, chance))
+display(Markdown(escape_table(long_curves, long_rows, chance["colour"], watch)))
+
+# %% [markdown]
+# ## What the second study finds so far
+#
+# - **Every run leaves the loss plateau**, the decoder-ignores-the-image phase, within
+#   6000 steps: its captions read the image's geometry (shape, size, count far above
+#   guessing) whatever the decoder.
+# - **The transformer decoders also read colour; the Mamba decoders do not.** Over 3-5
+#   objects a Mamba decoder of this width names colours at chance for all 6000 steps while
+#   its shape, size and count climb. A wider decoder (128) or a larger state (32) did not
+#   change that here, but the shipped `shapes-all-ssm` (both, on scenes of 1-3 objects)
+#   reads colour from step ~1250: a plateau of this budget and scene world rather than a
+#   limit of the architecture. docs/ablation.md keeps the screens.
+# - **The Mamba decoder is the cheap one to decode**: per token at a long caption it costs
+#   a fraction of the transformer's, whose KV cache grows with the caption.
+#
+# The checks below keep these sentences true of the committed runs.
+
+# %%
+def is_mamba(variant):
+    return VARIANTS[variant].get("decoder_type") == "mamba"
+
+
+long_escapes = escape_steps(long_curves)
+geometry = all(float(r["shape"]) >= COLOUR_READ * chance["shape"] and float(r["count"]) > 0.5
+               for r in long_rows)
+reads = {(r["variant"], int(r["seed"])): reads_colour(r, chance["colour"]) for r in long_rows}
+decode = {m: [float(r["decode_ms_per_token"]) for r in long_rows if is_mamba(r["variant"]) == m]
+          for m in (True, False)}
+print("every run left the loss plateau:", all(s is not None for s in long_escapes.values()))
+print("every run reads shape at >= 2x chance and counts > 50 %:", geometry)
+print("transformer-decoder runs that read colour:",
+      f"{sum(ok for (v, _), ok in reads.items() if not is_mamba(v))} of "
+      f"{sum(not is_mamba(v) for v, _ in reads)}")
+print("Mamba-decoder runs that read colour:",
+      f"{sum(ok for (v, _), ok in reads.items() if is_mamba(v))} of "
+      f"{sum(is_mamba(v) for v, _ in reads)}")
+print("the slowest Mamba decode per token is under half the fastest transformer's:",
+      max(decode[True]) < 0.5 * min(decode[False]))
+assert all(s is not None for s in long_escapes.values()) and geometry
+assert all(ok != is_mamba(v) for (v, _), ok in reads.items())
+assert max(decode[True]) < 0.5 * min(decode[False])
