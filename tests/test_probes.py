@@ -87,3 +87,46 @@ def test_probe_layers_runs_end_to_end_on_a_tiny_model(tiny_config):
         assert 0 <= r["control_accuracy"] <= 1
     with pytest.raises(ValueError, match="probe layers"):
         probe_layers(model, n_train=2, n_test=1, layers=["layer_9"], progress=False)
+
+
+@pytest.mark.parametrize("changes", [dict(bridge_type="mlp", decoder_type="mamba",
+                                          cross_attn_layers=0), dict(bridge_type="ssm")])
+def test_probes_follow_an_attribute_from_encoder_to_decoder_prefix_in_any_bridge(
+        tiny_config, changes):
+    """"encoder", "input", "output" and "prefix" exist for every bridge type (an MLP bridge
+    has no SSM layers), in the order the image flows; "prefix" is what the decoder gets."""
+    from ssm_bridge.data import make_scene
+    from ssm_bridge.interp.probes import collect_patch_features, every_layer
+
+    model = make_model(tiny_config.replace(**changes))
+    names = list(every_layer(model))
+    assert names[0] == "encoder" and names[-2:] == ["output", "prefix"]
+    assert ("layer_0" in names) == (changes["bridge_type"] == "ssm")
+    scenes = [make_scene("test", i) for i in range(2)]
+    feats = collect_patch_features(model, scenes, ["encoder", "output", "prefix"])
+    P = tiny_config.num_patches
+    assert feats["encoder"].shape == (2 * P, tiny_config.vision_embed_dim)
+    # image-prefix dropout is off in eval: a Mamba decoder is given the bridge's output as
+    # is, the transformer decoder adds its learned prefix embedding (cls dropped)
+    added = feats["prefix"] - feats["output"]  # (2 * P, dim)
+    if changes.get("decoder_type") == "mamba":
+        assert torch.equal(added, torch.zeros_like(added))
+    else:
+        with torch.no_grad():
+            model.decoder.prefix_embed.normal_()  # (1, 1, dim), zero at init
+        moved = collect_patch_features(model, scenes, ["output", "prefix"])
+        added = moved["prefix"] - moved["output"]  # (2 * P, dim)
+        embed = model.decoder.prefix_embed.reshape(1, -1)  # (1, dim)
+        assert torch.allclose(added, embed.expand_as(added), atol=1e-5)
+    rows = probe_layers(model, n_train=4, n_test=2, attributes=("colour",), progress=False,
+                        epochs=4, layers=["encoder", "prefix"])
+    assert [r["layer"] for r in rows] == ["encoder", "prefix"]
+
+
+def test_a_patch_probe_refuses_a_resampler_s_latents(tiny_config):
+    from ssm_bridge.data import make_scene
+    from ssm_bridge.interp.probes import collect_patch_features
+
+    model = make_model(tiny_config.replace(bridge_type="resampler"))
+    with pytest.raises(ValueError, match="not a cls and the 16 patches"):
+        collect_patch_features(model, [make_scene("test", 0)], ["output"])

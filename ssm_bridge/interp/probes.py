@@ -9,7 +9,11 @@ patch tokens?
 Layers (keys of the feature dicts): "input" = bridge.hook_in (the ViT tokens projected to
 the bridge width), "layer_{l}" = bridge.layers.{l}.hook_resid_post (the residual stream
 after SSM block l), and optionally "output" = bridge.hook_out (after the final norm and
-projection to the decoder width). Only the P patch tokens are used (cls dropped).
+projection to the decoder width); on either side, "encoder" = vision.hook_grid (the
+encoder's final patch grid) and "prefix" = decoder.hook_image_prefix (the image tokens the
+decoder is given: the bridge's output, plus the transformer decoder's learned prefix
+embedding). "input", "output", "encoder" and "prefix" exist for every bridge type,
+the SSM layers for an SSM bridge. Only the P patch tokens are used (cls dropped).
 
 Patch labelling rule: a patch belongs to the object whose visible mask covers the most of
 its pixels, if that object covers at least `min_coverage` (default 25 %) of them; otherwise
@@ -86,10 +90,27 @@ def feature_hooks(model, include_output: bool = False) -> dict[str, str]:
     return names
 
 
+# Where else a patch's tokens can be probed, on either side of the bridge: the encoder's
+# final patch grid, and the decoder's image prefix (what the decoder is given). With
+# "input" and "output" these work for every bridge type, so a probe can follow an
+# attribute from the encoder to the decoder in any variant (docs/ablation.md uses it).
+EDGE_HOOKS = {"encoder": "vision.hook_grid", "prefix": "decoder.hook_image_prefix"}
+
+
+def every_layer(model) -> dict[str, str]:
+    """Every probe layer name -> hook name, in the order the image flows: "encoder",
+    "input", "layer_{l}" (an SSM bridge's blocks only), "output", "prefix"."""
+    try:
+        inner = feature_hooks(model, include_output=True)
+    except ValueError:  # no SSM bridge: its input and output only
+        inner = {"input": "bridge.hook_in", "output": "bridge.hook_out"}
+    return {"encoder": EDGE_HOOKS["encoder"], **inner, "prefix": EDGE_HOOKS["prefix"]}
+
+
 def _choose_layers(model, layers) -> dict[str, str]:
-    every = feature_hooks(model, include_output=True)
     if layers == "all":
         return feature_hooks(model)
+    every = every_layer(model)
     chosen = [layers] if isinstance(layers, str) else list(layers)
     bad = [n for n in chosen if n not in every]
     if bad or not chosen:
@@ -117,8 +138,8 @@ def collect_patch_features(model, scenes: Sequence[Scene], layers="all", *, tran
     row-major patches), from one image-only `run_with_cache` per batch of scenes.
 
     model: an EnhancedVLM or a `Pretrained` bundle (its transform is then used).
-    layers: "all" (input and every SSM layer) or names among "input", "layer_{l}",
-    "output" (see `feature_hooks`)."""
+    layers: "all" (input and every SSM layer of an SSM bridge) or names among "encoder",
+    "input", "layer_{l}", "output", "prefix" (see `every_layer`; any bridge type)."""
     model, transform, _ = _unpack(model, transform)
     hooks = _choose_layers(model, layers)  # raises unless the model has an SSM bridge
     device = next(model.parameters()).device
@@ -126,9 +147,12 @@ def collect_patch_features(model, scenes: Sequence[Scene], layers="all", *, tran
     starts = range(0, len(scenes), batch_size)
     for s in tqdm(starts, desc="features", disable=not progress, leave=False):
         images = torch.stack([transform(sc.image) for sc in scenes[s:s + batch_size]])
-        _, cache = model.run_with_cache(images.to(device), None, list(hooks.values()))
+        # the decoder only runs (and fires its prefix hook) on text: one BOS per image
+        text = (torch.full((len(images), 1), model.config.bos_token_id, device=device)
+                if "prefix" in hooks else None)
+        _, cache = model.run_with_cache(images.to(device), text, list(hooks.values()))
         for name, hook in hooks.items():
-            tokens = cache[hook][:, 1:].float().cpu()  # (b, P, D) patches, cls dropped
+            tokens = _patch_tokens(cache[hook], name, model.config.num_patches)  # (b, P, D)
             out[name].append(rearrange(tokens, "b p d -> (b p) d"))  # (b*P, D)
     return {n: torch.cat(v) for n, v in out.items()}
 
@@ -219,6 +243,18 @@ def majority_baseline(y_train: Sequence, y_test: Sequence) -> float:
 # ---------------------------------------------------------------- per layer
 def _scenes(split: str, n: int, config: SceneConfig) -> list[Scene]:
     return [make_scene(split, i, config) for i in range(n)]
+
+
+def _patch_tokens(t: torch.Tensor, name: str, num_patches: int) -> torch.Tensor:
+    """(b, P, D) float32 patch tokens of a cached hook: a (b, D, g, g) grid in raster
+    order, or (b, 1 + P, D) tokens with the cls first (dropped)."""
+    if t.dim() == 4:
+        return rearrange(t, "b d h w -> b (h w) d").float().cpu()  # (b, P, D)
+    if t.shape[1] != 1 + num_patches:
+        raise ValueError(f"probe layer {name!r} has {t.shape[1]} tokens, not a cls and the "
+                         f"{num_patches} patches a patch probe reads (a resampler's latents "
+                         f"are not patches); probe 'encoder' or 'input' instead")
+    return t[:, 1:].float().cpu()  # (b, P, D) patches, cls dropped
 
 
 def probe_layers(model, n_train: int = 300, n_test: int = 100,
