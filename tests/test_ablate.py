@@ -315,3 +315,30 @@ def test_the_escape_table_says_from_which_step_a_watched_run_read_colour():
     assert "| a | 80, colour from 100 | 80, colour from 50 | 2 of 2 | 1 of 2 |" in table
     late = [{"variant": "a", "seed": 0, "step": 100, "colour": 0.25}]
     assert "80, colour never" in ablate.escape_table(curves[:10], rows[:1], 0.25, late)
+
+
+def test_report_writes_the_recorded_runs_and_names_the_rest_without_training(tmp_path, capsys):
+    args = ["--variants", "ssm,mlp", "--seeds", "0,1", "--steps", "4", "--preset",
+            "test-tiny", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")]
+    assert ablate.main([*args, "--report"]) == 2  # nothing recorded yet: a one-line error
+    assert "none of the 4 planned runs is recorded" in capsys.readouterr().err
+    study = ablate.parse_args([*args, "--report"])
+    for variant, seed, loss in (("ssm", 0, 0.5), ("mlp", 1, 0.4)):
+        cfg = run_config(study, variant, seed)
+        record = {"budget": ablate.budget(cfg, study),
+                  "row": {"variant": variant, "seed": seed, "exact_match": 0.5, "colour": 0.9},
+                  "curve": [{"step": s, "samples": 32 * s, "train_seconds": s, "loss": loss}
+                            for s in (1, 2, 3, 4)]}
+        path = ablate.record_path(cfg, study)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, default=str))
+    assert ablate.main([*args, "--report"]) == 0
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "Under way: 2 of 4 planned runs recorded" in md
+    assert "Still to train: ssm seed 1, mlp seed 0" in md
+    assert "--report" not in md.splitlines()[2]  # the command shown is the one that trains
+    assert [r["variant"] for r in csv.DictReader(open(tmp_path / "out" / "results.csv"))] == \
+        ["ssm", "mlp"]
+    assert not (tmp_path / "runs").exists()  # nothing trained
+    with pytest.raises(SystemExit):
+        ablate.parse_args([*args, "--report", "--force"])

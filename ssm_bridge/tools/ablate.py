@@ -2,7 +2,7 @@
 
     python -m ssm_bridge.tools.ablate [--variants ssm,ssm_lti,seed_ssm,mlp,resampler,linear]
         [--seeds 0,1,2] [--steps N] [--out docs/ablation] [--runs runs/ablation]
-        [--preset shapes-tiny] [--test_num 500] [--watch 500] [--workers 4] [--force]
+        [--preset shapes-tiny] [--test_num 500] [--watch 500] [--workers 4] [--force | --report]
         [--scenes.min_objects=3 --scenes.max_objects=5 ...] [--lr=... --batch_size=...]
         [--model.<field>=...]
 
@@ -50,7 +50,9 @@ watched val captions; viz.ablation.plot_ablation_watch), and
 runs/VARIANT-seedK.json (each finished run's budget, results, curves and machine, so a
 clone continues the study). Run folders (checkpoint, metrics.jsonl, loss curve,
 result.json) go under --runs; a run whose result.json or record matches the budget is
-reused, so an interrupted study continues where it stopped (--force retrains).
+reused, so an interrupted study continues where it stopped (--force retrains). A study
+that takes several sittings shows where it stands with --report: the outputs of the runs
+recorded so far, results.md naming those still to train, nothing trained.
 
 The training scenes are drawn once for the whole study (`prepare_data`, with
 `ssm_bridge.training.train.build_data`) and shared by every run; `make_trainer` builds each
@@ -158,6 +160,7 @@ class Study:
     watch: int = 500  # caption WATCH_NUM val scenes every `watch` steps (0: never)
     workers: int = 0  # processes drawing the training scenes; 0 = one
     force: bool = False
+    report: bool = False  # write the outputs from the runs already recorded; train none
     progress: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)
     command: str = ""
@@ -175,6 +178,9 @@ class Study:
                              f"got {self.watch}")
         if self.test_num < 1 or self.latency_repeats < 1:
             raise ValueError("--test_num and --latency_repeats must be >= 1")
+        if self.report and self.force:
+            raise ValueError("--report trains nothing and --force retrains everything; "
+                             "give one of them")
 
 
 # ---------------------------------------------------------------- configs and data
@@ -407,10 +413,13 @@ def plan_runs(study: Study) -> list[tuple[str, int, TrainConfig]]:
 
 def run_study(study: Study, plan: list[tuple[str, int, TrainConfig]] | None = None
               ) -> list[dict[str, Any]]:
-    """Every (variant, seed) run, in order; writes the outputs after each run."""
+    """Every (variant, seed) run, in order; writes the outputs after each run. With
+    study.report, only the runs already recorded (see report_study)."""
     from ..core.scan import load_extension
 
     plan = plan or plan_runs(study)
+    if study.report:
+        return report_study(study, plan)
     load_extension()  # build / load the fused scan now, not inside the first run's timing
     data: StudyData | None = None
     rows: list[dict[str, Any]] = []
@@ -426,6 +435,26 @@ def run_study(study: Study, plan: list[tuple[str, int, TrainConfig]] | None = No
         rows.append(row)
         write_outputs(rows, study, plan[0][2])
     bar.close()
+    return rows
+
+
+def report_study(study: Study, plan: list[tuple[str, int, TrainConfig]]
+                 ) -> list[dict[str, Any]]:
+    """The rows of the planned runs already recorded with this budget, outputs written
+    for them (results.md names the runs still to train), nothing trained: a study that
+    takes several sittings shows where it stands. ValueError when none is recorded."""
+    rows, missing = [], []
+    for variant, seed, cfg in plan:
+        row = cached_row(cfg, study)
+        if row is None:
+            missing.append(f"{variant} seed {seed}")
+        else:
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"none of the {len(plan)} planned runs is recorded with this budget "
+                         f"in {study.runs} or {study.out}/runs; run without --report to "
+                         f"train them")
+    write_outputs(rows, study, plan[0][2], missing)
     return rows
 
 
@@ -651,9 +680,11 @@ def escape_legend(study: Study, cfg: TrainConfig) -> str:
 
 def results_markdown(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig,
                      curves: list[dict[str, Any]] | None = None,
-                     watch: list[dict[str, Any]] | None = None) -> str:
+                     watch: list[dict[str, Any]] | None = None,
+                     missing: list[str] | None = None) -> str:
     """The summary table (mean ± sample std over seeds), with command, machine, budget, and
-    when each run left the plateau (from `curves`, curve_rows' output, when given)."""
+    when each run left the plateau (from `curves`, curve_rows' output, when given);
+    `missing` names planned runs not yet trained (a study under way)."""
     lines = [
         "# Bridge ablation", "",
         f"Command: `{study.command or 'python -m ssm_bridge.tools.ablate'}`  ",
@@ -661,6 +692,9 @@ def results_markdown(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig,
         *machines_line(rows),
         f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", "",
         budget_text(cfg, study), "",
+        *([f"**Under way: {len(rows)} of {len(rows) + len(missing)} planned runs recorded.** "
+           f"Still to train: {', '.join(missing)} (the command above trains them; this "
+           f"report was written with --report).", ""] if missing else []),
         "Mean ± sample standard deviation over seeds (no ± with one seed).", "",
         summary_table(rows),
         *(["", escape_legend(study, cfg), "",
@@ -708,7 +742,8 @@ def chance_of(cfg: TrainConfig) -> dict[str, float]:
     return {"colour": 1 / len(cfg.scenes.colours), "shape": 1 / len(cfg.scenes.shapes)}
 
 
-def write_outputs(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) -> None:
+def write_outputs(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig,
+                  missing: list[str] | None = None) -> None:
     """results.csv, results.md, ablation.png, and curves.csv + curves.png (training loss
     per run), and watch.csv + watch.png (the watched val captions) in study.out."""
     from viz.ablation import plot_ablation, plot_ablation_curves, plot_ablation_watch
@@ -718,7 +753,7 @@ def write_outputs(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig) ->
     write_csv(rows, out / "results.csv")
     curves = curve_rows(rows, study.runs, study.out)
     watch = watch_rows(rows, study.runs, study.out)
-    (out / "results.md").write_text(results_markdown(rows, study, cfg, curves, watch))
+    (out / "results.md").write_text(results_markdown(rows, study, cfg, curves, watch, missing))
     meta = {"command": study.command, "machine": machine_info(), "budget": budget_text(cfg, study),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "train_config": budget(cfg, study)["train"]}
@@ -771,6 +806,8 @@ def parse_args(argv: list[str]) -> Study:
     p.add_argument("--watch", type=int, default=500, help="caption val scenes every N "
                    "steps to see when a run reads colour (0: never)")
     p.add_argument("--force", action="store_true", help="retrain runs that have results")
+    p.add_argument("--report", action="store_true", help="train nothing: write the outputs "
+                   "from the runs already recorded, naming those still to train")
     p.add_argument("--no_progress", action="store_true")
     args, rest = p.parse_known_args(argv)
     try:
@@ -782,8 +819,11 @@ def parse_args(argv: list[str]) -> Study:
                      seeds=args.seeds, steps=args.steps, preset=args.preset, out=args.out,
                      runs=args.runs, test_num=args.test_num, test_split=args.test_split,
                      latency_repeats=args.latency_repeats, workers=args.workers, watch=args.watch,
-                     force=args.force, progress=not args.no_progress, overrides=overrides,
-                     command=shlex.join(["python", "-m", "ssm_bridge.tools.ablate", *argv]))
+                     force=args.force, report=args.report, progress=not args.no_progress,
+                     overrides=overrides,
+                     # what trains the study: a --report of it shows the same command
+                     command=shlex.join(["python", "-m", "ssm_bridge.tools.ablate",
+                                         *(a for a in argv if a != "--report")]))
     except ValueError as e:
         p.error(str(e))
 
@@ -796,7 +836,14 @@ def main(argv: list[str] | None = None) -> int:
     except (TypeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rows = run_study(study, plan)
+    if study.report:
+        try:
+            rows = report_study(study, plan)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    else:
+        rows = run_study(study, plan)
     print(f"{len(rows)} runs; results in {study.out}/results.md", file=sys.stderr)
     return 0
 
