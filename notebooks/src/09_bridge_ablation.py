@@ -236,7 +236,7 @@ display(Markdown(summary_table(long_rows)))
 # of 100 val scenes against the step, with guessing dashed.
 
 # %%
-from ssm_bridge.tools.ablate import COLOUR_READ, escape_table, reads_colour
+from ssm_bridge.tools.ablate import escape_table, reads_colour
 from viz.ablation import plot_ablation_watch
 
 colours = long_study["train_config"]["scenes"]["colours"]
@@ -248,15 +248,16 @@ display(Markdown(escape_table(long_curves, long_rows, chance["colour"], watch)))
 # %% [markdown]
 # ## What the second study finds so far
 #
-# - **Every run leaves the loss plateau**, the decoder-ignores-the-image phase, within
-#   6000 steps: its captions read the image's geometry (shape, size, count far above
-#   guessing) whatever the decoder.
-# - **The transformer decoders also read colour; the Mamba decoders do not.** Over 3-5
-#   objects a Mamba decoder of this width names colours at chance for all 6000 steps while
-#   its shape, size and count climb. A wider decoder (128) or a larger state (32) did not
-#   change that here, but the shipped `shapes-all-ssm` (both, on scenes of 1-3 objects)
-#   reads colour from step ~1250: a plateau of this budget and scene world rather than a
-#   limit of the architecture. docs/ablation.md keeps the screens.
+# - **6000 steps is not yet a budget where every run leaves the loss plateau.** Most do,
+#   at steps spread from ~1300 to ~4700, but a run can still stay on it to the end: the
+#   plateau's length has a long tail, and a longer budget alone has not made the seeds
+#   stop deciding. The runs that leave it read the image's geometry: size, count and
+#   shape at 1.5x guessing or better, whatever the decoder.
+# - **Colour is a second plateau, and fewer runs leave it.** Some transformer-decoder runs
+#   read colour by step 2500; no Mamba-decoder run has read it yet (one creeps toward it).
+#   Linear probes (docs/ablation.md) find colour in the encoder's patch tokens of the runs
+#   that read it, and lost by the decoder's image prefix in the runs that never do: while
+#   the decoder does not use colour, nothing keeps the bridge carrying it.
 # - **The Mamba decoder is the cheap one to decode**: per token at a long caption it costs
 #   a fraction of the transformer's, whose KV cache grows with the caption.
 #
@@ -268,21 +269,21 @@ def is_mamba(variant):
 
 
 long_escapes = escape_steps(long_curves)
-geometry = all(float(r["shape"]) >= COLOUR_READ * chance["shape"] and float(r["count"]) > 0.5
-               for r in long_rows)
+left = [r for r in long_rows if long_escapes[(r["variant"], int(r["seed"]))] is not None]
+guess = {**chance, "size": 1 / 2, "count": 1 / 3}  # sizes: small, large; counts: 3, 4, 5
+geometry = all(float(r[k]) >= 1.5 * guess[k] for r in left for k in ("shape", "size", "count"))
 reads = {(r["variant"], int(r["seed"])): reads_colour(r, chance["colour"]) for r in long_rows}
+read = {m: sum(ok for (v, _), ok in reads.items() if is_mamba(v) == m) for m in (True, False)}
+runs = {m: sum(is_mamba(v) == m for v, _ in reads) for m in (True, False)}
 decode = {m: [float(r["decode_ms_per_token"]) for r in long_rows if is_mamba(r["variant"]) == m]
           for m in (True, False)}
-print("every run left the loss plateau:", all(s is not None for s in long_escapes.values()))
-print("every run reads shape at >= 2x chance and counts > 50 %:", geometry)
-print("transformer-decoder runs that read colour:",
-      f"{sum(ok for (v, _), ok in reads.items() if not is_mamba(v))} of "
-      f"{sum(not is_mamba(v) for v, _ in reads)}")
-print("Mamba-decoder runs that read colour:",
-      f"{sum(ok for (v, _), ok in reads.items() if is_mamba(v))} of "
-      f"{sum(is_mamba(v) for v, _ in reads)}")
+print(f"runs that left the loss plateau: {len(left)} of {len(long_rows)}, at steps",
+      sorted(s for s in long_escapes.values() if s is not None))
+print("those read shape, size and count at >= 1.5x guessing:", geometry)
+print(f"transformer-decoder runs that read colour: {read[False]} of {runs[False]}")
+print(f"Mamba-decoder runs that read colour: {read[True]} of {runs[True]}")
 print("the slowest Mamba decode per token is under half the fastest transformer's:",
       max(decode[True]) < 0.5 * min(decode[False]))
-assert all(s is not None for s in long_escapes.values()) and geometry
-assert all(ok != is_mamba(v) for (v, _), ok in reads.items())
+assert 0 < len(left) < len(long_rows) and geometry  # not every run leaves it by 6000
+assert 0 < read[False] < runs[False] and read[True] == 0  # seeds decide; Mamba: none yet
 assert max(decode[True]) < 0.5 * min(decode[False])
