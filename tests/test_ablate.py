@@ -342,3 +342,9 @@ def test_report_writes_the_recorded_runs_and_names_the_rest_without_training(tmp
     assert not (tmp_path / "runs").exists()  # nothing trained
     with pytest.raises(SystemExit):
         ablate.parse_args([*args, "--report", "--force"])
+
+
+def test_chance_of_derives_guessing_from_the_study_scenes():
+    cfg = run_config(Study(), "ssm", 0)  # 4 colours, 4 shapes, 2 sizes, 3-5 objects
+    assert ablate.chance_of(cfg) == {"colour": 0.25, "shape": 0.25, "size": 0.5,
+                                     "count": pytest.approx(1 / 3)}

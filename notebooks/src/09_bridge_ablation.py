@@ -236,12 +236,11 @@ display(Markdown(summary_table(long_rows)))
 # of 100 val scenes against the step, with guessing dashed.
 
 # %%
-from ssm_bridge.tools.ablate import escape_table, reads_colour
+from ssm_bridge.tools.ablate import chance_of, escape_table, reads_colour
+from ssm_bridge.training.train_config import TrainConfig
 from viz.ablation import plot_ablation_watch
 
-colours = long_study["train_config"]["scenes"]["colours"]
-shapes = long_study["train_config"]["scenes"]["shapes"]
-chance = {"colour": 1 / len(colours), "shape": 1 / len(shapes)}
+chance = chance_of(TrainConfig.from_dict(long_study["train_config"]))  # guessing, per metric
 show(plot_ablation_watch(watch, chance))
 display(Markdown(escape_table(long_curves, long_rows, chance["colour"], watch)))
 
@@ -270,8 +269,7 @@ def is_mamba(variant):
 
 long_escapes = escape_steps(long_curves)
 left = [r for r in long_rows if long_escapes[(r["variant"], int(r["seed"]))] is not None]
-guess = {**chance, "size": 1 / 2, "count": 1 / 3}  # sizes: small, large; counts: 3, 4, 5
-geometry = all(float(r[k]) >= 1.5 * guess[k] for r in left for k in ("shape", "size", "count"))
+geometry = all(float(r[k]) >= 1.5 * chance[k] for r in left for k in ("shape", "size", "count"))
 reads = {(r["variant"], int(r["seed"])): reads_colour(r, chance["colour"]) for r in long_rows}
 read = {m: sum(ok for (v, _), ok in reads.items() if is_mamba(v) == m) for m in (True, False)}
 runs = {m: sum(is_mamba(v) == m for v, _ in reads) for m in (True, False)}

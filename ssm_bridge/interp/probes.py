@@ -141,7 +141,7 @@ def collect_patch_features(model, scenes: Sequence[Scene], layers="all", *, tran
     layers: "all" (input and every SSM layer of an SSM bridge) or names among "encoder",
     "input", "layer_{l}", "output", "prefix" (see `every_layer`; any bridge type)."""
     model, transform, _ = _unpack(model, transform)
-    hooks = _choose_layers(model, layers)  # raises unless the model has an SSM bridge
+    hooks = _choose_layers(model, layers)  # "all" and "layer_{l}": an SSM bridge only
     device = next(model.parameters()).device
     out: dict[str, list[torch.Tensor]] = {n: [] for n in hooks}
     starts = range(0, len(scenes), batch_size)

@@ -83,6 +83,7 @@ from tqdm.auto import tqdm
 
 from ..config import BRIDGE_TYPES, VLMConfig
 from ..data import make_scene
+from ..data.captions import SIZES
 from ..model import EnhancedVLM
 from ..training.checkpoint import atomic_write
 from ..training.evaluate import evaluate
@@ -413,13 +414,11 @@ def plan_runs(study: Study) -> list[tuple[str, int, TrainConfig]]:
 
 def run_study(study: Study, plan: list[tuple[str, int, TrainConfig]] | None = None
               ) -> list[dict[str, Any]]:
-    """Every (variant, seed) run, in order; writes the outputs after each run. With
-    study.report, only the runs already recorded (see report_study)."""
+    """Every (variant, seed) run, in order; writes the outputs after each run (the runs
+    already recorded only: report_study)."""
     from ..core.scan import load_extension
 
     plan = plan or plan_runs(study)
-    if study.report:
-        return report_study(study, plan)
     load_extension()  # build / load the fused scan now, not inside the first run's timing
     data: StudyData | None = None
     rows: list[dict[str, Any]] = []
@@ -738,8 +737,11 @@ def watch_rows(rows: list[dict[str, Any]], runs: str | os.PathLike,
 
 
 def chance_of(cfg: TrainConfig) -> dict[str, float]:
-    """The accuracy of guessing each object attribute uniformly in the study's scenes."""
-    return {"colour": 1 / len(cfg.scenes.colours), "shape": 1 / len(cfg.scenes.shapes)}
+    """The accuracy of guessing uniformly in the study's scenes: each object attribute, and
+    the number of objects."""
+    sc = cfg.scenes
+    return {"colour": 1 / len(sc.colours), "shape": 1 / len(sc.shapes),
+            "size": 1 / len(SIZES), "count": 1 / (sc.max_objects - sc.min_objects + 1)}
 
 
 def write_outputs(rows: list[dict[str, Any]], study: Study, cfg: TrainConfig,
