@@ -140,6 +140,26 @@ def test_prefix_dropout_starts_at_its_step(tmp_path):
         tiny(tmp_path, prefix_dropout_start=-1)
 
 
+def test_caption_steps_train_captions_first_then_the_task(tmp_path):
+    cfg = tiny(tmp_path, task="mixed", caption_steps=2, batch_size=16, num_train=64)
+    trainer = build(cfg)
+    data = trainer.train_set
+    prompt_free = []  # per step: the batch's targets, and whether each text is a caption
+    for step in range(4):
+        _, _, targets = trainer.batch_at(step, 0)
+        order = trainer._order(0)[step * 16:(step + 1) * 16]
+        texts = [data.example(int(i)) for i in order]
+        caps = [data.caption_example(int(i)) for i in order]
+        expected = [c if step < 2 else t for c, t in zip(caps, texts)]
+        _, _, want = data.collate([data._item(int(i), e) for i, e in zip(order, expected)])
+        assert torch.equal(targets, want), step
+        prompt_free.append(all(e.kind == "caption" for e in expected))
+    assert prompt_free[:2] == [True, True] and prompt_free[2:] == [False, False]
+    for bad in ({"task": "caption", "caption_steps": 2}, {"caption_steps": -1}):
+        with pytest.raises(ValueError, match="caption_steps"):
+            tiny(tmp_path, **bad)
+
+
 def test_ema_update_follows_its_formula():
     from ssm_bridge.training.trainer import ema_update
 

@@ -85,16 +85,18 @@ def choose_example(scene: Scene, task: str, caption_fraction: float = 0.5) -> Sc
     return SceneExample(q, a, kind, scene.seed)
 
 
-def _draw_scenes(job) -> tuple[np.ndarray, list[SceneExample]]:
-    """Scenes start .. stop - 1 of a split: (pixels (n, H, W, 3) uint8, their examples)."""
+def _draw_scenes(job) -> tuple[np.ndarray, list[SceneExample], list[str]]:
+    """Scenes start .. stop - 1 of a split: (pixels (n, H, W, 3) uint8, their examples,
+    their captions)."""
     split, start, stop, config, task, caption_fraction = job
     pixels = np.empty((stop - start, config.img_size, config.img_size, 3), np.uint8)
-    examples = []
+    examples, captions = [], []
     for k, index in enumerate(range(start, stop)):
         scene = make_scene(split, index, config)
         pixels[k] = scene.image
         examples.append(choose_example(scene, task, caption_fraction))
-    return pixels, examples
+        captions.append(scene.caption)
+    return pixels, examples, captions
 
 
 class SceneCaptions(Dataset):
@@ -131,6 +133,7 @@ class SceneCaptions(Dataset):
             num, generator=torch.Generator().manual_seed(shuffle_text_seed)))  # (num,)
         self.images: torch.Tensor | None = None  # (num, H, W, 3) uint8 once pre-rendered
         self.examples: list[SceneExample] | None = None
+        self.captions: list[str] | None = None  # every scene's caption (caption_item)
         if prerender:
             self._prerender(progress, workers)
 
@@ -138,6 +141,7 @@ class SceneCaptions(Dataset):
         S = self.config.img_size
         images = torch.empty((self.num, S, S, 3), dtype=torch.uint8)
         examples: list[SceneExample] = []
+        captions: list[str] = []
         step = 256  # scenes per job
         jobs = [(self.split, self.seed_offset + a, self.seed_offset + min(a + step, self.num),
                  self.config, self.task, self.caption_fraction)
@@ -146,11 +150,12 @@ class SceneCaptions(Dataset):
                    disable=None if progress else True)
         with bar, (multiprocessing.Pool(workers) if workers > 0 else nullcontext()) as pool:
             chunks = pool.imap(_draw_scenes, jobs) if pool else map(_draw_scenes, jobs)
-            for pixels, exs in chunks:  # in order, so the result never depends on workers
+            for pixels, exs, caps in chunks:  # in order: the result never depends on workers
                 images[len(examples):len(examples) + len(exs)] = torch.from_numpy(pixels)
                 examples += exs
+                captions += caps
                 bar.update(len(exs))
-        self.images, self.examples = images, examples
+        self.images, self.examples, self.captions = images, examples, captions
 
     def __len__(self) -> int:
         return self.num
@@ -168,8 +173,21 @@ class SceneCaptions(Dataset):
             return self.examples[j]
         return choose_example(self.scene(j), self.task, self.caption_fraction)
 
+    def caption_example(self, i: int) -> SceneExample:
+        """The caption of item i's scene, whatever the task (TrainConfig.caption_steps)."""
+        j = int(self.text_of[i])
+        if self.captions is not None:
+            return SceneExample("", self.captions[j], "caption", self.examples[j].seed)
+        return choose_example(self.scene(j), "caption")
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        ex = self.example(i)
+        return self._item(i, self.example(i))
+
+    def caption_item(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Item i with its scene's caption as the text (image, tokens, targets)."""
+        return self._item(i, self.caption_example(i))
+
+    def _item(self, i: int, ex: SceneExample) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.images is not None:
             pixels = self.images[i]
             image = (self.transform.normalize(pixels) if pixels.shape[0] ==

@@ -14,6 +14,12 @@ Mamba decoder). Issue 17's comparison, at one longer budget for every row:
     python -m ssm_bridge.tools.ablate --variants ssm,mlp,mlp+mamba,ssm+mamba,vim+ssm+mamba \
         --steps N --out docs/ablation-all-ssm --runs runs/ablation-all-ssm
 
+Its staged form trains each scene's caption alone for the first steps, then the mixed task
+(--caption_steps, TrainConfig.caption_steps; docs/ablation.md, "Session 14"):
+
+    python -m ssm_bridge.tools.ablate --variants ... --steps 6000 --caption_steps=3000 \
+        --out docs/ablation-staged --runs runs/ablation-staged
+
 Each (variant, seed) run trains the variant's model fields with the trainer
 (ssm_bridge.training.trainer) under the same budget: the preset's TrainConfig (batch, lr,
 schedule) with the study's defaults and the given overrides, on scenes where order and
@@ -555,11 +561,15 @@ def budget_text(cfg: TrainConfig, study: Study) -> str:
     """One paragraph: what every run got (steps, batch, lr, task, data) and the evaluation."""
     return (f"Budget per run: preset `{cfg.preset}`, {cfg.max_steps} steps of batch "
             f"{cfg.batch_size * cfg.grad_accum}, lr {cfg.lr:g} (warmup {cfg.warmup_steps}, "
-            f"cosine), task `{cfg.task}`, {cfg.num_train} training scenes with "
+            f"cosine), task `{cfg.task}`{_staged(cfg)}, {cfg.num_train} training scenes with "
             f"{json.dumps(_changed(cfg.scenes, scene_config(cfg.model, {})))}, model overrides "
             f"{json.dumps(_model_overrides(cfg))}, "
             f"{cfg.threads or 'default'} torch thread(s) per run. Evaluation: "
             f"{study.test_num} `{study.test_split}` scenes, greedy decoding.")
+
+
+def _staged(cfg: TrainConfig) -> str:
+    return f" after {cfg.caption_steps} steps of captions only" if cfg.caption_steps else ""
 
 
 def machines_line(rows: list[dict[str, Any]]) -> list[str]:

@@ -30,6 +30,11 @@ class TrainConfig:
     # ---- data ----
     data: str = "scenes"  # scenes | coco
     task: str = "caption"  # caption | vqa | mixed (scenes only)
+    # task=mixed or vqa: the first caption_steps steps train on each scene's caption only,
+    # then on the task (LLaVA's stage 1 aligns image and text on captions before the
+    # instructions). Half-caption batches let some runs model the answers' grammar and
+    # never read the image (docs/ablation.md, "Session 14"). 0: the task from step 0.
+    caption_steps: int = 0
     num_train: int = 50_000  # training scenes, pre-rendered once (scenes only)
     draw_workers: int = 0  # processes drawing the training scenes (0 = this one)
     # Sanity check (Adebayo et al.'s data randomisation): train each image on another
@@ -137,6 +142,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "draw_workers": (lambda v: v >= 0, ">= 0 (0 = draw in this process)"),
     "warmup_steps": (lambda v: v >= 0, ">= 0"), "weight_decay": (lambda v: v >= 0, ">= 0"),
     "prefix_dropout_start": (lambda v: v >= 0, ">= 0"),
+    "caption_steps": (lambda v: v >= 0, ">= 0 (0 = the task from the first step)"),
     "threads": (lambda v: v >= 0, ">= 0 (0 = torch's default)"),
     "grad_clip": _AT_LEAST_0, "eval_every": _AT_LEAST_0, "eval_num": _AT_LEAST_0,
     "save_every": _AT_LEAST_0,
@@ -162,6 +168,10 @@ def _validate(cfg: TrainConfig) -> None:
     for name, (check, allowed) in RANGES.items():
         if not check(getattr(cfg, name)):
             raise ValueError(f"{name} must be {allowed}, got {getattr(cfg, name)!r}")
+    if cfg.caption_steps and not (cfg.data == "scenes" and cfg.task != "caption"):
+        raise ValueError(f"caption_steps={cfg.caption_steps} trains captions before the task, "
+                         f"so it needs data=scenes and task=mixed or vqa, got data={cfg.data!r}, "
+                         f"task={cfg.task!r}; drop caption_steps or change the task")
     if cfg.stop_at_exact_match and not (cfg.data == "scenes" and cfg.eval_every
                                         and cfg.eval_num):
         raise ValueError("stop_at_exact_match needs periodic evaluation (data=scenes, "

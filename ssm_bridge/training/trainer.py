@@ -346,6 +346,8 @@ class Trainer:
         start = step * per_step + (micro * self.world + self.rank) * self.cfg.batch_size
         idx = [int(self._order(epoch)[i]) for epoch, i in
                (divmod(pos, n) for pos in range(start, start + self.cfg.batch_size))]
+        if step < self.cfg.caption_steps:  # stage 1: the scenes' captions (TrainConfig)
+            return self.collate([self.train_set.caption_item(i) for i in idx])
         return self.collate([self.train_set[i] for i in idx])
 
     def _order(self, epoch: int) -> torch.Tensor:
