@@ -285,3 +285,66 @@ print("the slowest Mamba decode per token is under half the fastest transformer'
 assert 0 < len(left) < len(long_rows) and geometry  # not every run leaves it by 6000
 assert 0 < read[False] < runs[False] and read[True] == 0  # seeds decide; Mamba: none yet
 assert max(decode[True]) < 0.5 * min(decode[False])
+
+# %% [markdown]
+# ## Part 3 · Captions first, then the task (the staged study, under way)
+#
+# One of the runs above, `ssm` seed 1, never left the loss plateau; trained on captions
+# alone, the same seed read colour from step ~1500. So the third study keeps the 6000
+# steps but trains each scene's caption alone for the first 3000 (`--caption_steps=3000`,
+# LLaVA's first stage), then the mixed task. Its runs finished so far are in
+# `docs/ablation-staged/`.
+
+# %%
+staged_results = Path("..") / "docs" / "ablation-staged"
+staged_rows = read_csv(staged_results / "results.csv")
+staged_curves = read_csv(staged_results / "curves.csv")
+staged_watch = read_csv(staged_results / "watch.csv")
+staged_study = json.loads((staged_results / "study.json").read_text())
+print(f"{len(staged_rows)} runs so far:",
+      ", ".join(f"{r['variant']} seed {r['seed']}" for r in staged_rows))
+print(staged_study["budget"])
+display(Markdown(summary_table(staged_rows)))
+show(plot_ablation_watch(staged_watch, chance))
+display(Markdown(escape_table(staged_curves, staged_rows, chance["colour"], staged_watch)))
+
+# %% [markdown]
+# ## What the staged study finds so far
+#
+# - **Every staged run leaves the loss plateau, and reads the image's geometry.** The
+#   seed that never left it on the mixed task leaves it within the captions-only stage
+#   and ends near the shipped model's exact match.
+# - **The Mamba decoders still name colours at chance**, even after 3000 steps of
+#   captions alone, while reading shape, size, count and relations. Colour probes
+#   (docs/ablation.md, session 14) find it in the encoder and gone by the decoder's
+#   prefix, as on the mixed task: captions first end the loss plateau, not the colour
+#   plateau of a Mamba decoder over 3-5 object scenes at this width.
+
+# %%
+def key(r):
+    return r["variant"], int(r["seed"])
+
+
+staged_escapes = escape_steps(staged_curves)
+staged_left = [r for r in staged_rows if staged_escapes[key(r)] is not None]
+staged_geometry = all(float(r[k]) >= 1.5 * chance[k] for r in staged_rows
+                      for k in ("shape", "size", "count"))
+staged_reads = {m: [reads_colour(r, chance["colour"]) for r in staged_rows
+                    if is_mamba(r["variant"]) == m] for m in (True, False)}
+mixed = {key(r): r for r in long_rows}
+print(f"runs that left the loss plateau: {len(staged_left)} of {len(staged_rows)}, at steps",
+      sorted(staged_escapes.values()))
+print("every run reads shape, size and count at >= 1.5x guessing:", staged_geometry)
+print("transformer-decoder runs that read colour:", sum(staged_reads[False]), "of",
+      len(staged_reads[False]))
+print("Mamba-decoder runs that read colour:", sum(staged_reads[True]), "of",
+      len(staged_reads[True]))
+for r in staged_rows:
+    if key(r) in mixed:
+        before, after = float(mixed[key(r)]["exact_match"]), float(r["exact_match"])
+        print(f"{r['variant']} seed {r['seed']}: exact match {before:.1%} mixed -> "
+              f"{after:.1%} staged")
+assert len(staged_left) == len(staged_rows) and staged_geometry
+assert all(staged_reads[False]) and not any(staged_reads[True])
+assert float(mixed[("ssm", 1)]["exact_match"]) < 0.01 < 0.9 < float(
+    next(r for r in staged_rows if key(r) == ("ssm", 1))["exact_match"])
