@@ -221,15 +221,19 @@ print("the lowest final loss of the study is an ssm run:",
 # %%
 from ssm_bridge.tools.ablate import VARIANTS
 
-long_results = Path("..") / "docs" / "ablation-all-ssm"
-long_rows = read_csv(long_results / "results.csv")
-long_curves = read_csv(long_results / "curves.csv")
-watch = read_csv(long_results / "watch.csv")
-long_study = json.loads((long_results / "study.json").read_text())
-print(f"{len(long_rows)} runs so far:",
-      ", ".join(f"{r['variant']} seed {r['seed']}" for r in long_rows))
-print(long_study["budget"])
-display(Markdown(summary_table(long_rows)))
+
+def read_study(name):
+    """A study folder's runs, loss curves, watched captions and budget; prints what ran."""
+    folder = Path("..") / "docs" / name
+    runs = read_csv(folder / "results.csv")
+    meta = json.loads((folder / "study.json").read_text())
+    print(f"{len(runs)} runs so far:", ", ".join(f"{r['variant']} seed {r['seed']}" for r in runs))
+    print(meta["budget"])
+    display(Markdown(summary_table(runs)))
+    return runs, read_csv(folder / "curves.csv"), read_csv(folder / "watch.csv"), meta
+
+
+long_rows, long_curves, watch, long_study = read_study("ablation-all-ssm")
 
 # %% [markdown]
 # What the watched captions read while each run trained: colour, shape and exact match
@@ -296,15 +300,7 @@ assert max(decode[True]) < 0.5 * min(decode[False])
 # `docs/ablation-staged/`.
 
 # %%
-staged_results = Path("..") / "docs" / "ablation-staged"
-staged_rows = read_csv(staged_results / "results.csv")
-staged_curves = read_csv(staged_results / "curves.csv")
-staged_watch = read_csv(staged_results / "watch.csv")
-staged_study = json.loads((staged_results / "study.json").read_text())
-print(f"{len(staged_rows)} runs so far:",
-      ", ".join(f"{r['variant']} seed {r['seed']}" for r in staged_rows))
-print(staged_study["budget"])
-display(Markdown(summary_table(staged_rows)))
+staged_rows, staged_curves, staged_watch, _ = read_study("ablation-staged")
 show(plot_ablation_watch(staged_watch, chance))
 display(Markdown(escape_table(staged_curves, staged_rows, chance["colour"], staged_watch)))
 
