@@ -334,6 +334,12 @@ def test_scene_captions_items():
     for i in range(8):
         for a, b, c in zip(ds[i], lazy[i], parallel[i]):
             assert torch.equal(a, b) and torch.equal(a, c)
+    mixed = [SceneCaptions("val", 8, tokenizer=tok, task="mixed", progress=False, **kw)
+             for kw in ({}, {"prerender": False}, {"workers": 2})]
+    for i in range(8):  # the caption stage (TrainConfig.caption_steps) on every path
+        assert all(m.caption_example(i) == ds.example(i) for m in mixed)
+        for m in mixed:  # the caption task's item, whatever the dataset's task
+            assert all(torch.equal(a, b) for a, b in zip(m.caption_item(i), ds[i]))
     later = SceneCaptions("val", 4, tokenizer=tok, seed_offset=4, progress=False)
     assert torch.equal(later[0][0], ds[4][0]) and later.example(0) == ds.example(4)
 

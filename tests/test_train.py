@@ -144,7 +144,7 @@ def test_caption_steps_train_captions_first_then_the_task(tmp_path):
     cfg = tiny(tmp_path, task="mixed", caption_steps=2, batch_size=16, num_train=64)
     trainer = build(cfg)
     data = trainer.train_set
-    prompt_free = []  # per step: the batch's targets, and whether each text is a caption
+    all_captions = []  # per step: whether every text of its batch is a caption
     for step in range(4):
         _, _, targets = trainer.batch_at(step, 0)
         order = trainer._order(0)[step * 16:(step + 1) * 16]
@@ -153,8 +153,8 @@ def test_caption_steps_train_captions_first_then_the_task(tmp_path):
         expected = [c if step < 2 else t for c, t in zip(caps, texts)]
         _, _, want = data.collate([data._item(int(i), e) for i, e in zip(order, expected)])
         assert torch.equal(targets, want), step
-        prompt_free.append(all(e.kind == "caption" for e in expected))
-    assert prompt_free[:2] == [True, True] and prompt_free[2:] == [False, False]
+        all_captions.append(all(e.kind == "caption" for e in expected))
+    assert all_captions == [True, True, False, False]
     for bad in ({"task": "caption", "caption_steps": 2}, {"caption_steps": -1}):
         with pytest.raises(ValueError, match="caption_steps"):
             tiny(tmp_path, **bad)

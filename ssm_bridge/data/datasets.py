@@ -85,9 +85,9 @@ def choose_example(scene: Scene, task: str, caption_fraction: float = 0.5) -> Sc
     return SceneExample(q, a, kind, scene.seed)
 
 
-def _draw_scenes(job) -> tuple[np.ndarray, list[SceneExample], list[str]]:
+def _draw_scenes(job) -> tuple[np.ndarray, list[SceneExample], list[SceneExample]]:
     """Scenes start .. stop - 1 of a split: (pixels (n, H, W, 3) uint8, their examples,
-    their captions)."""
+    their captions as examples)."""
     split, start, stop, config, task, caption_fraction = job
     pixels = np.empty((stop - start, config.img_size, config.img_size, 3), np.uint8)
     examples, captions = [], []
@@ -95,7 +95,7 @@ def _draw_scenes(job) -> tuple[np.ndarray, list[SceneExample], list[str]]:
         scene = make_scene(split, index, config)
         pixels[k] = scene.image
         examples.append(choose_example(scene, task, caption_fraction))
-        captions.append(scene.caption)
+        captions.append(choose_example(scene, "caption"))
     return pixels, examples, captions
 
 
@@ -133,7 +133,7 @@ class SceneCaptions(Dataset):
             num, generator=torch.Generator().manual_seed(shuffle_text_seed)))  # (num,)
         self.images: torch.Tensor | None = None  # (num, H, W, 3) uint8 once pre-rendered
         self.examples: list[SceneExample] | None = None
-        self.captions: list[str] | None = None  # every scene's caption (caption_item)
+        self.captions: list[SceneExample] | None = None  # every scene's caption (caption_item)
         if prerender:
             self._prerender(progress, workers)
 
@@ -141,7 +141,7 @@ class SceneCaptions(Dataset):
         S = self.config.img_size
         images = torch.empty((self.num, S, S, 3), dtype=torch.uint8)
         examples: list[SceneExample] = []
-        captions: list[str] = []
+        captions: list[SceneExample] = []
         step = 256  # scenes per job
         jobs = [(self.split, self.seed_offset + a, self.seed_offset + min(a + step, self.num),
                  self.config, self.task, self.caption_fraction)
@@ -177,7 +177,7 @@ class SceneCaptions(Dataset):
         """The caption of item i's scene, whatever the task (TrainConfig.caption_steps)."""
         j = int(self.text_of[i])
         if self.captions is not None:
-            return SceneExample("", self.captions[j], "caption", self.examples[j].seed)
+            return self.captions[j]
         return choose_example(self.scene(j), "caption")
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
