@@ -240,7 +240,7 @@ long_rows, long_curves, watch, long_study = read_study("ablation-all-ssm")
 # of 100 val scenes against the step, with guessing dashed.
 
 # %%
-from ssm_bridge.tools.ablate import chance_of, escape_table, reads_colour
+from ssm_bridge.tools.ablate import chance_of, colour_steps, escape_table, reads_colour
 from ssm_bridge.training.train_config import TrainConfig
 from viz.ablation import plot_ablation_watch
 
@@ -300,21 +300,25 @@ assert max(decode[True]) < 0.5 * min(decode[False])
 # `docs/ablation-staged/`.
 
 # %%
-staged_rows, staged_curves, staged_watch, _ = read_study("ablation-staged")
+staged_rows, staged_curves, staged_watch, staged_study = read_study("ablation-staged")
 show(plot_ablation_watch(staged_watch, chance))
 display(Markdown(escape_table(staged_curves, staged_rows, chance["colour"], staged_watch)))
 
 # %% [markdown]
 # ## What the staged study finds so far
 #
-# - **Every staged run leaves the loss plateau, and reads the image's geometry.** The
-#   seed that never left it on the mixed task leaves it within the captions-only stage
-#   and ends near the shipped model's exact match.
-# - **The Mamba decoders still name colours at chance**, even after 3000 steps of
-#   captions alone, while reading shape, size, count and relations. Colour probes
-#   (docs/ablation.md, session 14) find it in the encoder and gone by the decoder's
-#   prefix, as on the mixed task: captions first end the loss plateau, not the colour
-#   plateau of a Mamba decoder over 3-5 object scenes at this width.
+# - **Every staged run leaves the loss plateau, and reads the image's geometry.** Seeds
+#   that never left it, or left it late, on the mixed task leave it within the
+#   captions-only stage, and the transformer-decoder runs end near the shipped model's
+#   exact match.
+# - **Every transformer-decoder run reads colour, within the captions-only stage.**
+# - **Most Mamba-decoder runs still name colours at chance**, while reading shape, size,
+#   count and relations. Colour probes (docs/ablation.md, session 14) find colour in the
+#   encoder and gone by the decoder's prefix, as on the mixed task. The colour plateau is
+#   not a wall, though: a Mamba run can leave it, and the ones that did so left it only
+#   in the mixed stage, after 3000 steps of captions at chance colour.
+#
+# The checks below keep these sentences true of the committed runs.
 
 # %%
 def key(r):
@@ -327,20 +331,29 @@ staged_geometry = all(float(r[k]) >= 1.5 * chance[k] for r in staged_rows
                       for k in ("shape", "size", "count"))
 staged_reads = {m: [reads_colour(r, chance["colour"]) for r in staged_rows
                     if is_mamba(r["variant"]) == m] for m in (True, False)}
+# The first watched step at which each run's val captions read colour (None: never).
+colour_from = colour_steps(staged_watch, chance["colour"])
+caption_steps = staged_study["train_config"]["caption_steps"]
+mamba_read = [key(r) for r in staged_rows if is_mamba(r["variant"])
+              and reads_colour(r, chance["colour"])]
 mixed = {key(r): r for r in long_rows}
 print(f"runs that left the loss plateau: {len(staged_left)} of {len(staged_rows)}, at steps",
       sorted(staged_escapes.values()))
 print("every run reads shape, size and count at >= 1.5x guessing:", staged_geometry)
 print("transformer-decoder runs that read colour:", sum(staged_reads[False]), "of",
-      len(staged_reads[False]))
+      len(staged_reads[False]), "; from steps",
+      sorted(colour_from[key(r)] for r in staged_rows if not is_mamba(r["variant"])))
 print("Mamba-decoder runs that read colour:", sum(staged_reads[True]), "of",
-      len(staged_reads[True]))
+      len(staged_reads[True]), "; from steps", [colour_from[k] for k in mamba_read])
 for r in staged_rows:
     if key(r) in mixed:
         before, after = float(mixed[key(r)]["exact_match"]), float(r["exact_match"])
         print(f"{r['variant']} seed {r['seed']}: exact match {before:.1%} mixed -> "
               f"{after:.1%} staged")
 assert len(staged_left) == len(staged_rows) and staged_geometry
-assert all(staged_reads[False]) and not any(staged_reads[True])
+assert all(staged_reads[False]) and all((colour_from[key(r)] or caption_steps + 1) <= caption_steps
+                                        for r in staged_rows if not is_mamba(r["variant"]))
+assert 0 < sum(staged_reads[True]) < len(staged_reads[True]) / 2  # a few, not most
+assert all(colour_from[k] > caption_steps for k in mamba_read)  # only in the mixed stage
 assert float(mixed[("ssm", 1)]["exact_match"]) < 0.01 < 0.9 < float(
     next(r for r in staged_rows if key(r) == ("ssm", 1))["exact_match"])
