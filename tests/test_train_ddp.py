@@ -20,6 +20,7 @@ import torch.distributed as dist
 sys.path.insert(0, {root!r})
 from ssm_bridge.training.train import build
 from ssm_bridge.training.train_config import build_train_config
+from ssm_bridge.training.trainer import end_distributed
 
 out = {out!r}
 small = dict(num_train=16, batch_size=2, threads=1, eval_num=2)
@@ -55,7 +56,8 @@ dist.all_gather_object(every, mine)
 if rank == 0:
     with open(out + "/result.json", "w") as f:
         json.dump(every, f)
-dist.destroy_process_group()
+del stopper, first, second  # their DDP wrappers hold the group (see end_distributed)
+end_distributed()
 """
 
 

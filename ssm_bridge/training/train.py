@@ -38,6 +38,7 @@ from .trainer import (
     CheckpointWriteError,
     NonFiniteLossError,
     Trainer,
+    end_distributed,
     find_resumable,
     no_space_message,
 )
@@ -175,6 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
+        return train(cfg, resume)
+    finally:  # train() has returned, so its trainer, which holds the process group, is gone
+        end_distributed()
+
+
+def train(cfg: TrainConfig, resume: bool) -> int:
+    """Build, start (or resume) and fit; report a failure as one line. The exit status."""
+    try:
         trainer = build(cfg)
     except ValueError as e:  # bad data paths, an --init_from that does not fit, ...
         print(f"error: {e}", file=sys.stderr)
@@ -192,13 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         target = Path(e.filename) if e.filename else None
         print(f"error: {no_space_message(trainer.run_dir, target)}", file=sys.stderr)
         return 3
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()  # else gloo may abort at exit
     if metrics and trainer.rank == 0:
         print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()), file=sys.stderr)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

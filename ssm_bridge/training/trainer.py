@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import json
 import math
 import os
@@ -87,6 +88,18 @@ def dist_info(backend: str | None = None) -> tuple[int, int]:
     if not dist.is_initialized():
         dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
     return dist.get_rank(), dist.get_world_size()
+
+
+def end_distributed() -> None:
+    """Destroy the process group, once the trainers that used it are gone.
+
+    A DDP wrapper still alive holds the group, so destroy_process_group alone leaves gloo's
+    threads to be freed at interpreter exit, where gloo can abort the process ("terminate
+    called without an active exception", SIGABRT) after a run that succeeded. Drop every
+    Trainer first; the collect frees the wrapper's reference cycles now, not at exit."""
+    if dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------- optimisation
