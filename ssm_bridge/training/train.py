@@ -205,5 +205,6 @@ def train(cfg: TrainConfig, resume: bool) -> int:
         print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()), file=sys.stderr)
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())
