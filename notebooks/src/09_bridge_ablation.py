@@ -208,7 +208,7 @@ print("the lowest final loss of the study is an ssm run:",
       min(rows, key=lambda r: float(r["final_loss"]))["variant"] == "ssm")
 
 # %% [markdown]
-# ## Part 2 · Decoders and encoders at 6000 steps (under way)
+# ## Part 2 · Decoders and encoders at 6000 steps (stopped at 9 runs)
 #
 # The bridge is one of three parts. The second study swaps the other two as well: a Mamba
 # decoder over `[image tokens ; text]` instead of the transformer (`+mamba`, Cobra-style
@@ -216,7 +216,9 @@ print("the lowest final loss of the study is an ssm run:",
 # attention anywhere). At 2400 steps seed luck decided which runs left the plateau, so
 # every run here trains 6000 steps, and every 500 steps it captions 100 val scenes (the
 # "watch") so that we see *what* it reads, not only that its loss fell. The runs finished
-# so far are in `docs/ablation-all-ssm/`; the table fills up as the study goes on.
+# are in `docs/ablation-all-ssm/`. It stopped at 9 of its 27 runs, when the screens below
+# showed that the mixed task, not the step count, held runs on the plateau; the staged
+# study of Part 3 replaced it.
 
 # %%
 from ssm_bridge.tools.ablate import VARIANTS
@@ -227,7 +229,7 @@ def read_study(name):
     folder = Path("..") / "docs" / name
     runs = read_csv(folder / "results.csv")
     meta = json.loads((folder / "study.json").read_text())
-    print(f"{len(runs)} runs so far:", ", ".join(f"{r['variant']} seed {r['seed']}" for r in runs))
+    print(f"{len(runs)} runs:", ", ".join(f"{r['variant']} seed {r['seed']}" for r in runs))
     print(meta["budget"])
     display(Markdown(summary_table(runs)))
     return runs, read_csv(folder / "curves.csv"), read_csv(folder / "watch.csv"), meta
@@ -249,7 +251,7 @@ show(plot_ablation_watch(watch, chance))
 display(Markdown(escape_table(long_curves, long_rows, chance["colour"], watch)))
 
 # %% [markdown]
-# ## What the second study finds so far
+# ## What the second study found
 #
 # - **6000 steps is not yet a budget where every run leaves the loss plateau.** Most do,
 #   at steps spread from ~1300 to ~4700, but a run can still stay on it to the end: the
@@ -295,12 +297,12 @@ assert 0 < read[False] < runs[False] and read[True] == 0  # seeds decide; Mamba:
 assert max(decode[True]) < 0.5 * min(decode[False])
 
 # %% [markdown]
-# ## Part 3 · Captions first, then the task (the staged study, under way)
+# ## Part 3 · Captions first, then the task (the staged study)
 #
 # One of the runs above, `ssm` seed 1, never left the loss plateau; trained on captions
 # alone, the same seed read colour from step ~1500. So the third study keeps the 6000
 # steps but trains each scene's caption alone for the first 3000 (`--caption_steps=3000`,
-# LLaVA's first stage), then the mixed task. Its runs finished so far are in
+# LLaVA's first stage), then the mixed task: 9 variants, 3 seeds each, all 27 runs in
 # `docs/ablation-staged/`.
 
 # %%
@@ -309,7 +311,7 @@ show(plot_ablation_watch(staged_watch, chance))
 display(Markdown(escape_table(staged_curves, staged_rows, chance["colour"], staged_watch)))
 
 # %% [markdown]
-# ## What the staged study finds so far
+# ## What the staged study finds
 #
 # - **Every staged run crosses the loss plateau's line, and every run but the
 #   resampler's reads the image's geometry.** Seeds that never left the plateau, or left
@@ -368,6 +370,7 @@ for r in staged_rows:
         before, after = float(mixed[key(r)]["exact_match"]), float(r["exact_match"])
         print(f"{r['variant']} seed {r['seed']}: exact match {before:.1%} mixed -> "
               f"{after:.1%} staged")
+assert len(staged_rows) == 27  # 9 variants x 3 seeds: the study is complete
 assert len(staged_left) == len(staged_rows)  # every run crosses the loss line ...
 assert blind == ["resampler"]  # ... but the resampler does not read the geometry
 late = [staged_escapes[key(r)] for r in staged_rows if r["variant"] == "resampler"]
