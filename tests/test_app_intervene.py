@@ -116,7 +116,11 @@ def test_the_tab_lays_itself_out_for_each_model(handlers):
     kind, stack, _, source, layers, direction = handlers.iv_model(ALL_SSM)
     assert "zero cross-attention" not in [c[1] for c in kind.choices]  # none to close
     assert "zero state" in [c[1] for c in kind.choices]
-    assert [c[0] for c in stack.choices] == ["bridge", "decoder"] and stack.visible
+    assert [c[0] for c in stack.choices] == ["bridge", "decoder", "vision"] and stack.visible
+    _, _, layers, direction = handlers.iv_layout(ALL_SSM, "reset state", "vision")
+    n = len(handlers.models[ALL_SSM].model.vision.layers)
+    assert [c[1] for c in layers.choices] == list(range(n))
+    assert direction.visible  # the Vim scans both ways: forward, backward or both
     text, source, layers, direction = handlers.iv_layout(ALL_SSM, "patch from scene",
                                                          "decoder")
     n = len(handlers.models[ALL_SSM].model.decoder.layers)

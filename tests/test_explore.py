@@ -205,7 +205,7 @@ def test_intervention_on_the_all_ssm_model(analysers):
     assert result.caption_after == direct.caption_after
     assert torch.equal(result.logprob_after, direct.logprob_after)
     # the Mamba decoder's state at the same patches (its image tokens)
-    assert shown(ex.stack) and list(ex.stack.options) == ["bridge", "decoder"]
+    assert shown(ex.stack) and list(ex.stack.options) == ["bridge", "decoder", "vision"]
     ex.action.value, ex.stack.value = "zero state", "decoder"
     ex.apply_button.click()
     direct = intervene(an.model, an.p.tokenizer, an.p.transform(ex.view.pixels),

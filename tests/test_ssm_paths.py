@@ -87,7 +87,7 @@ def test_rollout_goes_back_through_bridge_and_vim_in_output_order(setup):
     internal = ia.rollout([ia.stack_attention(cache, ref, dtype=torch.float64).alpha_abs
                            for ref in vim])[0]  # (P, P), class token mid-sequence
     m = model.vision.cls_position
-    out = ssm_paths.stack_rollout(cache, vim, model)[0]
+    out = ssm_paths.stack_rollout(cache, vim)[0]
     assert torch.allclose(out[0, 0], internal[m, m]) and torch.allclose(out[0, 1:], torch.cat(
         [internal[m, :m], internal[m, m + 1:]]))  # cls first, then the patches in raster
     bridge = ssm_paths.stack_rollout(cache, SSMStack.of(model, "bridge"))[0]
@@ -186,15 +186,134 @@ def test_decoder_hooks_act_alike_in_a_forward_and_a_recurrent_generation(setup):
         assert torch.equal(logits.argmax(-1)[0, :made], ids[0, 1:1 + made]), hooks[0][0]
 
 
-def test_interventions_name_their_stacks():
-    from ssm_bridge.interp.interventions import reset_state
+def test_interventions_name_their_stacks(setup):
+    from ssm_bridge.interp.interventions import STATE_STACKS, reset_state
 
-    model = mixing_model()
-    with pytest.raises(ValueError, match="'bridge' or 'decoder'"):
-        reset_state(model, [0], stack="vision")
+    model = setup[0]
+    assert reset_state(model, [0], stack="vision")  # the Vim encoder's scans
+    with pytest.raises(ValueError) as e:
+        reset_state(model, [0], stack="encoder")
+    assert "\n" not in str(e.value) and "'encoder'" in str(e.value)
+    assert all(repr(s) in str(e.value) for s in STATE_STACKS)
     vit = make_model(VLMConfig.from_preset("tiny"))
     with pytest.raises(ValueError, match="decoder"):
         reset_state(vit, [0], stack="decoder")
+    with pytest.raises(ValueError, match="'vision'"):
+        reset_state(vit, [0], stack="vision")  # a ViT has no scans to edit
+
+
+# ---------------------------------------------------------------- vision (Vim) interventions
+def vim_states(model, image, hooks, layer=0):
+    """hook_state (1, L, D, N) of the Vim layer's forward and backward scan, each in its own
+    scan order (forward: the internal order, class token at m; backward: it reversed)."""
+    vim = SSMStack.of(model, "vision")
+    names = [vim.hook("hook_state", layer, k) for k in (0, 1)]
+    with model.hooks(hooks):
+        _, cache = model.run_with_cache(image, None, names_filter=names)
+    return [cache[n] for n in names]
+
+
+def vim_internal(model, p) -> int:
+    """Where patch p (or "cls") sits inside the Vim, computed by hand from vim.py's layout
+    [patches 0 .. m-1, cls, patches m .. P-1]."""
+    m = model.vision.cls_position
+    return m if p == "cls" else p if p < m else p + 1
+
+
+def test_vision_zero_state_edits_the_patch_in_both_scans(setup):
+    from ssm_bridge.interp.interventions import zero_state
+
+    model, image, _ = setup
+    L, m = model.config.num_image_tokens, model.vision.cls_position
+    h0 = vim_states(model, image, [])
+    for p in (0, m - 1, m, L - 2, "cls"):  # around the class token, and both ends
+        hs = vim_states(model, image, zero_state(model, [p], stack="vision"))
+        i = vim_internal(model, p)
+        for h, clean, pos in zip(hs, h0, (i, L - 1 - i)):  # backward: read in reverse
+            zeros = (h[0].flatten(1).abs().amax(-1) == 0).nonzero()[:, 0]  # (n,) scan steps
+            assert zeros.tolist() == [pos], (p, pos)
+            assert torch.equal(h[:, :pos], clean[:, :pos])  # read before the edit
+            if pos + 1 < L:  # the scan goes on from 0
+                assert (h[:, pos + 1:] - clean[:, pos + 1:]).abs().max() > 1e-4
+
+
+def test_vision_gate_ablation_leaves_the_patch_token_its_embedding(setup):
+    """Gate 0 at patch p in every layer: the blocks add nothing there, so the encoder's output
+    at token 1 + p (output order) is the final norm of the embedding at p's internal index."""
+    from ssm_bridge.core.layers import layer_norm
+    from ssm_bridge.interp.interventions import ablate_gate
+
+    model, image, _ = setup
+    for p, t in ((3, 4), (model.vision.cls_position, 1 + model.vision.cls_position),
+                 ("cls", 0)):
+        with torch.no_grad(), model.hooks(ablate_gate(model, patches=[p], stack="vision")):
+            _, cache = model.run_with_cache(image, None, names_filter=["vision.hook_embed"])
+            out = model.vision(image)  # (1, L, dim) cls first
+        embed = cache["vision.hook_embed"][:, vim_internal(model, p)]  # (1, dim)
+        torch.testing.assert_close(out[:, t], layer_norm(model.vision.norm, embed))
+        assert (out[:, t] - model.vision(image)[:, t]).abs().max() > 1e-3
+
+
+def test_vision_patch_state_takes_the_source_state_there(setup):
+    from ssm_bridge.interp.interventions import patch_state, source_states
+
+    model, image, _ = setup
+    L = model.config.num_image_tokens
+    other = torch.randn(image.shape, generator=torch.Generator().manual_seed(7))
+    src = vim_states(model, other, [])
+    assert set(source_states(model, other, stack="vision")) == set(
+        SSMStack.of(model, "vision").hook_names(["hook_state"]))
+    for p in (model.vision.cls_position, "cls"):
+        i = vim_internal(model, p)
+        clean = vim_states(model, image, [])
+        hs = vim_states(model, image, patch_state(model, other, [p], stack="vision"))
+        for h, c, s, pos in zip(hs, clean, src, (i, L - 1 - i)):
+            torch.testing.assert_close(h[:, pos], s[:, pos])
+            assert (c[:, pos] - s[:, pos]).abs().max() > 1e-3  # the two images differ there
+            assert torch.equal(h[:, :pos], c[:, :pos])
+
+
+def test_vision_patch_activation_lands_on_the_internal_token(setup):
+    from ssm_bridge.interp.interventions import patch_activation
+
+    model, image, _ = setup
+    name = "vision.layers.0.hook_resid_post"  # (1, L, dim) internal order
+    other = torch.randn(image.shape, generator=torch.Generator().manual_seed(7))
+    _, src = model.run_with_cache(other, None, names_filter=[name])
+    _, tgt = model.run_with_cache(image, None, names_filter=[name])
+    for p in (0, "cls"):  # output tokens 1 and 0, internal 0 and m
+        with model.hooks(patch_activation(name, src, positions=[p], model=model)):
+            _, out = model.run_with_cache(image, None, names_filter=[name])
+        changed = (out[name] != tgt[name]).any(-1)[0].nonzero()[:, 0].tolist()
+        assert changed == [vim_internal(model, p)]
+
+
+def test_vision_edits_through_compare_and_actions(setup):
+    from ssm_bridge.data import Tokenizer
+    from ssm_bridge.interp.interventions import (
+        Action,
+        available_actions,
+        compare,
+        intervene,
+        zero_state,
+    )
+
+    # the all-SSM model, and a Vim with an MLP bridge and a Transformer decoder, whose
+    # encoder is its only scan
+    only_vim = mixing_model(decoder_type="transformer", bridge_type="mlp", cross_attn_layers=1)
+    for model in (setup[0], only_vim):
+        c = model.config
+        image = torch.randn(c.in_channels, c.img_size, c.img_size,
+                            generator=torch.Generator().manual_seed(3))
+        assert "zero state" in available_actions(model)
+        tok = Tokenizer([f"w{i}" for i in range(c.vocab_size - 4)])
+        every = (*range(c.num_patches), "cls")
+        res = compare(model, tok, image, zero_state(model, every, stack="vision"), max_length=6)
+        assert len(res.words) == len(res.delta) == len(res.to_rows()) > 0
+        assert res.delta.abs().max() > 1e-4  # the words read the edited encoder
+        via = intervene(model, tok, image, Action("zero state", every, stack="vision"),
+                        max_length=6)
+        assert via.words == res.words and torch.equal(via.logprob_after, res.logprob_after)
 
 
 # ---------------------------------------------------------------- maps and the CLI

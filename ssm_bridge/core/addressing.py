@@ -28,7 +28,9 @@ Glossary
     layer        an index into the stack: an int in [-n, n), negative counting from the
                  end as in Python (`layer_index`, the one rule every tool applies).
     token order  the model's own sequence order: cls first (when there is one), then the
-                 patches row-major (the bridge), or the text (a language model).
+                 patches row-major (the bridge), or the text (a language model). The
+                 Vision Mamba encoder ("vision") holds its class token mid-sequence:
+                 `stack.output_order` / `stack.own_tokens` map the output order to it.
     scan order   the order one direction reads the tokens. Direction hooks (hook_conv,
                  hook_delta, hook_B, hook_C, hook_A_bar, hook_dBx, hook_state,
                  hook_ssm_out) are in it; hook_out, hook_y, hook_gate and the block's
@@ -185,9 +187,25 @@ class SSMStack:
     """One SSM stack of a model (see the module glossary): its hook names, layer indices
     and, through `stack[layer]`, each layer's directions and scan orders."""
 
-    def __init__(self, name: str, path: str, title: str, blocks: nn.ModuleList) -> None:
+    def __init__(self, name: str, path: str, title: str, blocks: nn.ModuleList,
+                 owner: nn.Module | None = None) -> None:
         self.name, self.path, self.title, self.blocks = name, path, title, blocks
+        self.owner = owner  # the module holding the block list (model.vision for "vision")
         self.token_order = not hasattr(blocks[0].mixer, _DIRS)  # the mixer is one direction
+
+    @property
+    def output_order(self) -> torch.Tensor | None:
+        """(L,) where the model's output tokens sit in this stack's sequence: output token i
+        is the stack's token output_order[i]. The Vision Mamba encoder holds its class token
+        mid-sequence (`VisionMamba.output_order`, read from the module that holds the stack,
+        so it follows the model's device); None for a stack in the output order."""
+        return getattr(self.owner, "output_order", None)
+
+    def own_tokens(self, tokens: Sequence[int]) -> list[int]:
+        """Token indices in the model's output order (cls 0, patch p at 1 + p) -> the same
+        tokens' indices in this stack's sequence (see `output_order`)."""
+        order = self.output_order
+        return list(tokens) if order is None else order[list(tokens)].tolist()
 
     @classmethod
     def of(cls, model: nn.Module, name: str | None = None, *,
@@ -401,7 +419,8 @@ def ssm_stacks(model: nn.Module) -> dict[str, SSMStack]:
             continue
         if isinstance(blocks, nn.ModuleList) and len(blocks) and all(
                 _scans(getattr(b, "mixer", None)) for b in blocks):
-            found[name] = SSMStack(name, path, title, blocks)
+            owner = model.get_submodule(path.rpartition(".")[0])  # "" -> the model itself
+            found[name] = SSMStack(name, path, title, blocks, owner)
     return found
 
 

@@ -1,5 +1,5 @@
-"""Causal interventions on the SSM bridge (or the Mamba decoder), as hook lists for
-`model.hooks`.
+"""Causal interventions on the SSM bridge (or the Mamba decoder, or the Vision Mamba
+encoder), as hook lists for `model.hooks`.
 
     hooks = zero_state(model, patches=[9, 10, 17], layers=[0])    # state = 0 at those patches
     with model.hooks(hooks):
@@ -12,7 +12,8 @@ Positions are PATCH indices 0 .. P-1 (row-major over the g x g grid) or "cls"; a
 boolean mask with P or g x g entries works too. Builders convert them to each scan
 direction's own order (direction k reads token perm[i] at scan position i, with
 perm = `ssm_bridge.core.addressing.direction_perm(name, L)`; token 0 is cls, token 1 + p
-patch p). Layers are ints, negative counting from the end (`addressing.layer_index`).
+patch p: the model's output order). Layers are ints, negative counting from the end
+(`addressing.layer_index`).
 
     reset_state   Ā_t = 0: the state at t forgets the past, h_t = B̄x_t, and the scan
                   continues from it
@@ -25,12 +26,16 @@ patch p). Layers are ints, negative counting from the end (`addressing.layer_ind
                   set to the source's state h at those positions (Ā_t = 0, B̄x_t = h_source)
     patch_activation  any hook's activation copied from a source cache
 
-The state and gate builders take `stack="bridge"` (default) or `stack="decoder"`: a Mamba
-decoder (decoder_type="mamba") reads [image tokens ; text], so the same patch positions
-name its image tokens, and the edit changes what the decoder's state carries from them
-into every word. A decoder hook acts only in calls that hold the image tokens (a forward,
-or the first call of a recurrent generation, which scans the prefix); a decoding step after
-it holds one text token and is left alone.
+The state and gate builders take `stack=` one of STATE_STACKS: "bridge" (default),
+"decoder" or "vision". A Mamba decoder (decoder_type="mamba") reads [image tokens ; text],
+so the same patch positions name its image tokens, and the edit changes what the decoder's
+state carries from them into every word. A decoder hook acts only in calls that hold the
+image tokens (a forward, or the first call of a recurrent generation, which scans the
+prefix); a decoding step after it holds one text token and is left alone. The Vision Mamba
+encoder (vision_type="vim") scans its tokens with the class token in the middle
+(ssm_bridge.core.vim); the builders move the output-order positions to that internal order
+(`SSMStack.own_tokens`) before each direction's, so "cls" and patch p mean the same tokens
+on every stack.
 
 The state hooks are the heavy ones (hook_A_bar, hook_dBx): the direction then runs its
 explicit scan (float32, ~1e-6 from the fused kernel), in which the edit propagates.
@@ -113,13 +118,14 @@ def scan_positions(direction: str, tokens: Sequence[int], length: int,
 
 
 # ---------------------------------------------------------------- validation
-STATE_STACKS = ("bridge", "decoder")  # where the builders below act on image tokens
+# where the builders below act on image tokens; the first is the default (the app lists them)
+STATE_STACKS = ("bridge", "decoder", "vision")
 
 
 def _stack(model, stack: str = "bridge") -> SSMStack:
     if stack not in STATE_STACKS:
-        raise ValueError(f"interventions act on stack 'bridge' or 'decoder' (its image "
-                         f"tokens), got {stack!r}")
+        raise ValueError(f"interventions act on the image tokens of the SSM stacks "
+                         f"{list(STATE_STACKS)}, got {stack!r}")
     return SSMStack.of(model, stack, what="SSM interventions")
 
 
@@ -160,9 +166,10 @@ def _state_hooks(model, patches, layers, directions, dbx, stack: str,
     """Ā = a_bar (and B̄x = dbx(layer ref, k, pos) unless dbx is None) at the patches'
     scan positions."""
     L = _length(model)
-    tokens = token_positions(patches, L)
+    ssm = _stack(model, stack)
+    tokens = ssm.own_tokens(token_positions(patches, L))  # the stack's sequence order
     hooks: FwdHooks = []
-    for ref in _stack(model, stack).select(layers):
+    for ref in ssm.select(layers):
         for k in _directions(ref, directions):
             pos = ref.scan_positions(k, tokens, L)  # (n,) in this direction's scan order
             hooks.append((ref.hook("hook_A_bar", k), _overwrite(pos, a_bar, L)))
@@ -175,7 +182,7 @@ def reset_state(model, patches, layers=None, directions=None, *,
                 stack: str = "bridge") -> FwdHooks:
     """Forget the past at `patches`: Ā_t = 0 there, so h_t = B̄x_t (the token's own input)
     and the scan continues from it. layers: ints (None: all); directions: names or
-    indices (None: all); stack: "bridge" or "decoder" (its image tokens)."""
+    indices (None: all); stack: one of STATE_STACKS (the decoder: its image tokens)."""
     return _state_hooks(model, patches, layers, directions, None, stack)
 
 
@@ -199,11 +206,13 @@ def ablate_gate(model, layers=None, mode: str = "zero", patches=None, *,
     """Replace the gate SiLU(z) (B, L, D) of the chosen layers at `patches` (None: every
     image token, cls included) by 0 ("zero": the block adds nothing there), 1 ("one": the
     SSM output passes ungated) or each channel's mean over the image's L tokens ("mean").
-    stack "decoder": the Mamba decoder's gate at its image tokens."""
+    stack "decoder": the Mamba decoder's gate at its image tokens; "vision": the Vim's."""
     if mode not in GATE_MODES:
         raise ValueError(f"unknown gate ablation mode {mode!r}; choose one of {GATE_MODES}")
     L = _length(model)
-    pos = torch.as_tensor(token_positions(patches, L) if patches is not None else range(L))
+    ssm = _stack(model, stack)
+    pos = torch.as_tensor(ssm.own_tokens(token_positions(patches, L)) if patches is not None
+                          else range(L))  # (n,) in the stack's sequence order
 
     def fn(t: torch.Tensor, name: str) -> torch.Tensor:
         if t.shape[1] < L:  # a decoding step after the image prefix
@@ -216,7 +225,7 @@ def ablate_gate(model, layers=None, mode: str = "zero", patches=None, *,
         out[:, pos] = value
         return out
 
-    return [(ref.hook("hook_gate"), fn) for ref in _stack(model, stack).select(layers)]
+    return [(ref.hook("hook_gate"), fn) for ref in ssm.select(layers)]
 
 
 # ---------------------------------------------------------------- activation patching
@@ -228,13 +237,13 @@ def state_names(model, layers=None, *, stack: str = "bridge") -> list[str]:
 def source_states(model, images: torch.Tensor, layers=None, *,
                   stack: str = "bridge") -> Mapping[str, torch.Tensor]:
     """Run `images` (B, 3, H, W) and capture the states h of `stack`: the image path for
-    the bridge; for the decoder, its image prefix and one BOS (the states at the image
-    tokens do not depend on the text after them)."""
+    the bridge and the vision encoder; for the decoder, its image prefix and one BOS (the
+    states at the image tokens do not depend on the text after them)."""
     if images.dim() == 3:
         images = images[None]  # (1, 3, H, W)
     images = images.to(next(model.parameters()).device)
-    tokens = None if stack == "bridge" else torch.full(
-        (images.shape[0], 1), model.config.bos_token_id, device=images.device)  # (B, 1)
+    tokens = torch.full((images.shape[0], 1), model.config.bos_token_id,
+                        device=images.device) if stack == "decoder" else None  # (B, 1)
     names = state_names(model, layers, stack=stack)
     return model.run_with_cache(images, tokens, names_filter=names)[1]
 
@@ -289,7 +298,8 @@ def patch_activation(name_glob: str, source_cache: Mapping[str, torch.Tensor],
     into the run (any hook: residual streams, gates, Δ, ...). positions: None (all), or
     patch indices / "cls" / a mask, for hooks indexed by image token on dim 1. Scan-order
     hooks (`dirs.k.hook_*` except hook_out) get them converted to their direction's
-    order, which needs `model` (to know the direction's name)."""
+    order, which needs `model` (to know the direction's name); so do the Vim encoder's
+    hooks (`vision.hook_embed`, `vision.layers.*`), in its internal order."""
     names = [n for n in source_cache if fnmatch.fnmatchcase(n, name_glob)]
     if not names:
         raise ValueError(f"no cached activation matches {name_glob!r}; the cache holds "
@@ -309,19 +319,33 @@ def patch_activation(name_glob: str, source_cache: Mapping[str, torch.Tensor],
 
 
 def _positions_for(name: str, positions, length: int, model) -> torch.Tensor:
-    """Patch positions -> indices on dim 1 of hook `name` (scan order for scan hooks)."""
+    """Patch positions -> indices on dim 1 of hook `name`: in the sequence order of the
+    stack that holds it (the Vim encoder's, class token mid-sequence), then, for scan
+    hooks, in their direction's order."""
     tokens = token_positions(positions, length)
+    stack = None if model is None else _holder(model, name)
+    if stack is not None:
+        tokens = stack.own_tokens(tokens)
     if not addressing.in_scan_order(name):
         return torch.as_tensor(tokens)
     if model is None:
         raise ValueError(f"{name} is in its direction's scan order; pass model=model so that "
                          f"patch positions can be converted to it")
+    where = None if stack is None else stack.locate(name)
+    if where is None:
+        raise ValueError(f"{name} is not a hook of this model's SSM layers "
+                         f"({list(addressing.ssm_stacks(model))})")
+    return stack[where.layer].scan_positions(where.direction, tokens, length)
+
+
+def _holder(model, name: str) -> SSMStack | None:
+    """The SSM stack whose layers, or the module holding them, hook `name` belongs to
+    ('vision.hook_embed' -> the Vim encoder's); None for hooks outside every stack."""
     for stack in addressing.ssm_stacks(model).values():
-        where = stack.locate(name)
-        if where is not None:
-            return stack[where.layer].scan_positions(where.direction, tokens, length)
-    raise ValueError(f"{name} is not a hook of this model's SSM layers "
-                     f"({list(addressing.ssm_stacks(model))})")
+        owner = stack.path.rpartition(".")[0]  # "" for a MambaLM's own "layers"
+        if stack.locate(name) is not None or (owner and name.startswith(owner + ".")):
+            return stack
+    return None
 
 
 # ---------------------------------------------------------------- before / after
@@ -465,7 +489,8 @@ class Action:
 
 def available_actions(model) -> list[str]:
     """The ACTIONS this model supports: the state edits need SSM scans over the image
-    (a bridge or a Mamba decoder), the gate one needs gated cross-attention layers."""
+    (a bridge, a Mamba decoder or a Vision Mamba), the gate one needs gated cross-attention
+    layers."""
     stacks = addressing.ssm_stacks(model)
     out = [k for k in ACTIONS if k != "zero cross-attention"
            and any(s in stacks for s in STATE_STACKS)]

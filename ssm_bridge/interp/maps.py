@@ -331,8 +331,7 @@ def _image_path_maps(model, image: torch.Tensor, kinds) -> dict:
     side = model.config.grid_size
     out = {}
     for name, stack in stacks.items():
-        # the Vim encoder's hooks are in its internal order (class token mid-sequence)
-        order = model.vision.output_order if name == "vision" else None
+        order = stack.output_order  # the Vim encoder's: class token mid-sequence
         for kind, grid in (("delta", _delta_grid), ("gate", _gate_grid),
                            ("state_norm", _state_grid)):
             out[GRID_STACKS[name] + kind] = {ref.index: grid(cache, ref, side, order)

@@ -86,14 +86,13 @@ def _layer_alphas(cache, stack: SSMStack) -> list[torch.Tensor]:
             for ref in stack]
 
 
-def stack_rollout(cache: Mapping[str, torch.Tensor], stack: SSMStack,
-                  model=None) -> torch.Tensor:
+def stack_rollout(cache: Mapping[str, torch.Tensor], stack: SSMStack) -> torch.Tensor:
     """The rollout (B, L, L) of one stack's hidden attention, in the order of the stack's
-    output tokens: for the Vim encoder (pass `model`) its internal order, class token in the
-    middle, is moved to the output's (cls first), out[i, j] = R[order[i], order[j]]."""
+    output tokens: for the Vim encoder its internal order, class token in the middle, is
+    moved to the output's (cls first), out[i, j] = R[order[i], order[j]]."""
     R = ia.rollout(_layer_alphas(cache, stack))  # (B, L, L)
-    if stack.name == "vision":
-        order = model.vision.output_order.to(R.device)  # (L,) output i <- internal order[i]
+    if stack.output_order is not None:
+        order = stack.output_order.to(R.device)  # (L,) output i <- internal order[i]
         R = R[:, order][:, :, order]  # (B, L, L) output order
     return R
 
@@ -154,7 +153,7 @@ def path_maps(model, image: torch.Tensor, ids: torch.Tensor, words_at: Sequence[
     flow = ia.rollout(alphas)[0, queries, :P]  # (n, P) decoder rollout onto the prefix
     for name in ("bridge", "vision"):
         if name in stacks:
-            flow = flow @ stack_rollout(cache, stacks[name], model)[0]  # (n, P)
+            flow = flow @ stack_rollout(cache, stacks[name])[0]  # (n, P)
     return PathMaps(per_layer.float(), flow.float(),
                     selectivity(cache, stacks["decoder"], P), queries)
 
