@@ -92,6 +92,51 @@ def test_the_model_selector_switches_to_the_attention_free_checkpoint(browser, s
     assert outside == []
 
 
+def pick(page, menu: str, option: str) -> None:
+    """Choose `option` in the dropdown whose elem_id is `menu`."""
+    page.locator(f"#{menu} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def wait_new_plot(page, tab: str, old_src: str) -> str:
+    """Wait until tab `tab`'s plot shows another image than `old_src`; its src."""
+    page.wait_for_function("([sel, s]) => { const i = document.querySelector(sel); "
+                           "return i && i.complete && i.naturalWidth > 0 && i.src != s; }",
+                           arg=[f"#plot-{tab} img", old_src], timeout=shots.TIMEOUT_MS)
+    shots.wait_plot(page, tab)
+    return page.locator(f"#plot-{tab} img").get_attribute("src")
+
+
+def test_the_state_tab_of_the_all_ssm_checkpoint_shows_the_vim_encoders_scans(browser,
+                                                                             server,
+                                                                             tmp_path):
+    """Issue 17: on shapes-all-ssm the State tab's layer menu names the Vim encoder's
+    layers too; choosing one brings its two scan directions into the direction menu, and
+    each choice redraws the figure (the Scrubber tab's menus follow)."""
+    from ssm_bridge.app.support import TABS
+
+    png = tmp_path / "scene.png"
+    truth = shots.scene_png(3, png)
+    page, outside = shots.open_page(browser, server)
+    shots.caption_and_select(page, png, truth, word=3)
+    shots.choose_model(page, "shapes-all-ssm", "Vision Mamba encoder", len(truth.split()))
+    assert shots.open_tab(page, TABS["state"], "state") > 100  # bridge 0, its one direction
+    assert page.locator("#layer-state input").input_value() == "bridge 0"
+    assert not page.locator("#direction-state").is_visible()
+    src = page.locator("#plot-state img").get_attribute("src")
+    pick(page, "layer-state", "Vim 1")
+    page.wait_for_selector("#direction-state input", state="visible",
+                           timeout=shots.TIMEOUT_MS)
+    src = wait_new_plot(page, "state", src)
+    pick(page, "direction-state", "row_rev")
+    wait_new_plot(page, "state", src)
+    assert shots.open_tab(page, TABS["scrubber"], "scrubber") > 100  # its menus mount now
+    assert page.locator("#layer-scrubber input").input_value() == "Vim 1"
+    assert page.locator("#direction-scrubber input").input_value() == "row_rev"
+    assert page.locator(".toast-body").count() == 0  # no error on the way
+    assert outside == [], f"the page tried to reach {outside}"
+
+
 def test_download_the_report_of_a_test_scene_and_open_it_offline(browser, app_demo,
                                                                  tmp_path, monkeypatch):
     """The "Download report" button on a test scene: the browser downloads one HTML file,

@@ -156,3 +156,111 @@ def test_every_per_word_map_names_the_query_that_wrote_the_word(handlers):
             texts = [fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)]
             said = " ".join(" ".join(texts).split())
             assert f"the query that wrote '{word}'" in said, (name, tab, said)
+
+
+# ---------------------------------------------------------------- the scan tabs per model
+def scan_figure(handlers, name, view, tab, layer, direction, step=0):
+    """The figure the State or Scrubber tab draws for a (layer, direction) of the menus."""
+    return handlers.render(name, view, 0, tab, layer, direction, step, "ig")[
+        list(TABS).index(tab)]
+
+
+def grid_steps(fig) -> list[int]:
+    """The scan step written in each patch of the State figure's grid, row-major."""
+    return [int(t.get_text()) for t in fig.axes[1].texts]
+
+
+def values(menu) -> list:
+    """A dropdown's choices (gradio keeps them as (label, value) pairs)."""
+    return [v for _, v in menu.choices]
+
+
+def title(fig) -> str:
+    return " ".join(fig.axes[0].get_title().split())  # long titles wrap
+
+
+@pytest.fixture(scope="module")
+def started_on_all_ssm(one_thread):
+    """The app as `python app.py --checkpoint shapes-all-ssm` builds it (serve.main), the
+    page caught where it would be served and the scan kernel's readying skipped."""
+    from apputil import app, free_port
+
+    from ssm_bridge.app import serve
+    from ssm_bridge.core import scan
+
+    built = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scan, "prepare_extension", lambda: None)
+        mp.setattr(serve, "launch", lambda demo, *a, **k: built.append(demo))
+        assert app.main(["--checkpoint", ALL_SSM, "--port", str(free_port())]) == 0
+    return built[0]
+
+
+def test_the_app_started_on_all_ssm_lays_out_and_shows_the_vim_state(started_on_all_ssm):
+    """Issue 17: `python app.py --checkpoint shapes-all-ssm` lays the page out for a model
+    without attention (no cross-attention tab; its scans instead) and its State and
+    Scrubber tabs show the Vim encoder's scans too, each step labelled with the patch it
+    reads although the class token sits mid-sequence inside the encoder."""
+    import gradio as gr
+
+    demo = started_on_all_ssm
+    h, model = demo.handlers, demo.analyser.model
+    assert demo.models.first == ALL_SSM and model.config.vision_type == "vim"
+    blocks = list(demo.blocks.values())
+    tabs = {b.elem_id: b.label for b in blocks if isinstance(b, gr.Tab)}
+    assert TABS["cross"] not in tabs.values()
+    assert {t: tabs[f"tab-{t}"] for t in SCAN_TABS} == SCAN_TABS
+    assert all(tabs[f"tab-{t}"] == TABS[t] for t in ("bridge", "state", "scrubber"))
+    menus = {b.elem_id: b for b in blocks if isinstance(b, gr.Dropdown)}
+    for tab in ("state", "scrubber"):
+        assert values(menus[f"layer-{tab}"]) == ["bridge 0", "Vim 0", "Vim 1", "Vim 2"]
+        assert menus[f"layer-{tab}"].value == "bridge 0"
+        assert values(menus[f"direction-{tab}"]) == ["row"]
+    source = h.from_seed(None, h.example_seeds[0])[0]
+    view = h.run(None, source, *DECODING)[0]
+    assert view.analysis.words and view.analysis.cross_attention is None
+    # a Vim layer scans both ways: the direction menus offer both
+    menu, scrub_menu = h.layer_directions(None, "Vim 1", "row")
+    assert values(menu) == values(scrub_menu) == ["row", "row_rev"] and menu.visible
+    m, P = model.vision.cls_position, model.config.num_patches  # cls inside: m = P // 2
+    fig = scan_figure(h, None, view, "state", "Vim 1", "row_rev")
+    assert title(fig) == "Vim layer 1 state (row_rev scan)"
+    # the backward scan reads [patches 0 .. m-1, cls, patches m .. P-1] reversed
+    assert grid_steps(fig) == [P - p - (p >= m) for p in range(P)]
+    cls = [t for t in fig.axes[0].texts if t.get_text() == "cls"]
+    assert len(cls) == 1 and list(cls[0].xy) == list(view.scans["vision", 1, 1].proj[m])
+    assert grid_steps(scan_figure(h, None, view, "state", "Vim 0", "row")) == [
+        p + (p >= m) for p in range(P)]
+    assert title(scan_figure(h, None, view, "scrubber", "Vim 0", "row", m)) == \
+        f"step {m}/{P}: cls token"
+    assert title(scan_figure(h, None, view, "scrubber", "Vim 0", "row", 0)) == \
+        f"step 0/{P}: patch (0, 0)"
+    assert title(scan_figure(h, None, view, "scrubber", "bridge 0", "row", m)) == \
+        f"step {m}/{P}: patch {divmod(m - 1, model.config.grid_size)}"
+    with pytest.raises(ValueError, match=r"'row_rev' is not one of this layer's \['row'\]"):
+        scan_figure(h, None, view, "state", "bridge 0", "row_rev")
+
+
+def test_the_state_and_scrubber_tabs_of_shapes_tiny_show_its_bridge_as_before(handlers):
+    """A model without a Vim encoder keeps its menus: the bridge's layers by index, its one
+    direction hidden; the figures are the bridge's (the class token read first)."""
+    from ssm_bridge.app.ui import scan_menu_settings
+
+    model = handlers.models["shapes-tiny"].model
+    layer, direction = scan_menu_settings(model)
+    assert layer == {"choices": [0, 1], "value": 0, "visible": True, "label": "bridge layer"}
+    assert direction == {"choices": ["row"], "value": "row", "visible": False,
+                         "label": "scan direction"}
+    menus = handlers.switch_model("shapes-tiny")[-6:-4]  # the scrubber's pair
+    assert [values(menus[0]), values(menus[1])] == [[0, 1], ["row"]]
+    menu, _ = handlers.layer_directions("shapes-tiny", 1, "row")
+    assert values(menu) == ["row"] and menu.value == "row" and not menu.visible
+    source = handlers.from_seed(None, handlers.example_seeds[0])[0]
+    view = handlers.run("shapes-tiny", source, *DECODING)[0]
+    fig = scan_figure(handlers, "shapes-tiny", view, "state", 1, "row")
+    assert title(fig) == "layer 1 state (row scan)"
+    assert grid_steps(fig) == list(range(1, model.config.num_patches + 1))
+    assert title(scan_figure(handlers, "shapes-tiny", view, "scrubber", 0, "row")) == \
+        f"step 0/{model.config.num_patches}: cls token"
+    with pytest.raises(ValueError, match=r"unknown layer 'Vim 0'; choose one of \['bridge 0'"):
+        scan_figure(handlers, "shapes-tiny", view, "state", "Vim 0", "row")

@@ -51,7 +51,7 @@ def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
-def tab_arrays(analyser, view, tab: str, word: int, layer: int = 0, direction: int = 0,
+def tab_arrays(analyser, view, tab: str, word: int, layer: int | str = 0, direction: int = 0,
                method: str = "ig", heads: str = "mean") -> dict[str, np.ndarray]:
     """The arrays behind tab `tab`'s figure for word `word`, at the model's resolution
     (the (g, g) maps, not the upsampled overlays): {name: array}; {} when there is none

@@ -32,7 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 import viz
 
-from ..core.addressing import SSMStack, ssm_stacks
+from ..core.addressing import SSMLayerRef, SSMStack, inverse_perm, ssm_stacks
 from ..data import PALETTE, SHAPES, SceneConfig, generate_scene
 from ..data.captions import PHRASE_ORDER
 from ..interp.localization import (
@@ -74,6 +74,10 @@ TOP_K = 5  # alternatives shown for the selected word
 LOCALISED_KINDS = ("cross_attention", "prefix_attention", "implicit", "hidden_attention",
                    "hidden_rollout")
 RANDOM_MAPS = 100  # random maps averaged for the localisation baseline
+STACK_LABELS = {"vision": "Vim", "bridge": "bridge", "decoder": "decoder"}  # in titles, menus
+# The stacks whose scans read the image tokens (cls + the patch grid), which the State and
+# Scrubber tabs draw on the grid; the bridge first: its first scan is the one shown first.
+IMAGE_SCAN_STACKS = ("bridge", "vision")
 
 
 class UploadError(ValueError):
@@ -229,27 +233,85 @@ def layer_direction_choices(model, stack: str | None) -> tuple[list[int], list[s
 
 
 def scan_choices(model) -> tuple[list[int], list[str]]:
-    """The bridge layers and scan directions the State and Scrubber views offer."""
+    """The bridge's layers and scan directions (the notebook explorer's menus)."""
     return layer_direction_choices(model, "bridge")
+
+
+def image_layers(model) -> dict[str, SSMLayerRef]:
+    """Every layer of the image-path stacks by label, bridge first: {"bridge 0": layer,
+    "Vim 0": layer, ...}."""
+    stacks = ssm_stacks(model)
+    return {f"{STACK_LABELS[name]} {ref.index}": ref
+            for name in IMAGE_SCAN_STACKS if name in stacks for ref in stacks[name]}
+
+
+def scan_address(model, layer: int | str = 0, direction: int | str = 0
+                 ) -> tuple[SSMLayerRef, int]:
+    """(layer, direction index) of a scan the State and Scrubber tabs show: `layer` a bridge
+    layer index or a label of `image_layers`, `direction` an index or a name."""
+    if isinstance(layer, str):
+        layers = image_layers(model)
+        if layer not in layers:
+            raise UploadError(f"unknown layer {layer!r}; choose one of {list(layers)}")
+        ref = layers[layer]
+    else:
+        ref = SSMStack.of(model, "bridge", what="the scan tabs")[layer]
+    return ref, ref.direction(direction)
+
+
+def scan_directions(model, layer: int | str | None) -> list[str]:
+    """The scan directions of a layer choice: a labelled layer's own (the Vim's run both
+    ways, the bridge's maybe one way), else the bridge's ([] without an SSM bridge)."""
+    if isinstance(layer, str):
+        return list(scan_address(model, layer)[0].direction_names)
+    return scan_choices(model)[1]
+
+
+def scan_menus(model) -> tuple[list, list[str]]:
+    """The State and Scrubber tabs' layer menu and the directions of its first layer: the
+    bridge's layers by index for a model without a Vim encoder (scan_choices); with one,
+    every image-path layer named with its stack ("bridge 0", "Vim 1")."""
+    if "vision" not in ssm_stacks(model):
+        return scan_choices(model)
+    layers = list(image_layers(model))
+    return layers, scan_directions(model, layers[0])
+
+
+def grid_perm(ref: SSMLayerRef, direction: int, length: int) -> torch.Tensor:
+    """(L,) the token read at each scan step, numbered in the model's output order (cls 0,
+    patch p at 1 + p) as the figures' patch grids are: the Vim encoder scans its own order,
+    class token mid-sequence, which `stack.output_order` maps to the output's."""
+    perm = ref.perm(direction, length)  # (L,) in the stack's own order
+    order = ref.stack.output_order
+    return perm if order is None else inverse_perm(order.to(perm.device))[perm]
+
+
+def layer_title(ref: SSMLayerRef) -> str:
+    """How figure titles name a layer: the bridge's as they always have ("layer 0"),
+    another stack's with its label ("Vim layer 1")."""
+    stack = ref.stack.name
+    return f"layer {ref.index}" if stack == "bridge" else f"{STACK_LABELS[stack]} layer {ref.index}"
 
 
 # ---------------------------------------------------------------- model calls
 @dataclass
 class ScanData:
-    """One bridge layer's scan direction, for the scrubber and the state tab (scan order)."""
+    """One scan direction of a bridge or Vim layer, for the scrubber and the state tab
+    (scan order)."""
 
     name: str
-    perm: np.ndarray  # (L,) token read at each step
+    perm: np.ndarray  # (L,) token read at each step, in output order (grid_perm)
     state: np.ndarray  # (L, D, N) h
     proj: np.ndarray  # (L, 2) h on its first two principal components
     delta: np.ndarray  # (L,) Δ, mean over channels
     gate: np.ndarray  # (L,) SiLU(z), mean over channels
+    layer: str = ""  # how titles name the layer: "layer 0" (the bridge), "Vim layer 1"
 
 
 @dataclass
 class View:
     """One analysed image: the analysis, the pixels shown, the scene (if generated) and the
-    lazily computed scan data {(layer, direction): ScanData}."""
+    lazily computed scan data {(stack, layer, direction): ScanData}."""
 
     analysis: CaptionAnalysis
     pixels: np.ndarray  # (S, S, 3) uint8, the model input
@@ -356,24 +418,24 @@ class Analyser:
         with self.lock, torch.enable_grad():
             return word_map(view.analysis, word, kind, self.model)
 
-    def scan(self, view: View, layer: int, direction: int = 0) -> ScanData:
-        """Scan data of (layer, direction), computed once per view."""
-        key = (int(layer), int(direction))
+    def scan(self, view: View, layer: int | str, direction: int | str = 0) -> ScanData:
+        """Scan data of (layer, direction) (`scan_address`), computed once per view."""
+        ref, k = scan_address(self.model, layer, direction)
+        key = (ref.stack.name, ref.index, k)
         if key not in view.scans:
-            view.scans[key] = self._scan(view.analysis.image, *key)
+            view.scans[key] = self._scan(view.analysis.image, ref, k)
         return view.scans[key]
 
-    def _scan(self, image: torch.Tensor, layer: int, k: int) -> ScanData:
-        ref = SSMStack.of(self.model, "bridge", what="the scan tabs")[layer]
+    def _scan(self, image: torch.Tensor, ref: SSMLayerRef, k: int) -> ScanData:
         names = [ref.hook("hook_state", k), ref.hook("hook_delta", k), ref.hook("hook_gate")]
         with self.lock, torch.no_grad():
             _, cache = self.model.run_with_cache(image[None], None, names_filter=names)
         h = cache[names[0]][0].float().cpu()  # (L, D, N) scan order
-        perm = ref.perm(k, h.shape[0])  # (L,)
         gate = ref.to_scan_order(cache[names[2]][0].float().cpu().mean(-1), k, dim=0)  # (L,)
-        return ScanData(ref.direction_names[k], perm.numpy(), h.numpy(),
-                        viz.state_pca(h)[0], cache[names[1]][0].float().cpu().mean(-1).numpy(),
-                        gate.numpy())
+        return ScanData(ref.direction_names[k], grid_perm(ref, k, h.shape[0]).numpy(),
+                        h.numpy(), viz.state_pca(h)[0],
+                        cache[names[1]][0].float().cpu().mean(-1).numpy(), gate.numpy(),
+                        layer_title(ref))
 
 
 # ---------------------------------------------------------------- words and ground truth
@@ -458,11 +520,13 @@ def _overlay(view: View, grid, title: str, label: str):
     return viz.overlay(view.pixels, grid, title=title, label=label)
 
 
-def tab_figure(analyser: Analyser, view: View, tab: str, word: int = 0, layer: int = 0,
-               direction: int = 0, step: int = 0, method: str = "ig", heads: str = "mean"):
+def tab_figure(analyser: Analyser, view: View, tab: str, word: int = 0,
+               layer: int | str = 0, direction: int = 0, step: int = 0, method: str = "ig",
+               heads: str = "mean"):
     """The figure of tab `tab` (a TABS key) for word `word`; None for the attribution tab
     until that attribution is computed, and for the ground-truth tab without a scene.
-    heads: the cross-attention tab's view, one of CROSS_VIEWS."""
+    layer, direction: the State and Scrubber tabs' scan (`scan_address`). heads: the
+    cross-attention tab's view, one of CROSS_VIEWS."""
     if heads not in CROSS_VIEWS:
         raise ValueError(f"cross-attention view must be one of {CROSS_VIEWS}, got {heads!r}")
     fig = _tab_figure(analyser, view, tab, word, layer, direction, step, method, heads)
@@ -500,7 +564,7 @@ def _tab_figure(analyser, view, tab, word, layer, direction, step, method, heads
     if tab == "state":
         s = analyser.scan(view, layer, direction)
         return viz.state_trajectory(s.state, a.grid_side, scan_perm=s.perm, image=view.pixels,
-                                    title=f"layer {layer} state ({s.name} scan)")
+                                    title=f"{s.layer} state ({s.name} scan)")
     if tab == "scrubber":
         s = analyser.scan(view, layer, direction)
         step = min(max(int(step), 0), len(s.perm) - 1)
@@ -568,10 +632,11 @@ def _scan_figure(view: View, tab: str, w: int, quoted: str):
 def selectivity_maps(a: CaptionAnalysis) -> dict:
     """{panel title: (g, g)}: Δ and gate per layer of every SSM stack the model has."""
     maps = {}
-    for stack, prefix in (("bridge", ""), ("Vim", "vision_"), ("decoder", "decoder_")):
+    for stack, prefix in (("bridge", ""), ("vision", "vision_"), ("decoder", "decoder_")):
         deltas, gates = getattr(a, f"{prefix}delta"), getattr(a, f"{prefix}gate")
+        label = STACK_LABELS[stack]
         for i in deltas or {}:
-            maps[f"{stack} {i} Δ"], maps[f"{stack} {i} gate"] = deltas[i], gates[i]
+            maps[f"{label} {i} Δ"], maps[f"{label} {i} gate"] = deltas[i], gates[i]
     return maps
 
 

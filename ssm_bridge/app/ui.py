@@ -62,7 +62,9 @@ from .support import (
     default_word,
     layer_direction_choices,
     read_upload,
-    scan_choices,
+    scan_choices,  # noqa: F401  (the bridge's menus; tests import it from here)
+    scan_directions,
+    scan_menus,
     scene_pixels,
     sketch_image,
     tab_figure,
@@ -148,15 +150,35 @@ class Models:
         return [(Path(c).name, c) for c in self.choices]
 
 
+def scan_menu_settings(model) -> tuple[dict, dict]:
+    """The State and Scrubber tabs' layer and direction dropdowns for `model`
+    (support.scan_menus): a one-choice direction menu is hidden; with a Vim encoder the
+    layers name their stack."""
+    layers, directions = scan_menus(model)
+    named = bool(layers) and isinstance(layers[0], str)
+    return (dict(choices=layers, value=layers[0] if layers else None, visible=bool(layers),
+                 label="layer (bridge or Vim encoder)" if named else "bridge layer"),
+            dict(choices=directions, value=directions[0] if directions else None,
+                 visible=len(directions) > 1, label="scan direction"))
+
+
 def scan_updates(model) -> list:
-    """The layer and direction dropdowns laid out for `model` (a one-choice direction
-    menu is hidden): the State tab's pair, then the scrubber's."""
-    layers, directions = scan_choices(model)
-    pair = [gr.Dropdown(choices=layers, value=layers[0] if layers else None,
-                        visible=bool(layers)),
-            gr.Dropdown(choices=directions, value=directions[0] if directions else None,
-                        visible=len(directions) > 1)]
+    """The layer and direction dropdowns laid out for `model`: the State tab's pair, then
+    the scrubber's."""
+    pair = [gr.Dropdown(**settings) for settings in scan_menu_settings(model)]
     return [*pair, *pair]
+
+
+def scan_args(model, layer, direction) -> tuple[int | str, int]:
+    """The menus' (layer, direction name) as tab_figure takes them: the layer as chosen (a
+    bridge index, or a label naming its stack) and the direction's index; ValueError for a
+    direction the layer lacks."""
+    layer = layer if isinstance(layer, str) else int(layer or 0)
+    directions = scan_directions(model, layer)
+    if direction is not None and direction not in directions:
+        raise ValueError(f"scan direction {direction!r} is not one of this layer's "
+                         f"{directions}; pick one in the direction menu")
+    return layer, directions.index(direction) if direction is not None else 0
 
 
 # ---------------------------------------------------------------- handlers
@@ -212,17 +234,13 @@ class Handlers:
         if view is None:
             return [None] * len(TABS) + [""]
         an = self.models[name]
-        directions = scan_choices(an.model)[1]
-        if direction is not None and direction not in directions:
-            raise ValueError(f"scan direction {direction!r} is not one of this model's "
-                             f"{directions}; pick one in the direction menu")
-        k = directions.index(direction) if direction is not None else 0
+        layer, k = scan_args(an.model, layer, direction)
         if tab == "attribution" and view.analysis.n_words:
             # computed for whichever word is selected (cached per word and method), so the
             # tab follows word clicks instead of going blank; gradio shows it as progress
             an.attribution(view, word, method)
-        figs = [tab_figure(an, view, t, word, int(layer or 0), k, step, method,
-                           heads or "mean") if t == tab else None for t in TABS]
+        figs = [tab_figure(an, view, t, word, layer, k, step, method, heads or "mean")
+                if t == tab else None for t in TABS]
         return [*figs, truth_markdown(view, word)]
 
     def run(self, name, source, mode, temperature, top_k, top_p, max_length, dseed):
@@ -256,11 +274,10 @@ class Handlers:
         if view is None:
             raise ValueError("caption an image first: there is no map to download yet")
         an = self.models[name]
-        directions = scan_choices(an.model)[1]
-        k = directions.index(direction) if direction in directions else 0
+        layer, k = scan_args(an.model, layer, direction)
         heads = heads or "mean"
-        fig = tab_figure(an, view, tab, word, int(layer or 0), k, step, method, heads)
-        arrays = tab_arrays(an, view, tab, word, int(layer or 0), k, method, heads)
+        fig = tab_figure(an, view, tab, word, layer, k, step, method, heads)
+        arrays = tab_arrays(an, view, tab, word, layer, k, method, heads)
         if fig is None or not arrays:
             raise ValueError(f"the {TABS[tab]} tab has no map yet: compute it first")
         stem = f"{tab}-word{int(word) + 1}" if view.analysis.n_words else tab
@@ -278,6 +295,15 @@ class Handlers:
                 gr.Slider(maximum=c.vocab_size, value=0),
                 gr.Slider(maximum=c.max_seq_length, value=c.max_seq_length),
                 gr.Radio(value="mean", visible=c.cross_attn_layers > 0)]
+
+    def layer_directions(self, name, layer, direction):
+        """A layer chosen in the State or Scrubber tab: both direction menus offer its
+        directions (a Vim layer scans both ways, the bridge maybe one way), keeping the
+        chosen one where the layer has it."""
+        directions = scan_directions(self.models[name].model, layer)
+        value = direction if direction in directions else (directions or [None])[0]
+        menu = gr.Dropdown(choices=directions, value=value, visible=len(directions) > 1)
+        return menu, menu
 
     def cleared(self):
         """Outputs of a failed image source: no image, caption, maps or ground truth."""
@@ -458,17 +484,12 @@ def word_panel(h: Handlers) -> dict:
 
 
 def _scan_pair(h: Handlers, tab: str) -> tuple:
-    """A bridge layer and scan direction dropdown for the State or the Scrubber tab (the
-    two tabs' pairs are kept in step by wire_events)."""
-    layers, directions = scan_choices(h.analyser.model)
+    """A layer and scan direction dropdown for the State or the Scrubber tab (the two
+    tabs' pairs are kept in step by wire_events)."""
+    layer, direction = scan_menu_settings(h.analyser.model)
     with gr.Row():
-        layer = gr.Dropdown(layers, value=layers[0] if layers else None,
-                            label="bridge layer", visible=bool(layers),
-                            elem_id=f"layer-{tab}")
-        direction = gr.Dropdown(directions, value=directions[0] if directions else None,
-                                label="scan direction", visible=len(directions) > 1,
-                                elem_id=f"direction-{tab}")
-    return layer, direction
+        return (gr.Dropdown(**layer, elem_id=f"layer-{tab}"),
+                gr.Dropdown(**direction, elem_id=f"direction-{tab}"))
 
 
 def _state_controls(h: Handlers) -> dict:
@@ -584,8 +605,13 @@ def wire_events(h: Handlers, ui: SimpleNamespace) -> None:
     for t, item in ui.tab_items.items():
         item.select(guarded(lambda *a, t=t: [t, *h.render(a[0], a[1], a[2], t, *a[3:])]),
                     [ui.model, ui.view, ui.word, *view_opts], [ui.tab, *outs], **quiet)
-    for control in (ui.layer, ui.direction, ui.step, ui.heads, ui.method):
+    for control in (ui.direction, ui.step, ui.heads, ui.method):
         control.change(**render_ev, trigger_mode="always_last")
+    # a layer brings its own directions (a Vim layer's differ from the bridge's), then the
+    # redraw, so that no figure is asked of a direction the layer lacks
+    ui.layer.change(guarded(h.layer_directions), [ui.model, ui.layer, ui.direction],
+                    [ui.direction, ui.scrub_direction], trigger_mode="always_last", **quiet
+                    ).success(**render_ev)
     # the State and the Scrubber tab each show a layer and direction menu; a choice in
     # one (a user's .input, not a copy) is copied to the other, and the State pair's
     # .change redraws
@@ -671,6 +697,7 @@ def build_app(checkpoint: str = "shapes-tiny", device: str = "cpu",
     demo.queue(default_concurrency_limit=concurrency, max_size=256)
     complete_short_calls(demo)  # a raw REST /caption with only the image gets the defaults
     demo.analyser = h.analyser  # for tests and benchmarks
+    demo.handlers = h  # tests call the page's events as gradio would
     demo.models = models
     demo.reports = h.reports  # tests choose a few map kinds
     return demo
