@@ -40,27 +40,30 @@ def entry(value: float, unit: str, target: float | None = None, lower: bool = Fa
 WIDE = {"text_embed_dim": 512, "text_num_heads": 8, "text_kv_heads": 8}  # MHA, 512 wide
 
 
-def decoder_model(decoder_type: str, seed: int = 0, **width) -> EnhancedVLM:
+def decoder_model(decoder_type: str, seed: int = 0, positions: tuple[int, int] = POSITIONS,
+                  window: int = WINDOW, **width) -> EnhancedVLM:
     """shapes-tiny with the given decoder (and `width` overrides, e.g. WIDE), long enough
-    for POSITIONS (random weights)."""
-    length = max(POSITIONS) + WINDOW // 2 + 2
+    for `positions` and the `window` around them (random weights)."""
+    length = max(positions) + window // 2 + 2
     torch.manual_seed(seed)
     config = VLMConfig.from_preset("shapes-tiny", decoder_type=decoder_type,
                                    max_seq_length=length, vocab_size=32, **width)
     return EnhancedVLM(config).eval()
 
 
-def step_ms(model: EnhancedVLM, seed: int = 0) -> dict[int, float]:
-    """{position: median ms of the WINDOW decoding steps centred on position}:
+def step_ms(model: EnhancedVLM, seed: int = 0, positions: tuple[int, int] = POSITIONS,
+            window: int = WINDOW) -> dict[int, float]:
+    """{position: median ms of the `window` decoding steps centred on position}:
     the decoder alone, one token per call after the image prefix and BOS. The whole decode
     runs twice and the second is timed: in a first one the early steps also pay for the
     allocator growing its pools (Mamba at 512 wide measured 0.7-0.8x 'slower at 20')."""
-    _decode_times(model, seed)
-    return _decode_times(model, seed)
+    _decode_times(model, seed, positions, window)
+    return _decode_times(model, seed, positions, window)
 
 
 @torch.inference_mode()
-def _decode_times(model: EnhancedVLM, seed: int) -> dict[int, float]:
+def _decode_times(model: EnhancedVLM, seed: int, positions: tuple[int, int],
+                  window: int) -> dict[int, float]:
     c = model.config
     g = torch.Generator().manual_seed(seed)
     image = torch.randn(1, c.in_channels, c.img_size, c.img_size, generator=g)
@@ -69,22 +72,30 @@ def _decode_times(model: EnhancedVLM, seed: int) -> dict[int, float]:
                                     media.dtype)
     token = torch.full((1, 1), c.bos_token_id)
     model.decoder(media, token, cache)  # the prefix and BOS
-    times: dict[int, list[float]] = {p: [] for p in POSITIONS}
-    for position in range(1, max(POSITIONS) + WINDOW // 2):
+    times: dict[int, list[float]] = {p: [] for p in positions}
+    for position in range(1, max(positions) + window // 2):
         t0 = time.perf_counter()
         logits = model.decoder(media, token, cache)  # (1, 1, vocab)
         token = logits[:, -1:].argmax(-1)  # (1, 1)
         dt = time.perf_counter() - t0
-        for p in POSITIONS:
-            if p - WINDOW // 2 <= position < p + WINDOW // 2:
+        for p in positions:
+            if p - window // 2 <= position < p + window // 2:
                 times[p].append(dt * 1e3)
     return {p: statistics.median(t) for p, t in times.items()}
 
 
-def long_decode_ratio(quick: bool) -> dict:
+def long_decode_ratio(quick: bool, positions: tuple[int, int] = POSITIONS,
+                      window: int = WINDOW) -> dict:
     """ms/token at token 500 over token 20, Mamba and transformer decoders side by side
-    (interleaved rounds; the median of each decoder's rounds)."""
-    models = {f"{name}{suffix}": decoder_model(name, **width)
+    (interleaved rounds; the median of each decoder's rounds). positions and window: the
+    tokens timed and the steps around each (smaller ones for a quick test of the code,
+    which then names its late position in the ms/token keys)."""
+    early, late_at = positions
+    if early - window // 2 < 1 or early + window // 2 > late_at - window // 2:
+        raise ValueError(f"the windows of {window} steps around positions {positions} must "
+                         "start after token 0 and not overlap")
+    models = {f"{name}{suffix}": decoder_model(name, positions=positions, window=window,
+                                               **width)
               for suffix, width in (("", {}), ("_w512", WIDE))
               for name in ("mamba", "transformer")}
     rounds = 1 if quick else 5  # 1 ms steps at shapes-tiny size: OS noise needs rounds
@@ -92,15 +103,16 @@ def long_decode_ratio(quick: bool) -> dict:
     late: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():
-            ms = step_ms(model)
-            ratios[name].append(ms[POSITIONS[1]] / ms[POSITIONS[0]])
-            late[name].append(ms[POSITIONS[1]])
+            ms = step_ms(model, positions=positions, window=window)
+            ratios[name].append(ms[late_at] / ms[early])
+            late[name].append(ms[late_at])
     out = {}
     for name in models:
         out[f"long_decode_ratio_{name}"] = entry(
             statistics.median(ratios[name]), "x",
             1.1 if name.startswith("mamba") else None, lower=True)
-        out[f"decode_ms_per_token_at_500_{name}"] = entry(statistics.median(late[name]), "ms")
+        out[f"decode_ms_per_token_at_{late_at}_{name}"] = entry(
+            statistics.median(late[name]), "ms")
     return out
 
 

@@ -55,16 +55,17 @@ def test_loss_falls_and_the_run_checkpoint_loads(tmp_path, variant):
     assert isinstance(text, str)
 
 
-def test_all_ssm_resume_matches_an_uninterrupted_run_in_bf16(tmp_path):
+@pytest.mark.parametrize("variant", ["cobra", "all-ssm"])
+def test_resume_matches_an_uninterrupted_run_in_bf16(tmp_path, variant):
     kw = dict(max_steps=6, save_every=0, precision="bf16", num_train=16, batch_size=4)
-    straight = build(small(tmp_path / "a", "all-ssm", **kw))
+    straight = build(small(tmp_path / "a", variant, **kw))
     straight.fit()
-    first = build(small(tmp_path / "b", "all-ssm", **kw))
+    first = build(small(tmp_path / "b", variant, **kw))
     for _ in range(3):
         first.train_step()
     first.save()
     del first
-    second = build(small(tmp_path / "b", "all-ssm", **kw))
+    second = build(small(tmp_path / "b", variant, **kw))
     assert second.resume() and second.step == 3
     second.fit()
     for (name, a), b in zip(straight.model.state_dict().items(),
@@ -74,26 +75,32 @@ def test_all_ssm_resume_matches_an_uninterrupted_run_in_bf16(tmp_path):
     assert info["precision_resolved"] == "bf16"
 
 
-def test_the_cli_trains_all_ssm_and_resumes(tmp_path, capsys):
+def cli_model_args(variant: str) -> list[str]:
+    """VARIANTS[variant] as the command line's --model.KEY=VALUE overrides."""
+    return [f"--model.{k}={v}" for k, v in VARIANTS[variant].items()]
+
+
+@pytest.mark.parametrize("variant", ["cobra", "all-ssm"])
+def test_the_cli_trains_and_resumes(tmp_path, capsys, variant):
     out = tmp_path / "cli"
     args = ["--preset=test-tiny", f"--out_dir={out}", "--max_steps=4", "--save_every=2",
-            "--num_train=8", "--batch_size=2", "--model.vision_type=vim",
-            "--model.decoder_type=mamba", "--model.cross_attn_layers=none"]
+            "--num_train=8", "--batch_size=2", *cli_model_args(variant)]
     assert main(args) == 0
     assert main([*args[:2], "--max_steps=6", *args[3:], "--resume"]) == 0
     assert "resumed from step 4" in capsys.readouterr().err
     config = json.loads((latest_checkpoint(out) / "config.json").read_text())["config"]
-    assert config["cross_attn_layers"] == 0 and config["vision_type"] == "vim"
+    assert {k: config[k] for k in VARIANTS[variant]} == VARIANTS[variant]
+    assert config["vision_type"] == VARIANTS[variant].get("vision_type", "vit")
     assert main([*args, "--model.decoder_type=rnn"]) == 2
     assert "decoder_type must be one of" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_all_ssm_ddp_two_cpu_processes_stay_identical(tmp_path):
+@pytest.mark.parametrize("variant", ["cobra", "all-ssm"])
+def test_ddp_two_cpu_processes_stay_identical(tmp_path, variant):
     run = tmp_path / "ddp"
     args = ["--preset=test-tiny", f"--out_dir={run}", "--max_steps=8", "--num_train=16",
-            "--batch_size=2", "--threads=1", "--model.vision_type=vim",
-            "--model.decoder_type=mamba"]
+            "--batch_size=2", "--threads=1", *cli_model_args(variant)]
     script = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n" \
              f"from ssm_bridge.training.train import main\nsys.exit(main({args!r}))\n"
     code, log = torchrun(script, tmp_path, 180)
@@ -101,3 +108,5 @@ def test_all_ssm_ddp_two_cpu_processes_stay_identical(tmp_path):
     (replicas,) = records(run, "replicas")
     assert replicas["replicas_identical"] is True
     assert records(run, "train")[-1]["samples"] == 8 * 2 * 2  # both ranks counted
+    config = json.loads((latest_checkpoint(run) / "config.json").read_text())["config"]
+    assert {k: config[k] for k in VARIANTS[variant]} == VARIANTS[variant]
