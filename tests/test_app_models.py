@@ -13,8 +13,9 @@ from apputil import ALL_SSM, DECODING, page_handlers
 from ssm_bridge.app.support import (
     SCAN_TABS,
     TABS,
+    scan_choices,
 )
-from ssm_bridge.app.ui import Handlers, Models, model_choices, scan_choices
+from ssm_bridge.app.ui import Handlers, Models, model_choices
 
 
 @pytest.fixture(scope="module")

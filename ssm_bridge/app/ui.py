@@ -62,7 +62,6 @@ from .support import (
     default_word,
     layer_direction_choices,
     read_upload,
-    scan_choices,  # noqa: F401  (the bridge's menus; tests import it from here)
     scan_directions,
     scan_menus,
     scene_pixels,

@@ -191,6 +191,7 @@ class SSMStack:
                  owner: nn.Module | None = None) -> None:
         self.name, self.path, self.title, self.blocks = name, path, title, blocks
         self.owner = owner  # the module holding the block list (model.vision for "vision")
+        self.owner_path = path.rpartition(".")[0]  # its name: "vision"; "" for a MambaLM's
         self.token_order = not hasattr(blocks[0].mixer, _DIRS)  # the mixer is one direction
 
     @property
@@ -419,8 +420,9 @@ def ssm_stacks(model: nn.Module) -> dict[str, SSMStack]:
             continue
         if isinstance(blocks, nn.ModuleList) and len(blocks) and all(
                 _scans(getattr(b, "mixer", None)) for b in blocks):
-            owner = model.get_submodule(path.rpartition(".")[0])  # "" -> the model itself
-            found[name] = SSMStack(name, path, title, blocks, owner)
+            stack = SSMStack(name, path, title, blocks)
+            stack.owner = model.get_submodule(stack.owner_path)  # "" -> the model itself
+            found[name] = stack
     return found
 
 

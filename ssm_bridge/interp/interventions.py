@@ -342,7 +342,7 @@ def _holder(model, name: str) -> SSMStack | None:
     """The SSM stack whose layers, or the module holding them, hook `name` belongs to
     ('vision.hook_embed' -> the Vim encoder's); None for hooks outside every stack."""
     for stack in addressing.ssm_stacks(model).values():
-        owner = stack.path.rpartition(".")[0]  # "" for a MambaLM's own "layers"
+        owner = stack.owner_path  # "" for a MambaLM's own "layers"
         if stack.locate(name) is not None or (owner and name.startswith(owner + ".")):
             return stack
     return None
